@@ -1,1 +1,736 @@
-//! (in progress)
+//! Image bytes in and out: decoding uploads under size limits, encoding results, and the conversion
+//! between 8-bit RGB images and the `[-1, 1]` CHW tensors the graphs take (CONTRACT.md, "Pipeline
+//! conventions").
+//!
+//! Decoding is defensive because the bytes come from users: the byte size is checked before anything
+//! is parsed, the format is detected from the content (never from a file name), and the header's
+//! dimensions are checked against a pixel budget before a single pixel buffer is allocated, so a
+//! small file that claims a huge canvas (a decompression bomb) costs nothing.
+
+use std::io::Cursor;
+
+use image::codecs::jpeg::JpegEncoder;
+use image::codecs::png::PngEncoder;
+use image::codecs::webp::WebPEncoder;
+use image::metadata::Orientation;
+use image::{
+    DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageFormat, ImageReader, Limits,
+    RgbImage,
+};
+use serde::{Deserialize, Serialize};
+
+/// Why an image could not be decoded or encoded. Every decode error is the client's fault (bad
+/// input); an encode error is a bug or an out-of-memory condition.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The upload is larger than [`DecodeLimits::max_bytes`]; nothing was parsed.
+    #[error("image is {size} bytes, over the limit of {max} bytes")]
+    TooManyBytes { size: usize, max: usize },
+    /// The upload has no bytes at all.
+    #[error("image is empty (0 bytes)")]
+    Empty,
+    /// The content is not PNG, JPEG or WebP; `detected` names what it looks like, if anything.
+    #[error("unsupported image format ({detected}): expected PNG, JPEG or WebP")]
+    UnsupportedFormat { detected: String },
+    /// The header claims more pixels than [`DecodeLimits::max_pixels`]; no pixel was decoded.
+    #[error("image is {width}x{height} pixels, over the limit of {max} pixels")]
+    TooManyPixels { width: u32, height: u32, max: u64 },
+    /// The header claims a width or height of zero.
+    #[error("image has zero size ({width}x{height})")]
+    ZeroSize { width: u32, height: u32 },
+    /// The decoder would need more memory than the limits allow.
+    #[error("decoding the image would exceed its memory limit")]
+    MemoryLimit(#[source] image::ImageError),
+    /// The bytes start like the format but are damaged or cut short.
+    #[error("corrupt or truncated {format} image")]
+    Corrupt {
+        format: &'static str,
+        #[source]
+        source: Option<image::ImageError>,
+    },
+    /// A JPEG quality outside `1..=100`.
+    #[error("JPEG quality must be in 1..=100, got {0}")]
+    InvalidQuality(u8),
+    /// The encoder failed.
+    #[error("encoding the {format} image failed")]
+    Encode {
+        format: &'static str,
+        #[source]
+        source: image::ImageError,
+    },
+}
+
+/// What an upload may cost before it is decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecodeLimits {
+    /// Largest accepted encoded size, in bytes.
+    pub max_bytes: usize,
+    /// Largest accepted `width * height` (after decoding, before any resizing).
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    /// 20 MiB and 40 megapixels: any phone photo, nothing that could exhaust a worker's memory.
+    fn default() -> Self {
+        Self {
+            max_bytes: 20 * 1024 * 1024,
+            max_pixels: 40_000_000,
+        }
+    }
+}
+
+/// Bytes the decoders may allocate on top of the output buffer (Huffman tables, PNG chunks, ICC
+/// profiles, row buffers).
+const DECODER_OVERHEAD_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The most bytes one decoded pixel takes in any accepted format (16-bit RGBA PNG).
+const MAX_BYTES_PER_PIXEL: u64 = 8;
+
+/// A format the worker accepts, detected from the content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Accepted {
+    Png,
+    Jpeg,
+    WebP,
+}
+
+impl Accepted {
+    fn detect(bytes: &[u8]) -> Result<Self, ImageError> {
+        match image::guess_format(bytes) {
+            Ok(ImageFormat::Png) => Ok(Self::Png),
+            Ok(ImageFormat::Jpeg) => Ok(Self::Jpeg),
+            Ok(ImageFormat::WebP) => Ok(Self::WebP),
+            Ok(other) => Err(ImageError::UnsupportedFormat {
+                detected: format!("{other:?}").to_lowercase(),
+            }),
+            Err(_) => Err(ImageError::UnsupportedFormat {
+                detected: "unrecognised content".to_owned(),
+            }),
+        }
+    }
+
+    fn image_format(self) -> ImageFormat {
+        match self {
+            Self::Png => ImageFormat::Png,
+            Self::Jpeg => ImageFormat::Jpeg,
+            Self::WebP => ImageFormat::WebP,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Png => "PNG",
+            Self::Jpeg => "JPEG",
+            Self::WebP => "WebP",
+        }
+    }
+}
+
+/// Decodes a PNG, JPEG or WebP upload into upright 8-bit RGB.
+///
+/// Checks, in this order and each before any work the next one needs: the byte size, the format
+/// (from the content), the header's dimensions (zero, or more than `limits.max_pixels`), then decodes
+/// under a memory limit sized for `max_pixels`. EXIF orientation is applied, so a phone photo comes
+/// out the way it is shown; alpha is dropped and grey or 16-bit images are converted to RGB8.
+pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
+    if bytes.len() > limits.max_bytes {
+        return Err(ImageError::TooManyBytes {
+            size: bytes.len(),
+            max: limits.max_bytes,
+        });
+    }
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    let format = Accepted::detect(bytes)?;
+    let corrupt = |source| ImageError::Corrupt {
+        format: format.name(),
+        source: Some(source),
+    };
+    // NOTE: zune-jpeg (image's JPEG decoder) runs in lenient mode and fills a cut-off scan with grey
+    // instead of failing, so a truncated upload would be accepted silently. Walk the markers first.
+    if format == Accepted::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(ImageError::Corrupt {
+            format: format.name(),
+            source: None,
+        });
+    }
+
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
+    // Only the header is parsed here: no limits yet, the pixel budget below decides.
+    reader.no_limits();
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let (width, height) = decoder.dimensions();
+    if width == 0 || height == 0 {
+        return Err(ImageError::ZeroSize { width, height });
+    }
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(ImageError::TooManyPixels {
+            width,
+            height,
+            max: limits.max_pixels,
+        });
+    }
+    let mut decoder_limits = Limits::default();
+    decoder_limits.max_alloc = Some(
+        limits
+            .max_pixels
+            .saturating_mul(MAX_BYTES_PER_PIXEL)
+            .saturating_add(DECODER_OVERHEAD_BYTES),
+    );
+    decoder
+        .set_limits(decoder_limits)
+        .map_err(classify(format))?;
+    // NOTE: a damaged EXIF block in an otherwise fine photo is not worth refusing the upload for;
+    // the pixels are then used as stored.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(classify(format))?;
+    image.apply_orientation(orientation);
+    Ok(image.into_rgb8())
+}
+
+/// Maps a decoder error to ours: memory limits apart, everything is a damaged file.
+fn classify(format: Accepted) -> impl Fn(image::ImageError) -> ImageError {
+    move |source| match source {
+        image::ImageError::Limits(_) => ImageError::MemoryLimit(source),
+        source => ImageError::Corrupt {
+            format: format.name(),
+            source: Some(source),
+        },
+    }
+}
+
+/// Whether a JPEG's marker structure runs from SOI to an EOI marker.
+///
+/// Segments before a scan carry their length; inside entropy-coded data a `0xFF` byte is always
+/// followed by `0x00` (stuffing) or a restart marker, so the first other marker ends the scan. An
+/// EXIF thumbnail's own EOI sits inside an APP1 segment and is skipped with it.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    const SOI: u8 = 0xD8;
+    const EOI: u8 = 0xD9;
+    const SOS: u8 = 0xDA;
+    if bytes.len() < 4 || bytes[0] != 0xFF || bytes[1] != SOI {
+        return false;
+    }
+    let mut pos = 2;
+    loop {
+        // Markers may be preceded by any number of 0xFF fill bytes.
+        while pos < bytes.len() && bytes[pos] == 0xFF && bytes.get(pos + 1) == Some(&0xFF) {
+            pos += 1;
+        }
+        if pos + 1 >= bytes.len() || bytes[pos] != 0xFF {
+            return false;
+        }
+        let marker = bytes[pos + 1];
+        pos += 2;
+        match marker {
+            EOI => return true,
+            // Standalone markers without a length field.
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(len) = bytes
+            .get(pos..pos + 2)
+            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+        else {
+            return false;
+        };
+        if len < 2 {
+            return false;
+        }
+        pos += len;
+        if marker == SOS {
+            // Skip the entropy-coded data up to the next real marker.
+            loop {
+                let Some(offset) = bytes
+                    .get(pos..)
+                    .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
+                else {
+                    return false;
+                };
+                pos += offset;
+                match bytes.get(pos + 1) {
+                    None => return false,
+                    Some(0x00) | Some(0xD0..=0xD7) => pos += 2,
+                    Some(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// Quality used when a job asks for `"jpeg"` without one.
+pub const DEFAULT_JPEG_QUALITY: u8 = 90;
+
+/// The encoding of a result image.
+///
+/// Serialised as `"png"`, `"webp"` or `{"jpeg": {"quality": 90}}`; `"jpeg"` alone is accepted and
+/// means [`DEFAULT_JPEG_QUALITY`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", from = "OutputFormatRepr")]
+pub enum OutputFormat {
+    /// Lossless PNG.
+    #[default]
+    Png,
+    /// Baseline JPEG at `quality` (1..=100).
+    Jpeg { quality: u8 },
+    /// WebP. NOTE: the `image` crate only encodes lossless WebP.
+    Webp,
+}
+
+impl OutputFormat {
+    /// The MIME type of the encoded bytes, for the object store.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Png => "image/png",
+            Self::Jpeg { .. } => "image/jpeg",
+            Self::Webp => "image/webp",
+        }
+    }
+
+    /// The usual file extension, without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Jpeg { .. } => "jpg",
+            Self::Webp => "webp",
+        }
+    }
+}
+
+/// The accepted spellings of an [`OutputFormat`]: a bare name, or the full tagged form.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OutputFormatRepr {
+    Name(FormatName),
+    Full(FullFormat),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FormatName {
+    Png,
+    Jpeg,
+    Webp,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+enum FullFormat {
+    Png,
+    Jpeg { quality: u8 },
+    Webp,
+}
+
+impl From<OutputFormatRepr> for OutputFormat {
+    fn from(repr: OutputFormatRepr) -> Self {
+        match repr {
+            OutputFormatRepr::Name(FormatName::Png) | OutputFormatRepr::Full(FullFormat::Png) => {
+                Self::Png
+            }
+            OutputFormatRepr::Name(FormatName::Jpeg) => Self::Jpeg {
+                quality: DEFAULT_JPEG_QUALITY,
+            },
+            OutputFormatRepr::Full(FullFormat::Jpeg { quality }) => Self::Jpeg { quality },
+            OutputFormatRepr::Name(FormatName::Webp) | OutputFormatRepr::Full(FullFormat::Webp) => {
+                Self::Webp
+            }
+        }
+    }
+}
+
+/// Encodes an RGB image. A JPEG quality outside `1..=100` is refused rather than clamped.
+pub fn encode(img: &RgbImage, fmt: OutputFormat) -> Result<Vec<u8>, ImageError> {
+    let mut out = Vec::new();
+    let (width, height) = img.dimensions();
+    let result = match fmt {
+        OutputFormat::Png => PngEncoder::new(&mut out).write_image(
+            img.as_raw(),
+            width,
+            height,
+            ExtendedColorType::Rgb8,
+        ),
+        OutputFormat::Jpeg { quality } => {
+            if !(1..=100).contains(&quality) {
+                return Err(ImageError::InvalidQuality(quality));
+            }
+            JpegEncoder::new_with_quality(&mut out, quality).write_image(
+                img.as_raw(),
+                width,
+                height,
+                ExtendedColorType::Rgb8,
+            )
+        }
+        OutputFormat::Webp => WebPEncoder::new_lossless(&mut out).write_image(
+            img.as_raw(),
+            width,
+            height,
+            ExtendedColorType::Rgb8,
+        ),
+    };
+    result.map_err(|source| ImageError::Encode {
+        format: fmt.extension(),
+        source,
+    })?;
+    Ok(out)
+}
+
+/// Writes `img` into `out` as a CHW float tensor in `[-1, 1]` (`x / 127.5 - 1`), channel planes R,
+/// G, B one after the other.
+///
+/// # Panics
+/// If `out.len() != 3 * width * height` (a caller bug, not bad input).
+pub fn to_chw(img: &RgbImage, out: &mut [f32]) {
+    let plane = img.width() as usize * img.height() as usize;
+    assert_eq!(
+        out.len(),
+        3 * plane,
+        "CHW buffer does not match the image size"
+    );
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for (i, px) in img.pixels().enumerate() {
+        r[i] = f32::from(px[0]) / 127.5 - 1.0;
+        g[i] = f32::from(px[1]) / 127.5 - 1.0;
+        b[i] = f32::from(px[2]) / 127.5 - 1.0;
+    }
+}
+
+/// Turns a CHW float tensor (roughly `[-1, 1]`, as the VAE decoder returns it) into an RGB image:
+/// `round(clamp((x + 1) / 2, 0, 1) * 255)`, rounding half to even as numpy and torch do (diffusers'
+/// `numpy_to_pil`), so both sides agree on exact halves. NaN maps to 0.
+///
+/// # Panics
+/// If `chw.len() != 3 * width * height` (a caller bug, not bad input).
+pub fn from_chw(chw: &[f32], width: u32, height: u32) -> RgbImage {
+    let plane = width as usize * height as usize;
+    assert_eq!(
+        chw.len(),
+        3 * plane,
+        "CHW buffer does not match the image size"
+    );
+    let to_byte = |x: f32| {
+        // `as u8` saturates and maps NaN to 0; the clamp keeps the formula of the contract.
+        (((x + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round_ties_even() as u8
+    };
+    let mut img = RgbImage::new(width, height);
+    for (i, px) in img.pixels_mut().enumerate() {
+        px.0 = [
+            to_byte(chw[i]),
+            to_byte(chw[plane + i]),
+            to_byte(chw[2 * plane + i]),
+        ];
+    }
+    img
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests/data/images", name]
+            .iter()
+            .collect();
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn limits() -> DecodeLimits {
+        DecodeLimits::default()
+    }
+
+    #[test]
+    fn decodes_real_jpeg_and_png() {
+        let obama = decode(&fixture("obama_160x200.jpg"), &limits()).unwrap();
+        assert_eq!(obama.dimensions(), (160, 200));
+        let hopper = decode(&fixture("hopper_128x150.png"), &limits()).unwrap();
+        assert_eq!(hopper.dimensions(), (128, 150));
+        // Not a flat image: the photo really was decoded.
+        let first = hopper.get_pixel(0, 0);
+        assert!(hopper.pixels().any(|p| p != first));
+    }
+
+    #[test]
+    fn refuses_too_many_bytes_before_parsing() {
+        let bytes = fixture("garbage.bin");
+        let err = decode(
+            &bytes,
+            &DecodeLimits {
+                max_bytes: 100,
+                max_pixels: 1_000,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::TooManyBytes {
+                    size: 256,
+                    max: 100
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_empty_and_garbage() {
+        assert!(matches!(decode(&[], &limits()), Err(ImageError::Empty)));
+        let err = decode(&fixture("garbage.bin"), &limits()).unwrap_err();
+        assert!(matches!(err, ImageError::UnsupportedFormat { .. }), "{err}");
+        assert!(err.to_string().contains("unsupported image format"));
+    }
+
+    #[test]
+    fn refuses_gif_and_bmp_by_name() {
+        for (file, name) in [("tiny.gif", "gif"), ("tiny.bmp", "bmp")] {
+            let err = decode(&fixture(file), &limits()).unwrap_err();
+            match &err {
+                ImageError::UnsupportedFormat { detected } => assert_eq!(detected, name),
+                other => panic!("{file}: {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_bomb_from_its_header() {
+        let err = decode(&fixture("bomb_100000x100000.png"), &limits()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::TooManyPixels {
+                    width: 100_000,
+                    height: 100_000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn pixel_limit_is_inclusive() {
+        let bytes = fixture("obama_160x200.jpg");
+        let exact = DecodeLimits {
+            max_bytes: bytes.len(),
+            max_pixels: 160 * 200,
+        };
+        assert!(decode(&bytes, &exact).is_ok());
+        let under = DecodeLimits {
+            max_pixels: 160 * 200 - 1,
+            ..exact
+        };
+        assert!(matches!(
+            decode(&bytes, &under),
+            Err(ImageError::TooManyPixels { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_truncated_jpeg() {
+        let err = decode(&fixture("truncated.jpg"), &limits()).unwrap_err();
+        assert!(
+            matches!(err, ImageError::Corrupt { format: "JPEG", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_truncated_png_and_webp() {
+        let png = encode(&gradient(40, 30), OutputFormat::Png).unwrap();
+        let err = decode(&png[..png.len() / 2], &limits()).unwrap_err();
+        assert!(
+            matches!(err, ImageError::Corrupt { format: "PNG", .. }),
+            "{err}"
+        );
+        let webp = encode(&gradient(40, 30), OutputFormat::Webp).unwrap();
+        let err = decode(&webp[..webp.len() / 2], &limits()).unwrap_err();
+        assert!(
+            matches!(err, ImageError::Corrupt { format: "WebP", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_zero_size_png() {
+        // A PNG signature and an IHDR claiming 0x5 pixels, with a valid CRC.
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend_from_slice(&0u32.to_be_bytes());
+        ihdr.extend_from_slice(&5u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend_from_slice(&13u32.to_be_bytes());
+        png.extend_from_slice(&ihdr);
+        png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+        let err = decode(&png, &limits()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::ZeroSize { .. } | ImageError::Corrupt { .. }
+            ),
+            "{err}"
+        );
+    }
+
+    /// CRC-32 (IEEE), for crafting PNG chunks.
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in data {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn applies_exif_orientation_6() {
+        // Stored 24x16 as red | green over blue | white; orientation 6 turns it 90 degrees clockwise,
+        // so upright it is 16x24 with blue top-left, red top-right, white bottom-left, green
+        // bottom-right.
+        let img = decode(&fixture("exif_orientation6.jpg"), &limits()).unwrap();
+        assert_eq!(img.dimensions(), (16, 24));
+        let near = |x: u32, y: u32, want: [u8; 3]| {
+            let got = img.get_pixel(x, y).0;
+            assert!(
+                got.iter().zip(want).all(|(&g, w)| g.abs_diff(w) < 40),
+                "pixel ({x}, {y}) = {got:?}, want about {want:?}"
+            );
+        };
+        near(3, 3, [0, 0, 255]);
+        near(12, 3, [255, 0, 0]);
+        near(3, 20, [255, 255, 255]);
+        near(12, 20, [0, 255, 0]);
+    }
+
+    #[test]
+    fn jpeg_completeness_walks_markers() {
+        let whole = fixture("obama_160x200.jpg");
+        assert!(jpeg_is_complete(&whole));
+        for cut in [3, 20, whole.len() / 2, whole.len() - 2, whole.len() - 1] {
+            assert!(!jpeg_is_complete(&whole[..cut]), "cut at {cut}");
+        }
+        // Trailing bytes after EOI are tolerated (some cameras append data).
+        let mut trailing = whole.clone();
+        trailing.extend_from_slice(b"trailer");
+        assert!(jpeg_is_complete(&trailing));
+    }
+
+    fn gradient(width: u32, height: u32) -> RgbImage {
+        RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 8) as u8, ((x + y) * 3) as u8])
+        })
+    }
+
+    #[test]
+    fn lossless_formats_round_trip() {
+        let img = gradient(40, 30);
+        for fmt in [OutputFormat::Png, OutputFormat::Webp] {
+            let bytes = encode(&img, fmt).unwrap();
+            assert_eq!(decode(&bytes, &limits()).unwrap(), img, "{fmt:?}");
+        }
+    }
+
+    #[test]
+    fn jpeg_round_trips_closely_and_quality_matters() {
+        let img = decode(&fixture("hopper_128x150.png"), &limits()).unwrap();
+        let mean_error = |quality| {
+            let bytes = encode(&img, OutputFormat::Jpeg { quality }).unwrap();
+            assert_eq!(image::guess_format(&bytes).unwrap(), ImageFormat::Jpeg);
+            let back = decode(&bytes, &limits()).unwrap();
+            let total: u64 = img
+                .as_raw()
+                .iter()
+                .zip(back.as_raw())
+                .map(|(&a, &b)| u64::from(a.abs_diff(b)))
+                .sum();
+            total as f64 / img.as_raw().len() as f64
+        };
+        let high = mean_error(95);
+        let low = mean_error(10);
+        assert!(high < 3.0, "quality 95: mean abs error {high}");
+        assert!(
+            low > high,
+            "quality 10 ({low}) should be worse than 95 ({high})"
+        );
+    }
+
+    #[test]
+    fn refuses_bad_jpeg_quality() {
+        let img = gradient(4, 4);
+        for quality in [0, 101] {
+            assert!(matches!(
+                encode(&img, OutputFormat::Jpeg { quality }),
+                Err(ImageError::InvalidQuality(q)) if q == quality
+            ));
+        }
+    }
+
+    #[test]
+    fn output_format_serde() {
+        let parse = |s: &str| serde_json::from_str::<OutputFormat>(s);
+        assert_eq!(parse("\"png\"").unwrap(), OutputFormat::Png);
+        assert_eq!(parse("\"webp\"").unwrap(), OutputFormat::Webp);
+        assert_eq!(
+            parse("\"jpeg\"").unwrap(),
+            OutputFormat::Jpeg {
+                quality: DEFAULT_JPEG_QUALITY
+            }
+        );
+        assert_eq!(
+            parse(r#"{"jpeg": {"quality": 75}}"#).unwrap(),
+            OutputFormat::Jpeg { quality: 75 }
+        );
+        assert!(parse("\"gif\"").is_err());
+        assert!(parse(r#"{"jpeg": {"quality": 75, "x": 1}}"#).is_err());
+        for fmt in [
+            OutputFormat::Png,
+            OutputFormat::Webp,
+            OutputFormat::Jpeg { quality: 42 },
+        ] {
+            let json = serde_json::to_string(&fmt).unwrap();
+            assert_eq!(parse(&json).unwrap(), fmt, "{json}");
+        }
+        assert_eq!(
+            serde_json::to_string(&OutputFormat::Png).unwrap(),
+            "\"png\""
+        );
+    }
+
+    #[test]
+    fn chw_conversion_follows_the_contract() {
+        let img = RgbImage::from_fn(3, 2, |x, y| {
+            image::Rgb([(x * 100 + y) as u8, 255, if x == 0 { 0 } else { 128 }])
+        });
+        let mut chw = vec![0.0; 18];
+        to_chw(&img, &mut chw);
+        // R plane, row-major.
+        assert_eq!(chw[0], -1.0);
+        assert!((chw[1] - (100.0 / 127.5 - 1.0)).abs() < 1e-6);
+        assert!((chw[3] - (1.0 / 127.5 - 1.0)).abs() < 1e-6);
+        // G plane is all 255 -> 1.0; B plane starts at 12.
+        assert!(chw[6..12].iter().all(|&v| v == 1.0));
+        assert_eq!(chw[12], -1.0);
+        assert!((chw[13] - (128.0 / 127.5 - 1.0)).abs() < 1e-6);
+        assert_eq!(from_chw(&chw, 3, 2), img);
+    }
+
+    #[test]
+    fn from_chw_clamps_and_rounds() {
+        // (x + 1) / 2 * 255: -2 -> 0, 2 -> 255, NaN -> 0, 0 -> 127.5 -> 128, -0.5 -> 63.75 -> 64.
+        let r = [-2.0, 2.0, 1.0];
+        let g = [f32::NAN, 0.0, -0.5];
+        let b = [1.0, -1.0, 0.0];
+        let chw: Vec<f32> = [r, g, b].concat();
+        let img = from_chw(&chw, 3, 1);
+        assert_eq!(img.get_pixel(0, 0).0, [0, 0, 255]);
+        assert_eq!(img.get_pixel(1, 0).0, [255, 128, 0]);
+        assert_eq!(img.get_pixel(2, 0).0, [255, 64, 128]);
+    }
+}
