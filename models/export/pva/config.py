@@ -1,0 +1,205 @@
+"""Configurations of the two PVA sizes built by one code path.
+
+`tiny` is a random-init model small enough to commit and to run in tests on a CPU; `sd2` is the
+paper's full-size model (Stable Diffusion 2 inpainting + ArcFace iresnet50 + TransformNetwork).
+Only the numbers differ: every module is built by the same functions from these configs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FaceConfig:
+    """The iresnet face embedder (ArcFace-style)."""
+
+    layers: tuple[int, int, int, int]
+    widths: tuple[int, int, int, int]
+    embedding_dim: int = 512
+    crop_size: int = 112
+
+
+@dataclass(frozen=True)
+class IdFormerConfig:
+    """The TransformNetwork turning R face embeddings into identity tokens."""
+
+    layers: int
+    heads: int
+    feedforward: int
+    num_queries: int = 10
+    max_references: int = 5
+
+
+@dataclass(frozen=True)
+class PvaConfig:
+    """Everything that distinguishes one size from the other."""
+
+    name: str
+    resolution: int
+    hidden_size: int
+    text: dict[str, Any]
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    face: FaceConfig
+    id_former: IdFormerConfig
+    scaling_factor: float = 0.18215
+    latent_channels: int = 4
+    vae_factor: int = 8
+    scheduler: dict[str, Any] = field(
+        default_factory=lambda: {
+            "num_train_timesteps": 1000,
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "prediction_type": "epsilon",
+            "steps_offset": 1,
+            "set_alpha_to_one": False,
+            "timestep_spacing": "leading",
+        }
+    )
+    tokenizer: dict[str, Any] = field(
+        default_factory=lambda: {
+            "max_length": 77,
+            "pad_id": 0,
+            "bos_id": 49406,
+            "eos_id": 49407,
+            "new_token": "<new1>",
+            "new_token_id": 49408,
+        }
+    )
+    prompt_template: str = "a <new1> person {prompt}"
+    # The word whose token embedding initialises `<new1>` (the paper initialises from "person").
+    init_token: str = "person"
+    tuning: dict[str, Any] = field(
+        default_factory=lambda: {
+            "batch_size": 2,
+            "steps": 40,
+            "lr_visual": 1e-5,
+            "lr_token": 1e-3,
+            "weight_decay": 0.01,
+            "beta1": 0.9,
+            "beta2": 0.999,
+            "eps": 1e-8,
+        }
+    )
+
+    @property
+    def latent_size(self) -> int:
+        """Spatial size of the latents (resolution / VAE factor)."""
+        return self.resolution // self.vae_factor
+
+
+TINY = PvaConfig(
+    name="pva-tiny",
+    resolution=64,
+    hidden_size=32,
+    text={
+        "vocab_size": 49408,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 77,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-5,
+    },
+    unet={
+        "sample_size": 8,
+        "in_channels": 9,
+        "out_channels": 4,
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+        "cross_attention_dim": 32,
+        "attention_head_dim": 8,
+        "norm_num_groups": 8,
+        "use_linear_projection": True,
+    },
+    vae={
+        "in_channels": 3,
+        "out_channels": 3,
+        "block_out_channels": (8, 16, 32, 32),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "latent_channels": 4,
+        "sample_size": 64,
+        "scaling_factor": 0.18215,
+    },
+    face=FaceConfig(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64)),
+    id_former=IdFormerConfig(layers=1, heads=2, feedforward=64),
+)
+
+# NOTE: the numbers below are those of stabilityai/stable-diffusion-2-inpainting's config files
+# (unet/config.json, vae/config.json, text_encoder/config.json); real weights must match them.
+SD2 = PvaConfig(
+    name="pva-sd2",
+    resolution=512,
+    hidden_size=1024,
+    text={
+        "vocab_size": 49408,
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 23,
+        "num_attention_heads": 16,
+        "max_position_embeddings": 77,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-5,
+        "projection_dim": 512,
+    },
+    unet={
+        "sample_size": 64,
+        "in_channels": 9,
+        "out_channels": 4,
+        "block_out_channels": (320, 640, 1280, 1280),
+        "layers_per_block": 2,
+        "down_block_types": (
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "DownBlock2D",
+        ),
+        "up_block_types": (
+            "UpBlock2D",
+            "CrossAttnUpBlock2D",
+            "CrossAttnUpBlock2D",
+            "CrossAttnUpBlock2D",
+        ),
+        "cross_attention_dim": 1024,
+        "attention_head_dim": (5, 10, 20, 20),
+        "norm_num_groups": 32,
+        "norm_eps": 1e-5,
+        "use_linear_projection": True,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "act_fn": "silu",
+    },
+    vae={
+        "in_channels": 3,
+        "out_channels": 3,
+        "block_out_channels": (128, 256, 512, 512),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "layers_per_block": 2,
+        "norm_num_groups": 32,
+        "latent_channels": 4,
+        "sample_size": 512,
+        "scaling_factor": 0.18215,
+    },
+    face=FaceConfig(layers=(3, 4, 14, 3), widths=(64, 128, 256, 512)),
+    id_former=IdFormerConfig(layers=4, heads=8, feedforward=2048),
+)
+
+CONFIGS: dict[str, PvaConfig] = {"tiny": TINY, "sd2": SD2}
+
+
+def get_config(size: str) -> PvaConfig:
+    """The config of a size name (`tiny` or `sd2`)."""
+    try:
+        return CONFIGS[size]
+    except KeyError:
+        raise ValueError(f"unknown size {size!r}; expected one of {sorted(CONFIGS)}") from None
