@@ -1,0 +1,263 @@
+"""Export a PVA model directory: every graph of CONTRACT.md, `adapter_init.safetensors`, `manifest.json`.
+
+Run from the repository root:
+
+    .venv/bin/python models/export/export.py --size tiny --out models/tiny
+    .venv/bin/python models/export/export.py --size sd2 --random-weights --out /data/pva-sd2-random
+    .venv/bin/python models/export/export.py --size sd2 --base DIR --pva CKPT [--face R50] --out OUT
+
+Graphs are exported with `torch.onnx.export(dynamo=True)`, opset 18, dynamic batch (and reference)
+axes. The manifest's input/output descriptions are read back from the written ONNX files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from safetensors.torch import save_file
+from torch.export import Dim
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pva import PvaStack, build_stack  # noqa: E402
+from pva.weights import load_weights  # noqa: E402
+from pva.config import get_config  # noqa: E402
+
+OPSET = 18
+GRAPH_ORDER = ("text_encoder", "face_embedder", "id_former", "unet", "vae_encoder", "vae_decoder")
+_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64"}
+
+
+@dataclass
+class GraphSpec:
+    """How to export one graph: example inputs (by name), output names and dynamic axes."""
+
+    inputs: dict[str, torch.Tensor]
+    outputs: list[str]
+    dynamic: dict[str, dict[int, Any]]
+
+
+def example_inputs(stack: PvaStack, name: str, batch: int, references: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random inputs of graph `name` at a batch size (and reference count for `id_former`)."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = stack.config
+    d, lat, res = cfg.hidden_size, cfg.latent_size, cfg.resolution
+    if name == "text_encoder":
+        ids = torch.randint(0, 49408, (batch, 77), generator=g)
+        ids[:, 0] = cfg.tokenizer["bos_id"]
+        ids[:, 2] = cfg.tokenizer["new_token_id"]
+        ids[:, 6] = cfg.tokenizer["eos_id"]
+        ids[:, 7:] = cfg.tokenizer["pad_id"]
+        return {"input_ids": ids, "new1_embedding": torch.randn(d, generator=g)}
+    if name == "face_embedder":
+        return {"faces": torch.rand(batch, 3, cfg.face.crop_size, cfg.face.crop_size, generator=g) * 2 - 1}
+    if name == "id_former":
+        return {"embeddings": torch.randn(batch, references, cfg.face.embedding_dim, generator=g)}
+    if name == "unet":
+        switch = torch.tensor([float(i % 2) for i in range(batch)])
+        return {
+            "sample": torch.randn(batch, 9, lat, lat, generator=g),
+            "timestep": torch.randint(0, 1000, (batch,), generator=g).float(),
+            "encoder_hidden_states": torch.randn(batch, 77, d, generator=g),
+            "id_tokens": torch.randn(batch, cfg.id_former.num_queries, d, generator=g),
+            "id_switch": switch,
+            "adapter": stack.split_params(stack.initial_params)[0].clone(),
+        }
+    if name == "vae_encoder":
+        return {"image": torch.rand(batch, 3, res, res, generator=g) * 2 - 1}
+    if name == "vae_decoder":
+        return {"latent": torch.randn(batch, cfg.latent_channels, lat, lat, generator=g) * 5}
+    raise KeyError(name)
+
+
+def graph_spec(stack: PvaStack, name: str) -> GraphSpec:
+    """The export spec of a graph. Example sizes are chosen to equal no other dimension."""
+    batch = Dim("B", min=1, max=64)
+    outputs = {
+        "text_encoder": ["hidden_states"],
+        "face_embedder": ["embeddings"],
+        "id_former": ["id_tokens"],
+        "unet": ["noise_pred"],
+        "vae_encoder": ["latent_mean"],
+        "vae_decoder": ["image"],
+    }[name]
+    if name == "id_former":
+        refs = Dim("R", min=1, max=stack.config.id_former.max_references)
+        return GraphSpec(example_inputs(stack, name, 3, references=4), outputs, {"embeddings": {0: batch, 1: refs}})
+    if name == "face_embedder":
+        return GraphSpec(example_inputs(stack, name, 5), outputs, {"faces": {0: Dim("N", min=1, max=64)}})
+    inputs = example_inputs(stack, name, 5 if name.startswith("vae") else 3)
+    fixed = {"new1_embedding", "adapter"}
+    return GraphSpec(inputs, outputs, {k: (None if k in fixed else {0: batch}) for k in inputs})
+
+
+def export_graph(stack: PvaStack, name: str, path: Path, external_data: bool) -> None:
+    """Export one graph module to `path`."""
+    spec = graph_spec(stack, name)
+    module = stack.modules()[name]
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            tuple(spec.inputs.values()),
+            str(path),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=list(spec.inputs),
+            output_names=spec.outputs,
+            dynamic_shapes=spec.dynamic,
+            external_data=external_data,
+            optimize=True,
+        )
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    tensor = value.type.tensor_type
+    dtype = _DTYPES.get(tensor.elem_type)
+    if dtype is None:
+        raise ValueError(f"{value.name}: unsupported element type {tensor.elem_type}")
+    shape: list[int | str] = []
+    for dim in tensor.shape.dim:
+        if dim.HasField("dim_value"):
+            shape.append(dim.dim_value)
+        elif dim.dim_param:
+            shape.append(dim.dim_param)
+        else:
+            raise ValueError(f"{value.name}: a dimension with neither size nor name")
+    return {"name": value.name, "dtype": dtype, "shape": shape}
+
+
+def describe_graph(path: Path) -> dict[str, Any]:
+    """A manifest graph entry read back from an ONNX file (and its external data files, if any)."""
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    entry: dict[str, Any] = {
+        "file": path.name,
+        "sha256": sha256(path),
+        "bytes": path.stat().st_size,
+        "inputs": [_value_info(v) for v in model.graph.input if v.name not in initializers],
+        "outputs": [_value_info(v) for v in model.graph.output],
+    }
+    data_files = sorted(
+        {
+            e.value
+            for t in model.graph.initializer
+            for e in t.external_data
+            if e.key == "location"
+        }
+    )
+    if data_files:
+        entry["external_data"] = [
+            {"file": f, "sha256": sha256(path.parent / f), "bytes": (path.parent / f).stat().st_size}
+            for f in data_files
+        ]
+    return entry
+
+
+def build_manifest(stack: PvaStack, out: Path, graphs: dict[str, dict[str, Any]], adapter_file: Path) -> dict[str, Any]:
+    """The manifest.json content of CONTRACT.md."""
+    cfg = stack.config
+    return {
+        "format_version": 1,
+        "name": cfg.name,
+        "version": "0.1.0",
+        "resolution": cfg.resolution,
+        "latent": {"channels": cfg.latent_channels, "size": cfg.latent_size, "factor": cfg.vae_factor},
+        "vae": {"scaling_factor": cfg.scaling_factor},
+        "hidden_size": cfg.hidden_size,
+        "num_id_tokens": cfg.id_former.num_queries,
+        "max_references": cfg.id_former.max_references,
+        "face": {"crop_size": cfg.face.crop_size, "embedding_dim": cfg.face.embedding_dim},
+        "scheduler": stack.scheduler_config,
+        "tokenizer": stack.tokenizer,
+        "prompt_template": cfg.prompt_template,
+        "adapter": {
+            "file": adapter_file.name,
+            "tensor": "params",
+            "sha256": sha256(adapter_file),
+            "bytes": adapter_file.stat().st_size,
+            "visual_length": stack.visual_length,
+            "token_length": stack.token_length,
+            "layout": [e.to_json() for e in stack.adapter_layout],
+        },
+        "tuning": dict(cfg.tuning),
+        "graphs": graphs,
+    }
+
+
+def export_all(stack: PvaStack, out: Path, external_data: bool = False, log=print) -> dict[str, Any]:
+    """Write every graph, the adapter init and the manifest into `out`; returns the manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    graphs: dict[str, dict[str, Any]] = {}
+    for name in GRAPH_ORDER:
+        path = out / f"{name}.onnx"
+        start = time.perf_counter()
+        export_graph(stack, name, path, external_data)
+        graphs[name] = describe_graph(path)
+        log(f"{name}: {time.perf_counter() - start:.1f} s, {graphs[name]['bytes']} bytes")
+
+    try:
+        from pva.tuning import export_adapter_step
+    except ImportError as error:
+        log(f"adapter_step: SKIPPED, pva.tuning.export_adapter_step is not available ({error})")
+    else:
+        path = out / "adapter_step.onnx"
+        start = time.perf_counter()
+        export_adapter_step(stack, path)
+        graphs["adapter_step"] = describe_graph(path)
+        log(f"adapter_step: {time.perf_counter() - start:.1f} s, {graphs['adapter_step']['bytes']} bytes")
+
+    adapter_file = out / "adapter_init.safetensors"
+    save_file({"params": stack.initial_params.contiguous()}, str(adapter_file))
+    manifest = build_manifest(stack, out, graphs, adapter_file)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=("tiny", "sd2"), required=True)
+    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    parser.add_argument("--seed", type=int, default=0, help="random-init seed")
+    parser.add_argument("--base", type=Path, help="local diffusers stable-diffusion-2-inpainting directory")
+    parser.add_argument("--pva", type=Path, help="PVA checkpoint (visual projections, TransformNetwork, ...)")
+    parser.add_argument("--face", type=Path, help="ArcFace iresnet50 state dict")
+    parser.add_argument("--random-weights", action="store_true", help="sd2 only: full size, random weights")
+    args = parser.parse_args(argv)
+
+    weights = None
+    if args.size == "sd2":
+        if args.base is None and not args.random_weights:
+            parser.error("sd2 needs --base DIR [--pva CKPT] or --random-weights")
+        if args.base is not None:
+            weights = load_weights(get_config("sd2"), args.base, args.pva, args.face)
+    elif args.base or args.pva or args.face or args.random_weights:
+        parser.error("tiny is always random-init; --base/--pva/--face/--random-weights are for sd2")
+
+    start = time.perf_counter()
+    stack = build_stack(args.size, seed=args.seed, weights=weights)
+    print(f"built {args.size} in {time.perf_counter() - start:.1f} s")
+    # NOTE: protobuf caps a file at 2 GiB: full-size graphs keep their weights in external data files.
+    export_all(stack, args.out, external_data=args.size == "sd2")
+    print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
