@@ -226,7 +226,7 @@ impl Mask {
 pub fn masked_image(chw: &[f32], mask: &Mask) -> Vec<f32> {
     let plane = mask.values.len();
     assert!(
-        plane > 0 && chw.len() % plane == 0,
+        plane > 0 && chw.len().is_multiple_of(plane),
         "CHW buffer does not match the mask size"
     );
     chw.chunks_exact(plane)
