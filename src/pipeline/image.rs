@@ -143,10 +143,6 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
         return Err(ImageError::Empty);
     }
     let format = Accepted::detect(bytes)?;
-    let corrupt = |source| ImageError::Corrupt {
-        format: format.name(),
-        source: Some(source),
-    };
     // NOTE: zune-jpeg (image's JPEG decoder) runs in lenient mode and fills a cut-off scan with grey
     // instead of failing, so a truncated upload would be accepted silently. Walk the markers first.
     if format == Accepted::Jpeg && !jpeg_is_complete(bytes) {
@@ -156,10 +152,18 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
         });
     }
 
+    let mut decoder_limits = Limits::default();
+    decoder_limits.max_alloc = Some(
+        limits
+            .max_pixels
+            .saturating_mul(MAX_BYTES_PER_PIXEL)
+            .saturating_add(DECODER_OVERHEAD_BYTES),
+    );
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
-    // Only the header is parsed here: no limits yet, the pixel budget below decides.
-    reader.no_limits();
-    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    // Parses the header only, and already under the memory budget (the PNG decoder applies it to
+    // its compressed metadata chunks); the pixel check below runs before any pixel buffer exists.
+    reader.limits(decoder_limits);
+    let mut decoder = reader.into_decoder().map_err(classify(format))?;
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
         return Err(ImageError::ZeroSize { width, height });
@@ -171,16 +175,6 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
             max: limits.max_pixels,
         });
     }
-    let mut decoder_limits = Limits::default();
-    decoder_limits.max_alloc = Some(
-        limits
-            .max_pixels
-            .saturating_mul(MAX_BYTES_PER_PIXEL)
-            .saturating_add(DECODER_OVERHEAD_BYTES),
-    );
-    decoder
-        .set_limits(decoder_limits)
-        .map_err(classify(format))?;
     // NOTE: a damaged EXIF block in an otherwise fine photo is not worth refusing the upload for;
     // the pixels are then used as stored.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
