@@ -12,13 +12,14 @@ exporter then writes as an ordinary inference graph with the frozen weights as c
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .stack import PvaStack
 
 #: AdamW's fixed hyper-parameters, baked into the graph and recorded in the manifest.
 BETA1 = 0.9
@@ -91,6 +92,15 @@ def adamw_update(
     return new_param, new_m, new_v
 
 
+def alphas_cumprod(scheduler_config: dict[str, Any]) -> Tensor:
+    """The training noise schedule's cumulative alphas [num_train_timesteps] (diffusers' own)."""
+    from diffusers import DDPMScheduler
+
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
+    scheduler = DDPMScheduler(**{k: scheduler_config[k] for k in keys})
+    return scheduler.alphas_cumprod.to(torch.float32)
+
+
 class TuningStep(nn.Module):
     """One PVA tuning step: noise-prediction MSE on the batch, its gradient w.r.t. `params`, AdamW.
 
@@ -116,6 +126,17 @@ class TuningStep(nn.Module):
         self.register_buffer("alphas_cumprod", alphas_cumprod.detach().to(torch.float32).clone())
         self.visual_length = visual_length
         self.token_length = token_length
+
+    @classmethod
+    def from_stack(cls, stack: PvaStack) -> TuningStep:
+        """The tuning step of a built stack: its PVA UNet, its text encoder, its noise schedule."""
+        return cls(
+            stack.unet_graph,
+            stack.text_encoder,
+            alphas_cumprod(stack.scheduler_config),
+            stack.visual_length,
+            stack.token_length,
+        )
 
     def loss(self, params: Tensor, batch: TuningBatch) -> Tensor:
         """The mean squared error between the UNet's noise prediction and `batch.noise`."""
@@ -267,9 +288,14 @@ def trace_tuning_step(step_module: TuningStep, inputs: tuple[Tensor, ...]) -> to
         )(*inputs)
 
 
-def export_tuning_step(step_module: TuningStep, inputs: tuple[Tensor, ...], path: Path) -> None:
+def export_tuning_step(
+    step_module: TuningStep, inputs: tuple[Tensor, ...], path: Path, external_data: bool = False
+) -> None:
     """Trace `step_module` and write it as an opset-18 ONNX graph with the contract's names."""
-    traced = trace_tuning_step(step_module, inputs)
+    traced = trace_tuning_step(step_module, inputs).eval()
+    # NOTE: `optimize=False`: onnxscript's rewriter (0.7.2) treats `x + c` with |c| <= 1e-8 as
+    # `x + 0` and removes it (its constant patterns compare with abs_tol=1e-8), which deletes AdamW's
+    # `+ eps` and turns a zero gradient into 0/0. ONNX Runtime folds and fuses the graph itself.
     program = torch.onnx.export(
         traced,
         inputs,
@@ -277,6 +303,38 @@ def export_tuning_step(step_module: TuningStep, inputs: tuple[Tensor, ...], path
         opset_version=18,
         input_names=INPUT_NAMES,
         output_names=OUTPUT_NAMES,
-        external_data=False,
+        optimize=False,
     )
-    program.save(str(path))
+    # NOTE: each node carries its fx provenance (stack trace, fx node text) as metadata: a third
+    # of the file. The graph does not need it.
+    for node in program.model.graph:
+        node.metadata_props.clear()
+    program.save(str(path), external_data=external_data)
+
+
+#: Above this many bytes of frozen weights the graph keeps them in an external data file
+#: (protobuf caps a file at 2 GiB; the full-size UNet alone is ~3.4 GB in float32).
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+
+
+def export_adapter_step(stack: PvaStack, path: Path, external_data: bool | None = None) -> None:
+    """Write `adapter_step.onnx` of `stack` (CONTRACT.md, adapter_step) to `path`.
+
+    The batch size is the stack's `tuning.batch_size`; the spatial size its latent size. With
+    `external_data=None` the weights go to an external file only when they would not fit in one.
+    """
+    step_module = TuningStep.from_stack(stack).eval()
+    config = stack.config
+    inputs = example_inputs(
+        step_module,
+        batch_size=config.tuning["batch_size"],
+        latent_size=config.latent_size,
+        latent_channels=config.latent_channels,
+        max_length=stack.tokenizer["max_length"],
+        num_id_tokens=config.id_former.num_queries,
+    )
+    inputs = (stack.initial_params.clone(),) + inputs[1:]
+    if external_data is None:
+        weights = sum(t.numel() * t.element_size() for t in step_module.state_dict().values())
+        external_data = weights > EXTERNAL_DATA_THRESHOLD
+    export_tuning_step(step_module, inputs, Path(path), external_data=external_data)
