@@ -14,7 +14,8 @@ random timestep.
   parameter groups, one micro-batch of 1 at a time (the paper's loop); `tune_onnx` runs them through
   `adapter_step.onnx`, one batch of 2 per call.
 
-    .venv/bin/python models/export/reference_tune.py [--model models/tiny] [--seed 0] [--steps 40]
+    .venv/bin/python models/export/reference_tune.py [--model models/tiny] [--seed 0]
+    .venv/bin/python models/export/reference_tune.py --fixtures tests/fixtures/tune   # rewrite them
 """
 
 from __future__ import annotations
@@ -224,39 +225,136 @@ def tune_onnx(
     return losses, torch.from_numpy(state["params"])
 
 
-def main(argv: list[str] | None = None) -> None:
-    import make_fixtures  # the face crops of the committed fixtures
+#: The identity of the fixtures: three photos of one person, in this order.
+FIXTURE_PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg")
 
+
+def fixture_references(faces_dir: Path, manifest: dict) -> tuple[list[Image.Image], list[Image.Image]]:
+    """The fixture identity's images (model resolution) and face crops, from the photos."""
+    import make_fixtures  # the hand-picked face boxes of the edit fixtures
+
+    res, crop = manifest["resolution"], manifest["face"]["crop_size"]
+    images = [make_fixtures.face_crop(faces_dir, name, res) for name in FIXTURE_PHOTOS]
+    faces = [make_fixtures.face_crop(faces_dir, name, crop) for name in FIXTURE_PHOTOS]
+    return images, faces
+
+
+def load_fixture_references(fixture_dir: Path) -> tuple[list[Image.Image], list[Image.Image]]:
+    """The images and face crops stored in a fixture directory (`image_<i>.png`, `face_<i>.png`)."""
+    info = json.loads((fixture_dir / "tune.json").read_text())
+    images = [Image.open(fixture_dir / r["image"]).convert("RGB") for r in info["references"]]
+    faces = [Image.open(fixture_dir / r["face"]).convert("RGB") for r in info["references"]]
+    return images, faces
+
+
+def stack_batches(batches: list[TuningBatch]) -> dict[str, torch.Tensor]:
+    """Per-field tensors with a leading step axis: `latents` [steps, b, 4, h, w], ..."""
+    return {name: torch.stack([getattr(b, name) for b in batches]).contiguous() for name in TuningBatch._fields}
+
+
+def unstack_batches(tensors: dict[str, torch.Tensor]) -> list[TuningBatch]:
+    """The inverse of `stack_batches`."""
+    steps = tensors["latents"].shape[0]
+    return [TuningBatch(*(tensors[name][i] for name in TuningBatch._fields)) for i in range(steps)]
+
+
+@dataclass
+class FixtureRun:
+    """Everything the tuning fixtures hold, computed from the reference images."""
+
+    data: LeaveOneOut
+    batches: list[TuningBatch]
+    targets: torch.Tensor
+    initial_params: torch.Tensor
+    losses: list[float]
+    final_params: torch.Tensor
+
+
+def run_fixture(
+    model_dir: Path, images: list[Image.Image], faces: list[Image.Image], seed: int
+) -> FixtureRun:
+    """Build the batches from the images through the model's graphs and tune with PyTorch AdamW."""
+    from pva import build_stack
+
+    pipeline = ReferencePipeline(model_dir)
+    manifest = pipeline.manifest
+    if manifest["name"] != "pva-tiny":
+        raise ValueError("the PyTorch side rebuilds the model with build_stack: tiny models only")
+    hyper = Hyper.from_manifest(manifest)
+    data = LeaveOneOut.build(pipeline, images, faces)
+    num_timesteps = manifest["scheduler"]["num_train_timesteps"]
+    batches, targets = make_batches(data, hyper.steps, hyper.batch_size, seed, num_timesteps)
+    step_module = TuningStep.from_stack(build_stack("tiny", seed=0))
+    losses, final = tune_torch(step_module, pipeline.params, batches, hyper)
+    return FixtureRun(data, batches, targets, pipeline.params.clone(), losses, final)
+
+
+def write_fixtures(model_dir: Path, faces_dir: Path, out: Path, seed: int) -> FixtureRun:
+    """Write tests/fixtures/tune: reference PNGs, batches and expected results, tune.json."""
+    from safetensors.torch import save_file
+
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    images, faces = fixture_references(faces_dir, manifest)
+    references = []
+    for i, (image, face) in enumerate(zip(images, faces)):
+        image.save(out / f"image_{i}.png")
+        face.save(out / f"face_{i}.png")
+        references.append({"image": f"image_{i}.png", "face": f"face_{i}.png", "source": FIXTURE_PHOTOS[i]})
+    whole_face_mask(manifest["resolution"]).save(out / "mask.png")
+    info = {
+        "model": "models/tiny",
+        "adapter_step_sha256": manifest["graphs"]["adapter_step"]["sha256"],
+        "seed": seed,
+        **{k: manifest["tuning"][k] for k in ("steps", "batch_size", "lr_visual", "lr_token", "weight_decay")},
+        "mask_region": "whole_face",
+        "mask": "mask.png",
+        "prompt": render_prompt(manifest["prompt_template"], ""),
+        "references": references,
+        "expected": "torch.optim.AdamW (visual and token groups), batch 1 x gradient accumulation 2",
+    }
+    (out / "tune.json").write_text(json.dumps(info, indent=2) + "\n")
+    # Re-read the written PNGs so the fixture's tensors come from exactly the files' pixels.
+    run = run_fixture(model_dir, *load_fixture_references(out), seed)
+    tensors = stack_batches(run.batches)
+    tensors.update(
+        targets=run.targets,
+        reference_latents=run.data.latents,
+        reference_masked_latents=run.data.masked_latents,
+        reference_id_tokens=run.data.id_tokens,
+        initial_params=run.initial_params,
+        losses=torch.tensor(run.losses, dtype=torch.float32),
+        final_params=run.final_params,
+    )
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "tune.safetensors"))
+    info["losses"] = run.losses
+    (out / "tune.json").write_text(json.dumps(info, indent=2) + "\n")
+    return run
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "tiny")
     parser.add_argument("--faces", type=Path, default=ROOT.parent / "shared" / "data" / "faces")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, help="default: the manifest's tuning.steps")
+    parser.add_argument("--fixtures", type=Path, help="write the tuning fixtures into this directory")
     args = parser.parse_args(argv)
 
-    from pva import build_stack
-
-    pipeline = ReferencePipeline(args.model)
-    hyper = Hyper.from_manifest(pipeline.manifest)
-    steps = args.steps or hyper.steps
-    names = sorted(make_fixtures.FACE_BOXES)
-    res, crop = pipeline.manifest["resolution"], pipeline.manifest["face"]["crop_size"]
-    data = LeaveOneOut.build(
-        pipeline,
-        [make_fixtures.face_crop(args.faces, n, res) for n in names],
-        [make_fixtures.face_crop(args.faces, n, crop) for n in names],
-    )
-    num_timesteps = pipeline.manifest["scheduler"]["num_train_timesteps"]
-    batches, _ = make_batches(data, steps, hyper.batch_size, args.seed, num_timesteps)
-    if pipeline.manifest["name"] != "pva-tiny":
-        raise SystemExit("the PyTorch side rebuilds the model with build_stack: only the tiny model")
-    stack = build_stack("tiny", seed=0)
-    torch_losses, torch_params = tune_torch(TuningStep.from_stack(stack), pipeline.params, batches, hyper)
-    onnx_losses, onnx_params = tune_onnx(adapter_step_session(args.model), pipeline.params, batches, hyper)
-    for i, (a, b) in enumerate(zip(torch_losses, onnx_losses)):
+    if args.fixtures is not None:
+        run = write_fixtures(args.model, args.faces, args.fixtures, args.seed)
+        print(f"wrote {args.fixtures}")
+    else:
+        manifest = json.loads((args.model / "manifest.json").read_text())
+        run = run_fixture(args.model, *fixture_references(args.faces, manifest), args.seed)
+    hyper = Hyper.from_manifest(json.loads((args.model / "manifest.json").read_text()))
+    onnx_losses, onnx_params = tune_onnx(adapter_step_session(args.model), run.initial_params, run.batches, hyper)
+    for i, (a, b) in enumerate(zip(run.losses, onnx_losses)):
         print(f"step {i + 1:3d}  torch {a:.7f}  onnx {b:.7f}  diff {abs(a - b):.2e}")
-    print(f"final params: max |torch - onnx| = {(torch_params - onnx_params).abs().max().item():.3e}, "
-          f"moved {(torch_params - pipeline.params).abs().max().item():.3e} from the initial params")
+    print(
+        f"max loss diff {max(abs(a - b) for a, b in zip(run.losses, onnx_losses)):.3e}; final params: "
+        f"max |torch - onnx| {(run.final_params - onnx_params).abs().max().item():.3e}, "
+        f"moved {(run.final_params - run.initial_params).abs().max().item():.3e} from the initial params"
+    )
 
 
 if __name__ == "__main__":
