@@ -1,7 +1,15 @@
 //! pva-worker: personalized face inpainting (Parallel Visual Attention) as a service.
 //!
-//! The flow: a [`job`] (from the queue or a local file) is checked, its images are fetched, the
-//! [`pipeline`] prepares tensors and drives the ONNX graphs through the [`engine`], and the results
-//! are written back with their per-stage timings.
+//! The flow: a [`job`] (from the queue or a local file) is checked, its images are fetched from
+//! [`storage`], the [`pipeline`] prepares tensors and drives the ONNX graphs through the [`engine`],
+//! and [`worker`] turns the outcome into outputs and a result message. [`edit`] is the embedded
+//! default (one job on local files); [`config`] holds every setting.
 
+pub mod config;
+pub mod contact_sheet;
+pub mod edit;
+pub mod engine;
+pub mod job;
 pub mod pipeline;
+pub mod storage;
+pub mod worker;

@@ -1,1 +1,128 @@
-fn main() {}
+//! The `pva-worker` command line: parse, load settings, start logging, run a subcommand.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pva_worker::config::{LogFormat, Settings};
+use pva_worker::job::JobStatus;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pva-worker",
+    version,
+    about = "Personalized face inpainting (PVA) worker"
+)]
+struct Cli {
+    /// Settings file layered over the embedded defaults (then PVA__SECTION__KEY variables).
+    #[arg(long, global = true, env = "PVA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one job JSON on local files (the embedded default: no broker, no S3).
+    Edit {
+        /// The job file (same schema as the queue's jobs).
+        job: PathBuf,
+        /// Directory the job's keys are relative to (default: the job file's directory).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Where outputs and result.json go.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Also write a contact sheet (references | input with mask | outputs with scores).
+        #[arg(long)]
+        contact_sheet: Option<PathBuf>,
+    },
+}
+
+fn init_logging(settings: &Settings) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.logging.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match settings.logging.format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pva-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&settings);
+    match run(cli.command, &settings) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "pva-worker failed");
+            eprintln!("pva-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Edit {
+            job,
+            root,
+            out,
+            contact_sheet,
+        } => {
+            let options = pva_worker::edit::EditOptions {
+                job,
+                root,
+                out: out.clone(),
+                contact_sheet: contact_sheet.clone(),
+            };
+            let result = pva_worker::edit::run(settings, &options)?;
+            for (stage, secs) in &result.timings {
+                println!("{stage:>12}: {:8.3} s", secs);
+            }
+            match result.status {
+                JobStatus::Succeeded => {
+                    for o in &result.outputs {
+                        println!(
+                            "wrote {} (identity score {:.3}{})",
+                            o.key,
+                            o.identity_score,
+                            if o.identity_check_passed {
+                                ""
+                            } else {
+                                ", below the minimum"
+                            }
+                        );
+                    }
+                    if let Some(sheet) = contact_sheet {
+                        println!("wrote contact sheet {}", sheet.display());
+                    }
+                    println!("result: {}", out.join("result.json").display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                JobStatus::Failed => {
+                    let e = result.error.expect("a failed result has an error");
+                    println!("job failed: {} ({})", e.message, e.code);
+                    println!("result: {}", out.join("result.json").display());
+                    Ok(ExitCode::from(3))
+                }
+            }
+        }
+    }
+}

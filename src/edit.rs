@@ -1,0 +1,155 @@
+//! `pva-worker edit`: the embedded default. Runs one job JSON (the same schema the queue carries) with
+//! object keys resolved against a local directory, writes the outputs and the result JSON locally,
+//! and prints per-stage timings.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::config::Settings;
+use crate::engine::{Engine, OrtEngine};
+use crate::job::{JobResult, OutputInfo};
+use crate::pipeline::inpaint::Pipeline;
+use crate::pipeline::noise::SeededNoise;
+use crate::storage::local::LocalStore;
+use crate::worker::{self, JobFailure};
+
+/// What `edit` was asked to do.
+#[derive(Debug, Clone)]
+pub struct EditOptions {
+    /// The job JSON file.
+    pub job: PathBuf,
+    /// Directory the job's object keys are relative to (default: the job file's directory).
+    pub root: Option<PathBuf>,
+    /// Directory the outputs and `result.json` are written under.
+    pub out: PathBuf,
+    /// Also write a contact sheet PNG here.
+    pub contact_sheet: Option<PathBuf>,
+}
+
+/// Loads the model's untuned adapter (visual + token) from the model directory.
+pub fn load_base_adapter(model_dir: &Path, engine: &dyn Engine) -> anyhow::Result<Vec<f32>> {
+    let spec = &engine.manifest().adapter;
+    let bytes = std::fs::read(model_dir.join(&spec.file))?;
+    let tensors = safetensors::SafeTensors::deserialize(&bytes)?;
+    let view = tensors.tensor(&spec.tensor)?;
+    anyhow::ensure!(
+        view.dtype() == safetensors::Dtype::F32,
+        "adapter tensor `{}` is {:?}, expected F32",
+        spec.tensor,
+        view.dtype()
+    );
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    anyhow::ensure!(
+        values.len() == spec.visual_length + spec.token_length,
+        "adapter has {} values, the manifest's layout {}",
+        values.len(),
+        spec.visual_length + spec.token_length
+    );
+    Ok(values)
+}
+
+/// Loads the engine and the pipeline from the settings.
+pub fn load_pipeline(settings: &Settings) -> anyhow::Result<Pipeline<OrtEngine>> {
+    let engine = OrtEngine::load(&settings.engine)?;
+    let adapter = load_base_adapter(&settings.engine.model_dir, &engine)?;
+    Ok(Pipeline::new(engine, adapter, settings.pipeline.clone()))
+}
+
+/// Runs the job; returns its result (also written as `result.json` next to the outputs).
+/// A job that cannot be done gives a `failed` result, not an `Err`; `Err` is for setup problems.
+pub fn run(settings: &Settings, options: &EditOptions) -> anyhow::Result<JobResult> {
+    let t0 = Instant::now();
+    let mut pipeline = load_pipeline(settings)?;
+    let load_secs = t0.elapsed().as_secs_f64();
+    tracing::info!(
+        model = %pipeline.manifest().name,
+        version = %pipeline.manifest().version,
+        seconds = load_secs,
+        "model loaded"
+    );
+    let root = options.root.clone().unwrap_or_else(|| {
+        options
+            .job
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    });
+    let inputs = LocalStore::new(root);
+    let outputs = LocalStore::new(&options.out);
+    let bytes = std::fs::read(&options.job)?;
+    let job_id = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("job_id")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
+    let span = tracing::info_span!("job", job_id = %job_id);
+    let _guard = span.enter();
+
+    let mut fetch_secs = 0.0;
+    let mut upload_secs = 0.0;
+    let outcome = (|| -> Result<(Vec<OutputInfo>, _), JobFailure> {
+        let job = worker::parse(&bytes, settings)?;
+        let t = Instant::now();
+        let mut objects = BTreeMap::new();
+        for (_, key) in worker::input_keys(&job) {
+            let data = inputs.get(&key, settings.limits.max_image_bytes as u64)?;
+            objects.insert(key, data);
+        }
+        fetch_secs = t.elapsed().as_secs_f64();
+        let input = worker::prepare(&job, &objects, settings)?;
+        drop(objects);
+        let mut noise = SeededNoise::new(job.request.seed);
+        let edited = pipeline.edit(&input, &mut noise)?;
+        let t = Instant::now();
+        let encoded = worker::encode(&job, &edited)?;
+        let mut infos = Vec::new();
+        for ((key, data), out) in encoded.iter().zip(&edited.images) {
+            let path = outputs.put(key, data)?;
+            let passed = out.identity_score >= settings.pipeline.min_identity_score;
+            infos.push(OutputInfo {
+                key: path.display().to_string(),
+                identity_score: out.identity_score,
+                identity_check_passed: passed,
+            });
+        }
+        upload_secs = t.elapsed().as_secs_f64();
+        if let Some(sheet) = &options.contact_sheet {
+            let png = crate::contact_sheet::render(&input, &edited).map_err(|e| JobFailure {
+                code: "model_error",
+                message: format!("contact sheet: {e}"),
+                retryable: false,
+            })?;
+            std::fs::write(sheet, png).map_err(|e| JobFailure {
+                code: "storage_error",
+                message: format!("contact sheet {}: {e}", sheet.display()),
+                retryable: false,
+            })?;
+        }
+        Ok((infos, edited.timings))
+    })();
+    let outcome_ref = outcome
+        .as_ref()
+        .map(|(infos, timings)| (infos.clone(), timings))
+        .map_err(Clone::clone);
+    let result = worker::result(
+        pipeline.engine_mut(),
+        &job_id,
+        "edit",
+        outcome_ref,
+        &[
+            ("fetch", fetch_secs),
+            ("upload", upload_secs),
+            ("model_load", load_secs),
+        ],
+    );
+    std::fs::create_dir_all(&options.out)?;
+    std::fs::write(
+        options.out.join("result.json"),
+        serde_json::to_vec_pretty(&result)?,
+    )?;
+    Ok(result)
+}

@@ -1,0 +1,107 @@
+//! The inference engine: the model directory's graphs behind a small trait.
+//!
+//! [`Engine`] speaks ndarray and plain slices; [`OrtEngine`] (in `runtime.rs`) is the only place
+//! that touches `ort` types. An engine is synchronous and owned by one thread: callers that live on an
+//! async runtime hand work to a dedicated inference thread (see `worker`), never run it on a tokio
+//! worker thread.
+
+pub mod manifest;
+mod runtime;
+
+use ndarray::{Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4};
+
+pub use manifest::Manifest;
+pub use runtime::OrtEngine;
+
+/// Why an engine call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The model directory was refused (manifest, hashes, graph interfaces).
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    /// A graph's inputs/outputs differ from what the manifest declares.
+    #[error("graph `{graph}`: {field}: {problem}")]
+    Interface {
+        /// Manifest key of the graph.
+        graph: String,
+        /// Which input/output or property.
+        field: String,
+        /// What differs.
+        problem: String,
+    },
+    /// ONNX Runtime could not be loaded or configured.
+    #[error("ONNX Runtime setup: {0}")]
+    Setup(String),
+    /// A graph run failed.
+    #[error("graph `{graph}` failed: {message}")]
+    Run {
+        /// Manifest key of the graph.
+        graph: &'static str,
+        /// ONNX Runtime's message.
+        message: String,
+    },
+    /// The caller passed tensors of the wrong shape (a bug in the caller).
+    #[error("graph `{graph}`: bad input shape: {problem}")]
+    Shape {
+        /// Manifest key of the graph.
+        graph: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// What stays fixed across the denoising steps of one job.
+#[derive(Debug, Clone, Copy)]
+pub struct DenoiseInputs<'a> {
+    /// Text hidden states per UNet row, [rows, 77, D].
+    pub hidden_states: ArrayView3<'a, f32>,
+    /// Identity tokens per row, [rows, 10, D].
+    pub id_tokens: ArrayView3<'a, f32>,
+    /// 1.0 where a row attends to the identity tokens, 0.0 where they are removed (CFG's uncond row).
+    pub id_switch: &'a [f32],
+    /// The visual segment of the adapter, [P].
+    pub adapter: &'a [f32],
+    /// Mask at latent resolution per row, [rows, 1, h, w].
+    pub mask: ArrayView4<'a, f32>,
+    /// Scaled masked-image latents per row, [rows, 4, h, w].
+    pub masked_latents: ArrayView4<'a, f32>,
+    /// For each row, which of the job's latents it denoises.
+    pub row_latent: &'a [usize],
+}
+
+/// One job's UNet with its fixed inputs bound; called once per denoising step.
+pub trait Denoiser {
+    /// Runs the UNet on `latents` ([n, 4, h, w] flat, one per output) at `timestep` and writes the
+    /// noise prediction of every row ([rows, 4, h, w] flat) into `noise_pred`.
+    fn predict(
+        &mut self,
+        latents: &[f32],
+        timestep: f32,
+        noise_pred: &mut [f32],
+    ) -> Result<(), EngineError>;
+}
+
+/// The model's graphs. All tensors are float32 unless stated; shapes follow models/CONTRACT.md.
+pub trait Engine {
+    /// The manifest the engine was loaded from.
+    fn manifest(&self) -> &Manifest;
+    /// `input_ids` [B, 77] with the `<new1>` embedding [D] -> hidden states [B, 77, D].
+    fn encode_text(
+        &mut self,
+        input_ids: ArrayView2<'_, i64>,
+        new1_embedding: ArrayView1<'_, f32>,
+    ) -> Result<Array3<f32>, EngineError>;
+    /// Aligned face crops [N, 3, 112, 112] in [-1, 1] -> embeddings [N, 512].
+    fn embed_faces(&mut self, faces: ArrayView4<'_, f32>) -> Result<Array2<f32>, EngineError>;
+    /// Reference embeddings [B, R, 512] -> identity tokens [B, 10, D].
+    fn id_tokens(&mut self, embeddings: ArrayView3<'_, f32>) -> Result<Array3<f32>, EngineError>;
+    /// Images [B, 3, H, W] in [-1, 1] -> unscaled posterior means [B, 4, h, w].
+    fn vae_encode(&mut self, images: ArrayView4<'_, f32>) -> Result<Array4<f32>, EngineError>;
+    /// Unscaled latents [B, 4, h, w] -> images [B, 3, H, W], roughly [-1, 1].
+    fn vae_decode(&mut self, latents: ArrayView4<'_, f32>) -> Result<Array4<f32>, EngineError>;
+    /// Binds a job's fixed UNet inputs and returns the per-step runner.
+    fn denoiser<'e>(
+        &'e mut self,
+        inputs: DenoiseInputs<'_>,
+    ) -> Result<Box<dyn Denoiser + 'e>, EngineError>;
+}

@@ -1,0 +1,110 @@
+//! [`LocalStore`]: object keys as relative paths under a root directory.
+
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+use super::StorageError;
+
+/// A directory used as an object store.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// A store rooted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The path of a key; refuses absolute keys and `..` so nothing outside the root is reachable.
+    pub fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
+        let rel = Path::new(key);
+        if key.is_empty() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(StorageError::Forbidden {
+                key: key.to_string(),
+                reason: "keys are relative paths without '..'".into(),
+            });
+        }
+        Ok(self.root.join(rel))
+    }
+
+    /// Reads an object, refusing it before reading when it is larger than `max_bytes`.
+    pub fn get(&self, key: &str, max_bytes: u64) -> Result<Vec<u8>, StorageError> {
+        let path = self.path(key)?;
+        let io = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => StorageError::NotFound {
+                key: key.to_string(),
+            },
+            _ => StorageError::Io {
+                key: key.to_string(),
+                message: e.to_string(),
+                transient: false,
+            },
+        };
+        let size = std::fs::metadata(&path).map_err(io)?.len();
+        if size > max_bytes {
+            return Err(StorageError::TooLarge {
+                key: key.to_string(),
+                size,
+                limit: max_bytes,
+            });
+        }
+        std::fs::read(&path).map_err(io)
+    }
+
+    /// Writes an object atomically (temporary file + rename), creating parent directories.
+    pub fn put(&self, key: &str, bytes: &[u8]) -> Result<PathBuf, StorageError> {
+        let path = self.path(key)?;
+        let io = |e: std::io::Error| StorageError::Io {
+            key: key.to_string(),
+            message: e.to_string(),
+            transient: false,
+        };
+        let dir = path.parent().expect("a joined key has a parent");
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let tmp = dir.join(format!(
+            ".{}.partial",
+            path.file_name()
+                .expect("normal component")
+                .to_string_lossy()
+        ));
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_limits_and_escapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        store.put("a/b/c.bin", b"hello").unwrap();
+        assert_eq!(store.get("a/b/c.bin", 5).unwrap(), b"hello");
+        assert!(matches!(
+            store.get("a/b/c.bin", 4),
+            Err(StorageError::TooLarge { size: 5, .. })
+        ));
+        assert!(matches!(
+            store.get("missing", 10),
+            Err(StorageError::NotFound { .. })
+        ));
+        for key in ["../x", "/etc/passwd", "a/../../x", ""] {
+            assert!(
+                matches!(store.get(key, 10), Err(StorageError::Forbidden { .. })),
+                "{key}"
+            );
+        }
+    }
+}

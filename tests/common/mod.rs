@@ -1,0 +1,91 @@
+//! Helpers shared by the integration tests: settings pointing at the repo's tiny model and ONNX
+//! Runtime, and fixture loading.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use pva_worker::config::Settings;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Embedded defaults with repo-absolute paths (tests run from any directory), one ORT thread per
+/// session so parallel tests do not oversubscribe the CPU.
+pub fn settings() -> Settings {
+    let mut s = Settings::load_with_env(None, Vec::new()).expect("default settings");
+    s.engine.model_dir = repo().join(&s.engine.model_dir);
+    s.engine.ort_library = repo().join(&s.engine.ort_library);
+    s.engine.intra_threads = 1;
+    s
+}
+
+/// Named f32/i64 tensors of a safetensors file.
+pub struct Tensors {
+    f32s: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    i64s: HashMap<String, (Vec<usize>, Vec<i64>)>,
+}
+
+impl Tensors {
+    /// Reads a safetensors file.
+    pub fn load(path: &Path) -> Self {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        let mut f32s = HashMap::new();
+        let mut i64s = HashMap::new();
+        for (name, view) in st.tensors() {
+            let shape = view.shape().to_vec();
+            match view.dtype() {
+                safetensors::Dtype::F32 => {
+                    let v = view
+                        .data()
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                        .collect();
+                    f32s.insert(name.to_string(), (shape, v));
+                }
+                safetensors::Dtype::I64 => {
+                    let v = view
+                        .data()
+                        .chunks_exact(8)
+                        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+                        .collect();
+                    i64s.insert(name.to_string(), (shape, v));
+                }
+                other => panic!("{name}: unexpected dtype {other:?}"),
+            }
+        }
+        Self { f32s, i64s }
+    }
+
+    /// An f32 tensor by name.
+    pub fn f32(&self, name: &str) -> &(Vec<usize>, Vec<f32>) {
+        self.f32s
+            .get(name)
+            .unwrap_or_else(|| panic!("fixture tensor `{name}` missing"))
+    }
+
+    /// An optional f32 tensor.
+    pub fn maybe_f32(&self, name: &str) -> Option<&(Vec<usize>, Vec<f32>)> {
+        self.f32s.get(name)
+    }
+
+    /// An i64 tensor by name.
+    pub fn i64(&self, name: &str) -> &(Vec<usize>, Vec<i64>) {
+        self.i64s
+            .get(name)
+            .unwrap_or_else(|| panic!("fixture tensor `{name}` missing"))
+    }
+}
+
+/// Largest absolute difference of two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length differs");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

@@ -1,0 +1,391 @@
+//! The Rust pipeline on the bundled tiny model: batching, paste-back, bad inputs, model-directory
+//! checks, and the `edit` command end to end.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::{repo, settings};
+use pva_worker::edit::{load_pipeline, EditOptions};
+use pva_worker::engine::{EngineError, OrtEngine};
+use pva_worker::job::JobStatus;
+use pva_worker::pipeline::face::FaceBox;
+use pva_worker::pipeline::image::{decode, DecodeLimits};
+use pva_worker::pipeline::inpaint::{EditInput, MaskInput};
+use pva_worker::pipeline::mask::Region;
+use pva_worker::pipeline::noise::SeededNoise;
+use pva_worker::pipeline::scheduler::SchedulerKind;
+use pva_worker::worker;
+
+fn photo(name: &str) -> image::RgbImage {
+    let limits = DecodeLimits {
+        max_bytes: 1 << 26,
+        max_pixels: 1 << 26,
+    };
+    decode(
+        &std::fs::read(repo().join("examples/photos").join(name)).unwrap(),
+        &limits,
+    )
+    .unwrap()
+}
+
+fn obama_input(num_outputs: usize, guidance: f32) -> EditInput {
+    EditInput {
+        target: photo("obama.jpg"),
+        target_face: Some(FaceBox {
+            x: 345,
+            y: 80,
+            width: 290,
+            height: 360,
+        }),
+        mask: MaskInput::Region(Region::LowerFace),
+        references: vec![(
+            photo("obama2.jpg"),
+            Some(FaceBox {
+                x: 200,
+                y: 185,
+                width: 330,
+                height: 395,
+            }),
+        )],
+        prompt: "with a beard".into(),
+        negative_prompt: String::new(),
+        scheduler: SchedulerKind::Ddim { eta: 1.0 },
+        steps: 4,
+        guidance,
+        num_outputs,
+        adapter: None,
+    }
+}
+
+#[test]
+fn a_batch_of_n_equals_n_single_runs() {
+    let mut pipeline = load_pipeline(&settings()).unwrap();
+    for guidance in [1.0, 3.0] {
+        let batch = pipeline
+            .edit(&obama_input(3, guidance), &mut SeededNoise::new(11))
+            .unwrap();
+        assert_eq!(batch.images.len(), 3);
+        for i in 0..3 {
+            // Output i of a batch is output 0 of a one-output job whose noise stream is i.
+            struct Shifted(SeededNoise, usize);
+            impl pva_worker::pipeline::noise::NoiseSource for Shifted {
+                fn initial(&mut self, _: usize, out: &mut [f32]) {
+                    self.0.initial(self.1, out)
+                }
+                fn variance(&mut self, _: usize, step: usize, out: &mut [f32]) {
+                    self.0.variance(self.1, step, out)
+                }
+            }
+            let single = pipeline
+                .edit(
+                    &obama_input(1, guidance),
+                    &mut Shifted(SeededNoise::new(11), i),
+                )
+                .unwrap();
+            let (a, b) = (&batch.images[i].crop, &single.images[0].crop);
+            let off = a
+                .as_raw()
+                .iter()
+                .zip(b.as_raw())
+                .filter(|(x, y)| (**x as i16 - **y as i16).abs() > 1)
+                .count();
+            assert_eq!(
+                off, 0,
+                "guidance {guidance}: output {i} differs from its single run"
+            );
+        }
+        assert_ne!(
+            batch.images[0].crop, batch.images[1].crop,
+            "outputs must differ"
+        );
+    }
+}
+
+#[test]
+fn paste_back_leaves_everything_outside_the_mask_byte_identical() {
+    let s = settings();
+    let mut pipeline = load_pipeline(&s).unwrap();
+    let input = obama_input(1, 1.0);
+    let out = pipeline.edit(&input, &mut SeededNoise::new(3)).unwrap();
+    let edited = &out.images[0].image;
+    assert_eq!(edited.dimensions(), input.target.dimensions());
+    let rect = out.crop_rect;
+    let scale = rect.size as f64 / out.mask.size() as f64;
+    let feather = s.pipeline.feather_px as f64;
+    // The mask's box in original pixels, grown by the feather (and one pixel of resampling slack).
+    let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, 0f64, 0f64);
+    for y in 0..out.mask.size() {
+        for x in 0..out.mask.size() {
+            if out.mask.get(x, y) {
+                x0 = x0.min(rect.x as f64 + x as f64 * scale);
+                y0 = y0.min(rect.y as f64 + y as f64 * scale);
+                x1 = x1.max(rect.x as f64 + (x + 1) as f64 * scale);
+                y1 = y1.max(rect.y as f64 + (y + 1) as f64 * scale);
+            }
+        }
+    }
+    let grow = feather + scale + 1.0;
+    let mut changed_inside = 0;
+    for (x, y, p) in edited.enumerate_pixels() {
+        let (fx, fy) = (x as f64 + 0.5, y as f64 + 0.5);
+        let inside = fx >= x0 - grow && fx <= x1 + grow && fy >= y0 - grow && fy <= y1 + grow;
+        if !inside {
+            assert_eq!(
+                p,
+                input.target.get_pixel(x, y),
+                "pixel ({x},{y}) outside the mask changed"
+            );
+        } else if p != input.target.get_pixel(x, y) {
+            changed_inside += 1;
+        }
+    }
+    assert!(
+        changed_inside > 1000,
+        "the edit changed only {changed_inside} pixels"
+    );
+}
+
+fn job_json(patch: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join("examples/job.json")).unwrap()).unwrap();
+    v["steps"] = 2.into();
+    v["num_outputs"] = 1.into();
+    patch(&mut v);
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// Runs a job through parse -> prepare -> edit with the given objects; returns the failure code.
+fn failure_code(
+    job: &[u8],
+    objects: &BTreeMap<String, Vec<u8>>,
+    s: &pva_worker::config::Settings,
+) -> Result<(), worker::JobFailure> {
+    let job = worker::parse(job, s)?;
+    let input = worker::prepare(&job, objects, s)?;
+    let mut pipeline = load_pipeline(s).unwrap();
+    pipeline.edit(&input, &mut SeededNoise::new(0))?;
+    Ok(())
+}
+
+fn example_objects() -> BTreeMap<String, Vec<u8>> {
+    ["obama.jpg", "obama2.jpg", "obama3.jpg"]
+        .iter()
+        .map(|f| {
+            (
+                format!("photos/{f}"),
+                std::fs::read(repo().join("examples/photos").join(f)).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn each_bad_input_gets_its_own_clear_error() {
+    let s = settings();
+    let good = example_objects();
+    let jpeg = good["photos/obama.jpg"].clone();
+
+    let with = |key: &str, bytes: Vec<u8>| {
+        let mut o = good.clone();
+        o.insert(key.to_string(), bytes);
+        o
+    };
+    let check =
+        |what: &str, job: Vec<u8>, objects: BTreeMap<String, Vec<u8>>, code: &str, needle: &str| {
+            let err = failure_code(&job, &objects, &s).expect_err(what);
+            assert_eq!(err.code, code, "{what}: {err}");
+            assert!(
+                err.message.to_lowercase().contains(&needle.to_lowercase()),
+                "{what}: message `{}` should mention `{needle}`",
+                err.message
+            );
+            assert!(!err.retryable, "{what}: bad input is not retryable");
+        };
+
+    check(
+        "truncated JPEG",
+        job_json(|_| {}),
+        with("photos/obama.jpg", jpeg[..jpeg.len() / 3].to_vec()),
+        "bad_image",
+        "target",
+    );
+    check(
+        "unsupported format",
+        job_json(|_| {}),
+        with(
+            "photos/obama.jpg",
+            b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec(),
+        ),
+        "bad_image",
+        "unsupported",
+    );
+    check(
+        "zero-size image",
+        job_json(|_| {}),
+        with("photos/obama.jpg", Vec::new()),
+        "bad_image",
+        "target",
+    );
+    let mut small_mask = Vec::new();
+    image::RgbImage::from_pixel(10, 10, image::Rgb([255, 255, 255]))
+        .write_to(
+            &mut std::io::Cursor::new(&mut small_mask),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    check(
+        "mask of the wrong size",
+        job_json(|v| v["mask"] = serde_json::json!({"key": "mask.png"})),
+        with("mask.png", small_mask),
+        "bad_input",
+        "10x10",
+    );
+    check(
+        "six references",
+        job_json(|v| {
+            let r = v["identity"]["references"][0].clone();
+            v["identity"]["references"] = serde_json::json!([r, r, r, r, r, r]);
+        }),
+        good.clone(),
+        "invalid_job",
+        "identity.references",
+    );
+    let mut tight = s.clone();
+    tight.limits.max_image_pixels = 500_000;
+    let err = failure_code(&job_json(|_| {}), &good, &tight).unwrap_err();
+    assert_eq!(err.code, "bad_image", "{err}");
+    assert!(err.message.contains("pixels"), "{err}");
+    check(
+        "empty prompt",
+        job_json(|v| v["prompt"] = "".into()),
+        good.clone(),
+        "invalid_job",
+        "prompt",
+    );
+    check(
+        "non-square target without a face box",
+        job_json(|v| v["target"] = serde_json::json!({"key": "photos/obama.jpg"})),
+        good.clone(),
+        "bad_input",
+        "face_box",
+    );
+}
+
+fn copy_model(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(repo().join("models/tiny")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_model_dir_that_differs_from_its_manifest_is_refused_naming_graph_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_model(&model);
+    let mut s = settings();
+    s.engine.model_dir = model.clone();
+    let manifest_path = model.join("manifest.json");
+    let original = std::fs::read_to_string(&manifest_path).unwrap();
+
+    // A changed file: hash mismatch names the file.
+    let mut bytes = std::fs::read(model.join("vae_decoder.onnx")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(model.join("vae_decoder.onnx"), &bytes).unwrap();
+    let err = OrtEngine::load(&s.engine).unwrap_err().to_string();
+    assert!(
+        err.contains("vae_decoder.onnx") && err.contains("sha256"),
+        "{err}"
+    );
+    std::fs::copy(
+        repo().join("models/tiny/vae_decoder.onnx"),
+        model.join("vae_decoder.onnx"),
+    )
+    .unwrap();
+
+    // A manifest whose declared input differs from the graph: names the graph and the input.
+    let mut v: serde_json::Value = serde_json::from_str(&original).unwrap();
+    v["graphs"]["unet"]["inputs"][4]["name"] = "identity_switch".into();
+    std::fs::write(&manifest_path, v.to_string()).unwrap();
+    match OrtEngine::load(&s.engine).unwrap_err() {
+        EngineError::Interface { graph, field, .. } => {
+            assert_eq!(graph, "unet");
+            assert_eq!(field, "inputs");
+        }
+        other => panic!("expected an interface error, got {other}"),
+    }
+    let mut v: serde_json::Value = serde_json::from_str(&original).unwrap();
+    v["graphs"]["text_encoder"]["inputs"][0]["dtype"] = "float32".into();
+    std::fs::write(&manifest_path, v.to_string()).unwrap();
+    let err = OrtEngine::load(&s.engine).unwrap_err().to_string();
+    assert!(
+        err.contains("text_encoder") && err.contains("input_ids") && err.contains("dtype"),
+        "{err}"
+    );
+    let mut v: serde_json::Value = serde_json::from_str(&original).unwrap();
+    v["graphs"]["vae_encoder"]["outputs"][0]["shape"][1] = 8.into();
+    std::fs::write(&manifest_path, v.to_string()).unwrap();
+    let err = OrtEngine::load(&s.engine).unwrap_err().to_string();
+    assert!(
+        err.contains("vae_encoder") && err.contains("latent_mean") && err.contains("dimension 1"),
+        "{err}"
+    );
+
+    // A missing library is a setup error that says how to install it.
+    let mut s2 = settings();
+    s2.engine.ort_library = dir.path().join("nope.so");
+    std::fs::write(&manifest_path, &original).unwrap();
+    s2.engine.model_dir = model;
+    // NOTE: the process-wide environment may already be loaded by another test in this binary, in
+    // which case the library path is not consulted again; only check the message when it is.
+    if let Err(e) = OrtEngine::load(&s2.engine) {
+        assert!(e.to_string().contains("setup-ort.sh"), "{e}");
+    }
+}
+
+#[test]
+fn the_edit_command_runs_the_bundled_example() {
+    let out = tempfile::tempdir().unwrap();
+    let sheet = out.path().join("sheet.png");
+    let mut s = settings();
+    s.engine.intra_threads = 2;
+    let job = out.path().join("job.json");
+    std::fs::write(&job, job_json(|v| v["num_outputs"] = 2.into())).unwrap();
+    let result = pva_worker::edit::run(
+        &s,
+        &EditOptions {
+            job,
+            root: Some(repo().join("examples")),
+            out: out.path().to_path_buf(),
+            contact_sheet: Some(sheet.clone()),
+        },
+    )
+    .unwrap();
+    assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
+    assert_eq!(result.outputs.len(), 2);
+    for o in &result.outputs {
+        let img = image::open(&o.key).unwrap();
+        assert_eq!((img.width(), img.height()), (910, 1137));
+        assert!(o.identity_score.is_finite() && o.identity_score.abs() <= 1.0);
+    }
+    assert!(out.path().join("example/example-beard/0.png").is_file());
+    let written: pva_worker::job::JobResult =
+        serde_json::from_slice(&std::fs::read(out.path().join("result.json")).unwrap()).unwrap();
+    assert_eq!(written, result);
+    for stage in [
+        "fetch",
+        "preprocess",
+        "encode",
+        "denoise",
+        "decode",
+        "upload",
+    ] {
+        assert!(result.timings.contains_key(stage), "missing timing {stage}");
+    }
+    let sheet = image::open(&sheet).unwrap();
+    assert!(sheet.width() > sheet.height(), "a row of tiles");
+}
