@@ -71,7 +71,9 @@ def adamw_update(
 
     Returns `(new_param, new_m, new_v)`. The scalar factors are computed in float64 and rounded to
     float32 once, because the optimizer computes them from Python floats; the tensor arithmetic keeps
-    the optimizer's operation order (`lerp` for the first moment, `addcmul`, `addcdiv`).
+    the optimizer's operation order (`lerp` for the first moment, `addcmul`, `addcdiv`). The
+    optimizer's CPU kernels fuse multiply-adds, which a graph cannot ask for: the two agree to a few
+    float32 ulps, not bit for bit.
     """
     f32 = param.dtype
     step64 = step.to(torch.float64)
@@ -83,8 +85,7 @@ def adamw_update(
     bias_correction2_sqrt = torch.sqrt(bias_correction2).to(f32)
 
     param = param * decay
-    # NOTE: `lerp_(grad, w)` with |w| < 0.5 is `m + w * (grad - m)`; written out so that the graph
-    # rounds exactly like the optimizer.
+    # NOTE: `lerp_(grad, w)` with |w| < 0.5 is `m + w * (grad - m)`, not `b1 * m + (1 - b1) * grad`.
     new_m = m + (1.0 - BETA1) * (grad - m)
     new_v = v * BETA2 + (1.0 - BETA2) * grad * grad
     denom = torch.sqrt(new_v) / bias_correction2_sqrt + EPS
@@ -273,8 +274,16 @@ def example_inputs(
 
 
 def trace_tuning_step(step_module: TuningStep, inputs: tuple[Tensor, ...]) -> torch.fx.GraphModule:
-    """Trace forward, backward and update into one aten graph with `make_fx` (symbolic shapes)."""
+    """Trace forward, backward and update into one aten graph with `make_fx` (symbolic shapes).
+
+    The module's weights are real tensors and become constants of the graph; only `inputs` are traced
+    as (fake, symbolic) inputs, so nothing is computed while tracing.
+    """
     from torch.fx.experimental.proxy_tensor import make_fx
+
+    # NOTE: the graph's batch is fixed (`tuning.batch_size`, CONTRACT.md) and the export specialises
+    # every symbolic size to the example's, so a symbol that tracing ties to an equal dimension (the
+    # batch of 2 and the text encoder's 2 heads in the tiny model) cannot change the exported graph.
 
     def step_fn(*args: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return step_module(*args)
