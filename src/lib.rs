@@ -10,6 +10,7 @@ pub mod contact_sheet;
 pub mod edit;
 pub mod engine;
 pub mod job;
+pub mod metrics;
 pub mod pipeline;
 pub mod storage;
 pub mod worker;
