@@ -39,6 +39,138 @@ pub struct Settings {
     pub pipeline: PipelineSettings,
     /// Logging.
     pub logging: LoggingSettings,
+    /// The queue service (`serve`).
+    pub worker: WorkerSettings,
+    /// RabbitMQ.
+    pub amqp: AmqpSettings,
+    /// S3 or an S3-compatible store.
+    pub s3: S3Settings,
+    /// Prometheus metrics and health endpoints.
+    pub metrics: MetricsSettings,
+}
+
+/// A secret value: deserialised like a string, never shown by `Debug` or `Display`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The value, for the one place that needs it (a client's credentials).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Whether no value was configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Secret(<empty>)"
+        } else {
+            "Secret(<redacted>)"
+        })
+    }
+}
+
+/// The queue service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Name of this worker in result messages and logs (empty: the host name).
+    pub id: String,
+    /// Jobs run at once (= inference threads, each with its own sessions; = AMQP prefetch).
+    pub concurrency: usize,
+    /// On SIGTERM/SIGINT, how long in-flight jobs may take before they are returned to the queue.
+    pub shutdown_deadline_secs: u64,
+    /// Deliveries of one job before it is dead-lettered (the quorum queue's delivery limit).
+    pub delivery_limit: u32,
+    /// First retry delay for a transient failure; doubles per delivery up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    /// Largest retry delay.
+    pub retry_max_ms: u64,
+}
+
+/// RabbitMQ topology and connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// `amqp://user:password@host:port/vhost` (a secret: it holds the password).
+    pub url: Secret,
+    /// Durable quorum queue the jobs arrive on.
+    pub job_queue: String,
+    /// Exchange the job queue dead-letters to.
+    pub dead_letter_exchange: String,
+    /// Queue bound to the dead-letter exchange.
+    pub dead_letter_queue: String,
+    /// Exchange result messages are published to.
+    pub result_exchange: String,
+    /// Routing key of result messages.
+    pub result_routing_key: String,
+    /// AMQP heartbeat interval in seconds.
+    pub heartbeat_secs: u16,
+    /// First reconnect delay; doubles up to `reconnect_max_ms`.
+    pub reconnect_initial_ms: u64,
+    /// Largest reconnect delay.
+    pub reconnect_max_ms: u64,
+}
+
+/// Server-side encryption of uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sse {
+    /// No encryption header (for stores that reject it).
+    None,
+    /// SSE-S3 (`AES256`).
+    Aes256,
+    /// SSE-KMS with `s3.sse_kms_key_id`.
+    AwsKms,
+}
+
+/// S3 or an S3-compatible store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// Endpoint URL for S3-compatible stores (empty: AWS's regional endpoint).
+    pub endpoint: String,
+    /// Region.
+    pub region: String,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most S3-compatible stores.
+    pub force_path_style: bool,
+    /// Access key id (empty: the standard AWS credential chain).
+    pub access_key_id: Secret,
+    /// Secret access key (empty: the standard AWS credential chain).
+    pub secret_access_key: Secret,
+    /// Bucket the job's input keys (target, mask, references) are read from.
+    pub input_bucket: String,
+    /// Input keys must start with one of these (empty list: any key in the bucket).
+    pub input_prefixes: Vec<String>,
+    /// Buckets a job may write its outputs to (the first is the default when a job names none).
+    pub output_buckets: Vec<String>,
+    /// Seconds to connect.
+    pub connect_timeout_secs: u64,
+    /// Seconds for one whole operation (all attempts).
+    pub operation_timeout_secs: u64,
+    /// Attempts per operation (SDK retries with backoff on throttling, timeouts and 5xx).
+    pub max_attempts: u32,
+    /// Server-side encryption of uploads.
+    pub sse: Sse,
+    /// KMS key id when `sse = "aws_kms"`.
+    pub sse_kms_key_id: String,
+}
+
+/// Metrics and health endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Address of the HTTP server with /metrics, /healthz and /readyz.
+    pub listen: String,
 }
 
 /// Which execution provider runs the graphs.
@@ -151,6 +283,9 @@ impl Settings {
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("s3.input_prefixes")
+                .with_list_parse_key("s3.output_buckets")
                 .source(Some(env)),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
@@ -186,6 +321,48 @@ impl Settings {
         }
         if self.engine.cuda_device < 0 {
             return invalid("engine.cuda_device", "must be >= 0");
+        }
+        if self.worker.concurrency == 0 || self.worker.concurrency > 64 {
+            return invalid("worker.concurrency", "must be in 1..=64");
+        }
+        if self.worker.delivery_limit == 0 {
+            return invalid("worker.delivery_limit", "must be > 0");
+        }
+        if self.worker.retry_initial_ms > self.worker.retry_max_ms {
+            return invalid("worker.retry_initial_ms", "must be <= worker.retry_max_ms");
+        }
+        if self.amqp.reconnect_initial_ms == 0
+            || self.amqp.reconnect_initial_ms > self.amqp.reconnect_max_ms
+        {
+            return invalid(
+                "amqp.reconnect_initial_ms",
+                "must be in 1..=amqp.reconnect_max_ms",
+            );
+        }
+        for (setting, name) in [
+            ("amqp.job_queue", &self.amqp.job_queue),
+            ("amqp.dead_letter_exchange", &self.amqp.dead_letter_exchange),
+            ("amqp.dead_letter_queue", &self.amqp.dead_letter_queue),
+            ("amqp.result_exchange", &self.amqp.result_exchange),
+        ] {
+            if name.trim().is_empty() {
+                return invalid(setting, "must not be empty");
+            }
+        }
+        if self.s3.max_attempts == 0 {
+            return invalid("s3.max_attempts", "must be > 0");
+        }
+        if self.s3.sse == Sse::AwsKms && self.s3.sse_kms_key_id.is_empty() {
+            return invalid("s3.sse_kms_key_id", "is required when s3.sse = \"aws_kms\"");
+        }
+        if self.s3.access_key_id.is_empty() != self.s3.secret_access_key.is_empty() {
+            return invalid(
+                "s3.secret_access_key",
+                "set both s3.access_key_id and s3.secret_access_key, or neither",
+            );
+        }
+        if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid("metrics.listen", "must be an address like 0.0.0.0:9090");
         }
         if self.logging.level.trim().is_empty() {
             return invalid("logging.level", "must not be empty");
@@ -236,6 +413,20 @@ mod tests {
     }
 
     #[test]
+    fn lists_come_from_comma_separated_environment_values() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("PVA__S3__OUTPUT_BUCKETS", "a-bucket,b-bucket"),
+                ("PVA__S3__INPUT_PREFIXES", "in/"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.s3.output_buckets, vec!["a-bucket", "b-bucket"]);
+        assert_eq!(s.s3.input_prefixes, vec!["in/"]);
+    }
+
+    #[test]
     fn invalid_values_name_the_setting() {
         let err =
             Settings::load_with_env(None, env(&[("PVA__LIMITS__MAX_STEPS", "0")])).unwrap_err();
@@ -243,6 +434,24 @@ mod tests {
         let err = Settings::load_with_env(None, env(&[("PVA__ENGINE__EXECUTION_PROVIDER", "tpu")]))
             .unwrap_err();
         assert!(err.to_string().contains("execution_provider"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("PVA__AMQP__URL", "amqp://u:hunter2@h:5672/%2f"),
+                ("PVA__S3__ACCESS_KEY_ID", "AKIAEXAMPLE"),
+                ("PVA__S3__SECRET_ACCESS_KEY", "wJalrXUtnFEMI"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.s3.secret_access_key.expose(), "wJalrXUtnFEMI");
+        let debug = format!("{s:?}");
+        for secret in ["hunter2", "AKIAEXAMPLE", "wJalrXUtnFEMI"] {
+            assert!(!debug.contains(secret), "{secret} leaked into {debug}");
+        }
     }
 
     #[test]

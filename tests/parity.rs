@@ -51,6 +51,7 @@ struct Case {
     eta: f32,
     steps: usize,
     guidance: f32,
+    timesteps: Vec<i64>,
 }
 
 fn cases() -> Vec<PathBuf> {
@@ -87,7 +88,7 @@ fn refs(dir: &Path) -> Vec<image::RgbImage> {
 fn kind(case: &Case) -> SchedulerKind {
     match case.scheduler.as_str() {
         "ddim" => SchedulerKind::Ddim { eta: case.eta },
-        "dpmpp_2m" => SchedulerKind::DpmSolverPlusPlus,
+        "dpm" | "dpmpp_2m" => SchedulerKind::DpmSolverPlusPlus,
         other => panic!("unknown scheduler {other}"),
     }
 }
@@ -178,7 +179,15 @@ fn every_stage_and_every_step_matches_the_python_reference() {
         );
         assert!(d <= TOL, "{name}: masked_latents differ by {d}");
 
-        // The loop, step by step.
+        // The loop, step by step, on diffusers' timesteps.
+        let scheduler =
+            pva_worker::pipeline::scheduler::Scheduler::new(&m.scheduler, kind(&case), case.steps)
+                .unwrap();
+        assert_eq!(
+            scheduler.timesteps(),
+            case.timesteps.as_slice(),
+            "{name}: timesteps"
+        );
         let cond = Conditioning {
             hidden_cond,
             hidden_uncond,

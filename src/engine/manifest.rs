@@ -116,6 +116,20 @@ pub struct GraphSpec {
     pub inputs: Vec<TensorSpec>,
     /// Outputs in graph order.
     pub outputs: Vec<TensorSpec>,
+    /// ONNX external-data files holding the graph's weights (full-size graphs exceed protobuf's 2 GiB).
+    #[serde(default)]
+    pub external_data: Vec<ExternalData>,
+}
+
+/// One external-data file of a graph.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExternalData {
+    /// File name inside the model directory.
+    pub file: String,
+    /// Hex sha256 of the file.
+    pub sha256: String,
+    /// File size in bytes.
+    pub bytes: u64,
 }
 
 /// Latent space geometry.
@@ -357,18 +371,18 @@ impl Manifest {
 
     /// Checks every file's presence, size and sha256 against the manifest.
     pub fn verify_files(&self, dir: &Path) -> Result<(), ManifestError> {
-        let mut files: Vec<(String, &str, &str, Option<u64>)> = self
-            .graphs
-            .iter()
-            .map(|(k, g)| {
-                (
-                    format!("graphs.{k}"),
-                    g.file.as_str(),
-                    g.sha256.as_str(),
-                    Some(g.bytes),
-                )
-            })
-            .collect();
+        let mut files: Vec<(String, &str, &str, Option<u64>)> = Vec::new();
+        for (k, g) in &self.graphs {
+            files.push((format!("graphs.{k}"), &g.file, &g.sha256, Some(g.bytes)));
+            for (i, x) in g.external_data.iter().enumerate() {
+                files.push((
+                    format!("graphs.{k}.external_data[{i}]"),
+                    &x.file,
+                    &x.sha256,
+                    Some(x.bytes),
+                ));
+            }
+        }
         files.push((
             "adapter".into(),
             self.adapter.file.as_str(),

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
-use super::StorageError;
+use super::{ObjectStore, StorageError};
 
 /// A directory used as an object store.
 #[derive(Debug, Clone)]
@@ -79,6 +79,83 @@ impl LocalStore {
         file.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
         Ok(path)
+    }
+}
+
+/// As an [`ObjectStore`], a bucket is a sub-directory of the root.
+impl ObjectStore for LocalStore {
+    async fn get(&self, bucket: &str, key: &str, max_bytes: u64) -> Result<Vec<u8>, StorageError> {
+        self.bucket(bucket)?.get(key, max_bytes)
+    }
+
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        bytes: Vec<u8>,
+        _content_type: &str,
+    ) -> Result<(), StorageError> {
+        self.bucket(bucket)?.put(key, &bytes).map(|_| ())
+    }
+
+    async fn exists(&self, bucket: &str, key: &str) -> Result<bool, StorageError> {
+        Ok(self.bucket(bucket)?.path(key)?.is_file())
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
+        let path = self.bucket(bucket)?.path(key)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::Io {
+                key: key.to_string(),
+                message: e.to_string(),
+                transient: false,
+            }),
+        }
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let store = self.bucket(bucket)?;
+        let mut keys = Vec::new();
+        let mut dirs = vec![store.root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(StorageError::Io {
+                        key: prefix.to_string(),
+                        message: e.to_string(),
+                        transient: false,
+                    })
+                }
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if let Ok(rel) = path.strip_prefix(&store.root) {
+                    let key = rel.to_string_lossy().replace('\\', "/");
+                    let hidden = key.split('/').any(|s| s.starts_with('.'));
+                    if key.starts_with(prefix) && !hidden {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+impl LocalStore {
+    /// The store of one bucket (an empty bucket name is the root itself).
+    fn bucket(&self, bucket: &str) -> Result<LocalStore, StorageError> {
+        if bucket.is_empty() {
+            return Ok(self.clone());
+        }
+        Ok(LocalStore::new(self.path(bucket)?))
     }
 }
 

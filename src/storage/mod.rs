@@ -1,7 +1,49 @@
-//! Where job images come from and where outputs go. `local` is the embedded default used by
-//! `pva-worker edit`: object keys are paths under a root directory.
+//! Where job images come from and where outputs go, behind [`ObjectStore`]. `local` is the embedded
+//! default used by `pva-worker edit` (object keys are paths under a root directory, buckets are
+//! sub-directories); `s3` is any S3-compatible store used by `serve`.
+
+use std::future::Future;
 
 pub mod local;
+pub mod s3;
+
+/// An object store addressed by bucket and key. Implementations never log object bytes, signed URLs
+/// or credentials.
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Reads an object; refuses it before downloading the body when it is larger than `max_bytes`.
+    fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Vec<u8>, StorageError>> + Send;
+    /// Writes an object (replacing any object under the key).
+    fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// Whether an object exists.
+    fn exists(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<bool, StorageError>> + Send;
+    /// Deletes an object; deleting a missing object is not an error.
+    fn delete(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// Keys under a prefix, in lexical order.
+    fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StorageError>> + Send;
+}
 
 /// Why an object could not be read or written.
 #[derive(Debug, thiserror::Error)]
