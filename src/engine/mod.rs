@@ -40,6 +40,14 @@ pub enum EngineError {
         /// ONNX Runtime's message.
         message: String,
     },
+    /// The model directory has no graph for this (e.g. no `adapter_step.onnx`: it cannot tune).
+    #[error("model `{model}` has no `{graph}` graph")]
+    MissingGraph {
+        /// Manifest key of the missing graph.
+        graph: &'static str,
+        /// Model name.
+        model: String,
+    },
     /// The caller passed tensors of the wrong shape (a bug in the caller).
     #[error("graph `{graph}`: bad input shape: {problem}")]
     Shape {
@@ -81,6 +89,50 @@ pub trait Denoiser {
     ) -> Result<(), EngineError>;
 }
 
+/// AdamW settings of one tuning run; betas and epsilon are fixed in `adapter_step.onnx`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TuningHyper {
+    /// Learning rate of the visual projections (the paper: 1e-5).
+    pub lr_visual: f32,
+    /// Learning rate of the `<new1>` token embedding (the paper: 1e-3).
+    pub lr_token: f32,
+    /// Decoupled weight decay (the paper: 0.01).
+    pub weight_decay: f32,
+}
+
+/// One tuning batch as `adapter_step.onnx` takes it; `b` is the manifest's `tuning.batch_size`
+/// (fixed in the graph). Shapes follow models/CONTRACT.md.
+#[derive(Debug, Clone, Copy)]
+pub struct TuningBatch<'a> {
+    /// Prompt ids [b, 77].
+    pub input_ids: ArrayView2<'a, i64>,
+    /// Scaled clean latents of each sample's target [b, 4, h, w].
+    pub latents: ArrayView4<'a, f32>,
+    /// The noise the UNet must predict [b, 4, h, w].
+    pub noise: ArrayView4<'a, f32>,
+    /// Training timesteps in `[0, num_train_timesteps)` [b].
+    pub timesteps: ArrayView1<'a, i64>,
+    /// Latent-resolution mask, 1 = repaint [b, 1, h, w].
+    pub mask: ArrayView4<'a, f32>,
+    /// Scaled masked-image latents [b, 4, h, w].
+    pub masked_latents: ArrayView4<'a, f32>,
+    /// Identity tokens of each sample's other references [b, 10, D].
+    pub id_tokens: ArrayView3<'a, f32>,
+}
+
+/// One tuning run of `adapter_step.onnx`: the adapter and its AdamW moments live in the engine (on
+/// the device that runs the graph) from the first step to the last; each step feeds the previous
+/// step's outputs back as inputs.
+pub trait Tuner {
+    /// Runs one step (forward, backward, AdamW) on `batch`; returns the batch's loss before the
+    /// update.
+    fn step(&mut self, batch: &TuningBatch<'_>) -> Result<f32, EngineError>;
+    /// Steps run so far.
+    fn steps_done(&self) -> usize;
+    /// The current adapter (visual + token), copied to the host.
+    fn params(&self) -> Result<Vec<f32>, EngineError>;
+}
+
 /// The model's graphs. All tensors are float32 unless stated; shapes follow models/CONTRACT.md.
 pub trait Engine {
     /// The manifest the engine was loaded from.
@@ -104,4 +156,21 @@ pub trait Engine {
         &'e mut self,
         inputs: DenoiseInputs<'_>,
     ) -> Result<Box<dyn Denoiser + 'e>, EngineError>;
+    /// Whether the model directory has the tuning graph (`adapter_step`).
+    fn can_tune(&self) -> bool {
+        false
+    }
+    /// Starts a tuning run from `params` (visual + token, the manifest's adapter layout) with zero
+    /// AdamW moments.
+    fn tuner<'e>(
+        &'e mut self,
+        params: &[f32],
+        hyper: TuningHyper,
+    ) -> Result<Box<dyn Tuner + 'e>, EngineError> {
+        let _ = (params, hyper);
+        Err(EngineError::MissingGraph {
+            graph: manifest::TUNING_GRAPH,
+            model: self.manifest().name.clone(),
+        })
+    }
 }
