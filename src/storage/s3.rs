@@ -1,0 +1,462 @@
+//! [`S3Store`]: S3 or any S3-compatible store (endpoint override, path-style addressing) through
+//! `aws-sdk-s3`, for the queue service.
+//!
+//! Every SDK error is turned into a [`StorageError`] here, with a message built only from the
+//! operation, the bucket, the HTTP status and the S3 error code: the SDK's own `Display` of an error
+//! can carry request details, and the error bodies of some stores echo the string to sign and the
+//! access key id, so neither ever reaches a message.
+
+use std::time::Duration;
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, CreateBucketConfiguration, ServerSideEncryption,
+};
+use aws_sdk_s3::Client;
+
+use super::{ObjectStore, StorageError};
+use crate::config::{S3Settings, Sse};
+
+/// Name under which the static credentials from the settings show up in the SDK's traces.
+const STATIC_PROVIDER: &str = "pva-worker-settings";
+
+/// Longest S3 error code carried into a message (codes are short CamelCase words).
+const MAX_CODE_CHARS: usize = 64;
+
+/// An S3-compatible object store.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    region: String,
+    sse: Sse,
+    sse_kms_key_id: String,
+    /// Bound on downloading one object's body (the SDK's operation timeout ends with the headers).
+    body_timeout: Duration,
+    /// `max-keys` of each ListObjectsV2 request (`None`: the store's default, 1000 on S3).
+    list_page_size: Option<i32>,
+}
+
+impl S3Store {
+    /// A client for the store the settings describe: the endpoint override and path-style
+    /// addressing for S3-compatible stores, the static credentials when both are set (otherwise the
+    /// standard AWS credential chain: environment, profile, web identity, container and instance
+    /// metadata), the connect and operation timeouts, and the SDK's standard retry (exponential
+    /// backoff with jitter on throttling, timeouts, connection errors and 5xx) up to
+    /// `max_attempts` attempts.
+    pub async fn new(settings: &S3Settings) -> Self {
+        let region = Region::new(settings.region.clone());
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
+            .operation_timeout(Duration::from_secs(settings.operation_timeout_secs))
+            .build();
+        let mut config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(region.clone())
+            .force_path_style(settings.force_path_style)
+            .timeout_config(timeouts)
+            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1)));
+        if !settings.endpoint.is_empty() {
+            config = config.endpoint_url(&settings.endpoint);
+        }
+        let config = if settings.access_key_id.is_empty() || settings.secret_access_key.is_empty() {
+            let chain =
+                aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                    .region(region)
+                    .build()
+                    .await;
+            config.credentials_provider(chain)
+        } else {
+            config.credentials_provider(Credentials::new(
+                settings.access_key_id.expose(),
+                settings.secret_access_key.expose(),
+                None,
+                None,
+                STATIC_PROVIDER,
+            ))
+        };
+        Self {
+            client: Client::from_conf(config.build()),
+            region: settings.region.clone(),
+            sse: settings.sse,
+            sse_kms_key_id: settings.sse_kms_key_id.clone(),
+            body_timeout: Duration::from_secs(settings.operation_timeout_secs),
+            list_page_size: None,
+        }
+    }
+
+    /// Lists with pages of at most `keys` keys (S3 caps pages at 1000). Small pages exercise the
+    /// pagination against a test server without writing thousands of objects.
+    pub fn with_list_page_size(mut self, keys: i32) -> Self {
+        self.list_page_size = Some(keys.clamp(1, 1000));
+        self
+    }
+
+    /// Creates `bucket` unless it exists (HEAD first, so a worker without `s3:CreateBucket`
+    /// permission can still call this on an existing bucket). A concurrent creation by the same
+    /// account is not an error.
+    pub async fn ensure_bucket(&self, bucket: &str) -> Result<(), StorageError> {
+        match self.client.head_bucket().bucket(bucket).send().await {
+            Ok(_) => return Ok(()),
+            Err(e) => match failure("HeadBucket", bucket, bucket, e) {
+                StorageError::NotFound { .. } => {}
+                other => return Err(other),
+            },
+        }
+        let mut request = self.client.create_bucket().bucket(bucket);
+        // NOTE: us-east-1 is S3's default location and rejects an explicit constraint naming it.
+        if self.region != "us-east-1" {
+            request = request.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(self.region.as_str()))
+                    .build(),
+            );
+        }
+        match request.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BucketAlreadyOwnedByYou") => Ok(()),
+            Err(e) => Err(failure("CreateBucket", bucket, bucket, e)),
+        }
+    }
+
+    /// Reads the body of a GetObject response into memory, stopping at `max_bytes` (a store may
+    /// omit or misstate the length) and at the operation timeout.
+    async fn read_body(
+        &self,
+        mut body: ByteStream,
+        key: &str,
+        size: Option<u64>,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, StorageError> {
+        let capacity = size.unwrap_or(0).min(max_bytes);
+        let mut bytes = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+        let read = async {
+            while let Some(chunk) = body.try_next().await.map_err(|_| StorageError::Io {
+                key: key.to_string(),
+                message: "GetObject: the connection failed while reading the body".into(),
+                transient: true,
+            })? {
+                let total = (bytes.len() + chunk.len()) as u64;
+                if total > max_bytes {
+                    return Err(StorageError::TooLarge {
+                        key: key.to_string(),
+                        size: size.unwrap_or(total).max(total),
+                        limit: max_bytes,
+                    });
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.body_timeout, read).await {
+            Ok(Ok(())) => Ok(bytes),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StorageError::Io {
+                key: key.to_string(),
+                message: format!(
+                    "GetObject: the body was not read within {} s",
+                    self.body_timeout.as_secs()
+                ),
+                transient: true,
+            }),
+        }
+    }
+}
+
+impl ObjectStore for S3Store {
+    /// GetObject; the size in the response headers is checked before any of the body is read, and
+    /// a refused body is dropped unread (which closes the connection instead of draining it).
+    async fn get(&self, bucket: &str, key: &str, max_bytes: u64) -> Result<Vec<u8>, StorageError> {
+        let response = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| failure("GetObject", bucket, key, e))?;
+        let size = response
+            .content_length()
+            .and_then(|n| u64::try_from(n).ok());
+        if let Some(size) = size.filter(|&size| size > max_bytes) {
+            return Err(StorageError::TooLarge {
+                key: key.to_string(),
+                size,
+                limit: max_bytes,
+            });
+        }
+        self.read_body(response.body, key, size, max_bytes).await
+    }
+
+    /// PutObject with the content type and the configured server-side encryption.
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        let length = bytes.len() as i64;
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .content_length(length)
+            .body(ByteStream::from(bytes));
+        request = match self.sse {
+            Sse::None => request,
+            Sse::Aes256 => request.server_side_encryption(ServerSideEncryption::Aes256),
+            Sse::AwsKms => request
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .ssekms_key_id(&self.sse_kms_key_id),
+        };
+        request
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| missing_bucket(failure("PutObject", bucket, key, e), bucket))
+    }
+
+    /// HeadObject: a 404 is `false`.
+    async fn exists(&self, bucket: &str, key: &str) -> Result<bool, StorageError> {
+        match self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => match failure("HeadObject", bucket, key, e) {
+                StorageError::NotFound { .. } => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// DeleteObject; a store that reports a missing key as 404 (S3 answers 204) is not an error.
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
+        match self
+            .client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match failure("DeleteObject", bucket, key, e) {
+                StorageError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// ListObjectsV2, following continuation tokens until the listing is complete.
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut request = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .set_continuation_token(token.take())
+                .set_max_keys(self.list_page_size);
+            if !prefix.is_empty() {
+                request = request.prefix(prefix);
+            }
+            let page = request
+                .send()
+                .await
+                .map_err(|e| missing_bucket(failure("ListObjectsV2", bucket, prefix, e), bucket))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+            match (page.is_truncated(), page.next_continuation_token()) {
+                (Some(true), Some(next)) => token = Some(next.to_owned()),
+                (Some(true), None) => {
+                    return Err(StorageError::Io {
+                        key: prefix.to_string(),
+                        message: format!(
+                            "ListObjectsV2 in bucket `{bucket}`: a truncated page without a continuation token"
+                        ),
+                        transient: false,
+                    })
+                }
+                _ => break,
+            }
+        }
+        // NOTE: S3 lists in UTF-8 binary order already; some compatible stores list in directory
+        // order, and the trait promises lexical order.
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+/// What an S3 error response means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The object (or, on stores that do not tell them apart, its bucket) does not exist.
+    NotFound,
+    /// Throttling or a server-side failure: the same request may succeed later.
+    Transient,
+    /// Refused for good (access denied, bad signature, invalid request, missing bucket).
+    Permanent,
+}
+
+/// Classifies an S3 error response by its HTTP status and error code.
+fn verdict(status: u16, code: Option<&str>) -> Verdict {
+    const NOT_FOUND: [&str; 2] = ["NoSuchKey", "NotFound"];
+    const TRANSIENT: [&str; 8] = [
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "RequestTimeout",
+        "InternalError",
+        "ServiceUnavailable",
+        "OperationAborted",
+    ];
+    match code {
+        Some("NoSuchBucket") => Verdict::Permanent,
+        Some(c) if NOT_FOUND.contains(&c) => Verdict::NotFound,
+        Some(c) if TRANSIENT.contains(&c) => Verdict::Transient,
+        _ if status == 404 => Verdict::NotFound,
+        _ if status >= 500 || status == 429 || status == 408 => Verdict::Transient,
+        _ => Verdict::Permanent,
+    }
+}
+
+/// An error code as received, reduced to the characters codes are made of (a misbehaving store
+/// cannot smuggle arbitrary text into a log line through it).
+fn clean_code(code: Option<&str>) -> String {
+    match code {
+        Some(c) if !c.is_empty() => c
+            .chars()
+            .filter(|ch| ch.is_ascii_alphanumeric() || *ch == '.' || *ch == '_')
+            .take(MAX_CODE_CHARS)
+            .collect(),
+        _ => "no error code".into(),
+    }
+}
+
+/// Turns an SDK error into a [`StorageError`] without any of the SDK's own text.
+fn failure<E: ProvideErrorMetadata>(
+    operation: &str,
+    bucket: &str,
+    key: &str,
+    error: SdkError<E>,
+) -> StorageError {
+    let io = |detail: String, transient: bool| StorageError::Io {
+        key: key.to_string(),
+        message: format!(
+            "{operation} in bucket `{bucket}`: {detail}{}",
+            if transient { "" } else { " (not retryable)" }
+        ),
+        transient,
+    };
+    match &error {
+        SdkError::ServiceError(context) => {
+            let status = context.raw().status().as_u16();
+            let code = context.err().code();
+            match verdict(status, code) {
+                Verdict::NotFound => StorageError::NotFound {
+                    key: key.to_string(),
+                },
+                Verdict::Transient => io(format!("HTTP {status} {}", clean_code(code)), true),
+                Verdict::Permanent => io(format!("HTTP {status} {}", clean_code(code)), false),
+            }
+        }
+        SdkError::TimeoutError(_) => io("no response within the operation timeout".into(), true),
+        SdkError::DispatchFailure(dispatch) => {
+            if dispatch.is_timeout() {
+                io("connecting timed out".into(), true)
+            } else if dispatch.is_io() {
+                io("could not connect or the connection broke".into(), true)
+            } else if dispatch.is_user() {
+                io("the request was refused by the HTTP client".into(), false)
+            } else {
+                io("the request could not be sent".into(), true)
+            }
+        }
+        SdkError::ResponseError(response) => io(
+            format!(
+                "HTTP {}: the response could not be read",
+                response.raw().status().as_u16()
+            ),
+            true,
+        ),
+        SdkError::ConstructionFailure(_) => io(
+            "the request could not be built (check s3.endpoint and the credentials)".into(),
+            false,
+        ),
+        _ => io("unexpected SDK error".into(), false),
+    }
+}
+
+/// For operations on a bucket rather than an object: a 404 means the bucket is missing (some
+/// compatible stores answer NoSuchKey for it), which is a configuration error, not a missing object.
+fn missing_bucket(error: StorageError, bucket: &str) -> StorageError {
+    match error {
+        StorageError::NotFound { key } => StorageError::Io {
+            key,
+            message: format!("bucket `{bucket}` not found (not retryable)"),
+            transient: false,
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_responses_map_to_not_found_transient_or_permanent() {
+        let table = [
+            (404, Some("NoSuchKey"), Verdict::NotFound),
+            (404, None, Verdict::NotFound),
+            (404, Some("NoSuchBucket"), Verdict::Permanent),
+            (403, Some("AccessDenied"), Verdict::Permanent),
+            (403, Some("SignatureDoesNotMatch"), Verdict::Permanent),
+            (403, Some("InvalidAccessKeyId"), Verdict::Permanent),
+            (400, Some("InvalidBucketName"), Verdict::Permanent),
+            (400, Some("RequestTimeout"), Verdict::Transient),
+            (503, Some("SlowDown"), Verdict::Transient),
+            (500, Some("InternalError"), Verdict::Transient),
+            (502, None, Verdict::Transient),
+            (429, None, Verdict::Transient),
+            (409, Some("OperationAborted"), Verdict::Transient),
+            (412, Some("PreconditionFailed"), Verdict::Permanent),
+        ];
+        for (status, code, expected) in table {
+            assert_eq!(verdict(status, code), expected, "{status} {code:?}");
+        }
+    }
+
+    #[test]
+    fn error_codes_are_reduced_to_code_characters() {
+        assert_eq!(clean_code(Some("AccessDenied")), "AccessDenied");
+        assert_eq!(clean_code(Some("Bad <x>\n{y}")), "Badxy");
+        assert_eq!(clean_code(None), "no error code");
+        assert_eq!(clean_code(Some(&"A".repeat(500))).len(), MAX_CODE_CHARS);
+    }
+
+    #[test]
+    fn a_missing_bucket_is_not_a_missing_object() {
+        let e = missing_bucket(StorageError::NotFound { key: "k".into() }, "b-bucket");
+        assert!(
+            matches!(&e, StorageError::Io { transient: false, message, .. } if message.contains("b-bucket")),
+            "{e:?}"
+        );
+    }
+}
