@@ -47,6 +47,35 @@ pub struct Settings {
     pub s3: S3Settings,
     /// Prometheus metrics and health endpoints.
     pub metrics: MetricsSettings,
+    /// Per-identity adapter tuning.
+    pub tuning: TuningSettings,
+}
+
+/// Per-identity adapter tuning (PVA's 40-step tuning through `adapter_step.onnx`); the defaults are
+/// the paper's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuningSettings {
+    /// Optimisation steps.
+    pub steps: usize,
+    /// Samples per step; must equal the model's `tuning.batch_size`, which `adapter_step.onnx` fixes
+    /// (the paper's batch 1 x gradient accumulation 2 is one batch of 2).
+    pub batch_size: usize,
+    /// AdamW learning rate of the `to_visual_q/k/v` projections.
+    pub lr_visual: f32,
+    /// AdamW learning rate of the `<new1>` token embedding.
+    pub lr_token: f32,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f32,
+    /// Seed of the draws (targets, timesteps, noise): the same references and seed tune the same
+    /// adapter.
+    pub seed: u64,
+    /// Tuned adapters kept in memory per worker (0: no cache).
+    pub cache_capacity: usize,
+    /// Bucket of stored adapters (empty: the first of `s3.output_buckets`).
+    pub adapter_bucket: String,
+    /// Key prefix of stored adapters: `{prefix}/{identity}/{model}-{version}/{reference set}.safetensors`.
+    pub adapter_prefix: String,
 }
 
 /// A secret value: deserialised like a string, never shown by `Debug` or `Display`.
@@ -363,6 +392,24 @@ impl Settings {
         }
         if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return invalid("metrics.listen", "must be an address like 0.0.0.0:9090");
+        }
+        if self.tuning.steps == 0 || self.tuning.steps > 1000 {
+            return invalid("tuning.steps", "must be in 1..=1000");
+        }
+        if self.tuning.batch_size == 0 {
+            return invalid("tuning.batch_size", "must be > 0");
+        }
+        for (setting, value) in [
+            ("tuning.lr_visual", self.tuning.lr_visual),
+            ("tuning.lr_token", self.tuning.lr_token),
+            ("tuning.weight_decay", self.tuning.weight_decay),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return invalid(setting, "must be finite and >= 0");
+            }
+        }
+        if self.tuning.adapter_prefix.starts_with('/') {
+            return invalid("tuning.adapter_prefix", "must not start with `/`");
         }
         if self.logging.level.trim().is_empty() {
             return invalid("logging.level", "must not be empty");
