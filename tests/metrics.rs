@@ -1,0 +1,295 @@
+//! The metrics and health HTTP server over real TCP: status codes, readiness transitions, the
+//! exposition content type, graceful shutdown, and the `/metrics` body linted by `promtool check
+//! metrics` (install it with `scripts/setup-promtool.sh`; the test fails without it).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use pva_worker::metrics::{serve_http, Health, JobOutcome, Metrics, Stage};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long any single network step of a test may take before the test fails.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug)]
+struct HttpResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl HttpResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends one request with `Connection: close` and reads the whole response (minimal HTTP/1.1 client:
+/// the server answers these small bodies with a `Content-Length`, which is checked).
+async fn request(addr: SocketAddr, method: &str, path: &str) -> HttpResponse {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.expect("send");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("receive");
+        raw
+    };
+    let raw = tokio::time::timeout(STEP_TIMEOUT, exchange)
+        .await
+        .expect("response within the step timeout");
+    let raw = String::from_utf8(raw).expect("utf-8 response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("header/body separator");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let mut parts = status_line.splitn(3, ' ');
+    assert_eq!(parts.next(), Some("HTTP/1.1"), "{status_line}");
+    let status = parts.next().unwrap().parse().expect("numeric status");
+    let headers = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').expect("header line");
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect();
+    let response = HttpResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    };
+    let length: usize = response
+        .header("content-length")
+        .expect("content-length header")
+        .parse()
+        .unwrap();
+    assert_eq!(length, response.body.len(), "body length of {path}");
+    response
+}
+
+async fn get(addr: SocketAddr, path: &str) -> HttpResponse {
+    request(addr, "GET", path).await
+}
+
+/// A running server on a free loopback port, with the sender that shuts it down.
+struct Server {
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Health,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+async fn start() -> Server {
+    let metrics = Arc::new(Metrics::new());
+    let health = Health::new(&metrics);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (addr, task) = serve_http("127.0.0.1:0", Arc::clone(&metrics), health.clone(), stopped)
+        .await
+        .expect("bind a free port");
+    assert!(addr.ip().is_loopback());
+    assert_ne!(
+        addr.port(),
+        0,
+        "the bound port is reported, not the requested 0"
+    );
+    Server {
+        addr,
+        metrics,
+        health,
+        stop,
+        task,
+    }
+}
+
+/// The value of an unlabelled sample in an exposition body.
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_server_reports_readiness_and_shuts_down() {
+    let server = start().await;
+    let addr = server.addr;
+
+    let live = get(addr, "/healthz").await;
+    assert_eq!((live.status, live.body.as_str()), (200, "ok"));
+
+    let ready = get(addr, "/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert!(ready.body.contains("model not loaded"), "{}", ready.body);
+    assert!(
+        ready.body.contains("broker not connected"),
+        "{}",
+        ready.body
+    );
+
+    server.health.set_model_loaded(true);
+    let ready = get(addr, "/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert!(!ready.body.contains("model"), "{}", ready.body);
+    assert!(
+        ready.body.contains("broker not connected"),
+        "{}",
+        ready.body
+    );
+    assert_eq!(
+        sample(&get(addr, "/metrics").await.body, "pva_broker_connected"),
+        Some(0.0)
+    );
+
+    server.health.set_broker_connected(true);
+    let ready = get(addr, "/readyz").await;
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready"));
+    assert_eq!(
+        sample(&get(addr, "/metrics").await.body, "pva_broker_connected"),
+        Some(1.0)
+    );
+
+    // A lost connection makes the worker unready but still alive.
+    server.health.set_broker_connected(false);
+    server.metrics.broker_reconnected();
+    let ready = get(addr, "/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.body.contains("broker not connected"),
+        "{}",
+        ready.body
+    );
+    assert_eq!(get(addr, "/healthz").await.status, 200);
+    let body = get(addr, "/metrics").await.body;
+    assert_eq!(sample(&body, "pva_broker_connected"), Some(0.0));
+    assert_eq!(sample(&body, "pva_broker_reconnects_total"), Some(1.0));
+
+    assert_eq!(get(addr, "/nothing-here").await.status, 404);
+    assert_eq!(request(addr, "POST", "/metrics").await.status, 405);
+
+    server.stop.send(()).unwrap();
+    tokio::time::timeout(STEP_TIMEOUT, server.task)
+        .await
+        .expect("server stops after the shutdown signal")
+        .expect("server task did not panic")
+        .expect("server ended without an I/O error");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "nothing listens after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn metrics_body_is_valid_exposition_and_passes_promtool() {
+    let server = start().await;
+    let m = &server.metrics;
+    server.health.set_broker_connected(true);
+    m.model_loaded("pva-tiny", "0.1.0", 0.8);
+    let in_flight = m.in_flight_guard();
+    m.observe_queue_wait_since(SystemTime::now() - Duration::from_secs(3));
+    for (stage, secs) in [("fetch", 0.04), ("preprocess", 0.2), ("denoise", 7.5)] {
+        m.observe_stage(stage.parse::<Stage>().unwrap(), secs);
+    }
+    m.observe_stage(Stage::Upload, 0.3);
+    m.adapter_cache_miss();
+    m.tuning_finished(95.0, 0.0713);
+    m.adapter_cache_hit();
+    m.job_finished(JobOutcome::Succeeded);
+    m.job_finished(JobOutcome::Failed);
+    m.job_finished(JobOutcome::Retried {
+        reason: "storage_error",
+    });
+    m.job_finished(JobOutcome::DeadLettered {
+        reason: "delivery_limit",
+    });
+    m.job_finished(JobOutcome::Republished);
+
+    let response = get(server.addr, "/metrics").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header("content-type"),
+        Some("text/plain; version=0.0.4")
+    );
+    let body = &response.body;
+    assert_eq!(sample(body, "pva_jobs_in_flight"), Some(1.0));
+    drop(in_flight);
+    assert_eq!(
+        sample(
+            &get(server.addr, "/metrics").await.body,
+            "pva_jobs_in_flight"
+        ),
+        Some(0.0)
+    );
+    for expected in [
+        "pva_jobs_total{outcome=\"succeeded\"} 1",
+        "pva_jobs_total{outcome=\"retried\"} 1",
+        "pva_retries_total{reason=\"storage_error\"} 1",
+        "pva_dead_letters_total{reason=\"delivery_limit\"} 1",
+        "pva_stage_duration_seconds_bucket{stage=\"denoise\",le=\"10\"} 1",
+        "pva_stage_duration_seconds_count{stage=\"tune\"} 0",
+        "pva_queue_wait_seconds_count 1",
+        "pva_tuning_duration_seconds_bucket{le=\"120\"} 1",
+        "pva_tuning_last_loss 0.0713",
+        "pva_model_load_seconds 0.8",
+        "pva_build_info{model=\"pva-tiny\",model_version=\"0.1.0\",version=\"",
+    ] {
+        assert!(body.contains(expected), "missing `{expected}` in\n{body}");
+    }
+
+    let (ok, report) = promtool_check_metrics(body);
+    assert!(
+        ok,
+        "promtool check metrics rejected /metrics:\n{report}\n--- body ---\n{body}"
+    );
+
+    server.stop.send(()).unwrap();
+    server.task.await.unwrap().unwrap();
+}
+
+/// Runs `promtool check metrics` on `body` (its stdin); returns whether it exited 0 and its output.
+/// Fails the test when promtool is not installed: a lint that silently does not run proves nothing.
+fn promtool_check_metrics(body: &str) -> (bool, String) {
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("promtool is not on PATH: run scripts/setup-promtool.sh")
+        }
+        Err(e) => panic!("starting promtool: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    let report = format!(
+        "exit {:?}\n{}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
+}
+
+#[test]
+fn metrics_lint_catches_bad_names_and_bad_lines() {
+    // The lint is only worth running if it can fail: on a counter without `_total` or help text, and
+    // on a line that is not a sample.
+    for broken in ["# TYPE jobs counter\njobs 1\n", "not a sample\n"] {
+        let (ok, report) = promtool_check_metrics(broken);
+        assert!(!ok, "promtool accepted {broken:?}: {report}");
+    }
+}
