@@ -45,7 +45,11 @@ pub const TUNING_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
-/// How the worker finished with one delivery of a job (`pva_jobs_total{outcome}`).
+/// What the worker did with a delivery of a job (`pva_jobs_total{outcome}`).
+///
+/// A job that cannot succeed is both `Failed` (its failure result is published) and `DeadLettered`
+/// (its message is moved to the dead-letter queue) when the worker does both; throughput is
+/// `succeeded + failed + republished`.
 ///
 /// Retries and dead letters carry a reason, counted again in `pva_retries_total{reason}` and
 /// `pva_dead_letters_total{reason}`. A reason is a `&'static str` (a stable code such as a
@@ -61,12 +65,12 @@ pub enum JobOutcome {
         /// Stable code of the failure, e.g. `storage_error`.
         reason: &'static str,
     },
-    /// The job is given up and moved to the dead-letter queue.
+    /// The job's message is moved to the dead-letter queue.
     DeadLettered {
-        /// Stable code of why, e.g. `delivery_limit` or `malformed`.
+        /// Stable code of why, e.g. the failure's code `bad_image`.
         reason: &'static str,
     },
-    /// The worker published the job again as a new message (e.g. with a delay) and acked this delivery.
+    /// A redelivery of a job whose result was already stored: that result was published again.
     Republished,
 }
 
