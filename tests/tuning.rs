@@ -7,6 +7,10 @@ use common::{max_abs_diff, settings, Tensors};
 use ndarray::{ArrayView1, ArrayView2, ArrayView3, ArrayView4};
 use pva_worker::edit::load_pipeline;
 use pva_worker::engine::{Engine, TuningBatch, TuningHyper};
+use pva_worker::pipeline::mask::Mask;
+use pva_worker::pipeline::tune::{
+    self, Draw, DrawSource, LeaveOneOut, ReferenceCrop, StepBatch, TuneOptions,
+};
 
 fn tune_dir() -> std::path::PathBuf {
     common::repo().join("tests/fixtures/tune")
@@ -83,5 +87,157 @@ fn engine_steps_reproduce_pytorch_adamw_on_the_fixture_batches() {
     let d = max_abs_diff(&params, &t.f32("final_params").1);
     let moved = max_abs_diff(initial, &t.f32("final_params").1);
     eprintln!("final params differ by {d:.3e} (moved {moved:.3e})");
+    assert!(d <= 1e-6, "final params differ by {d}");
+}
+
+/// The fixture's recorded draws (targets, timesteps, noise per step).
+struct FixtureDraws {
+    targets: Vec<i64>,
+    timesteps: Vec<i64>,
+    noise: Vec<f32>,
+}
+
+impl FixtureDraws {
+    fn load(t: &Tensors) -> Self {
+        Self {
+            targets: t.i64("targets").1.clone(),
+            timesteps: t.i64("timesteps").1.clone(),
+            noise: t.f32("noise").1.clone(),
+        }
+    }
+}
+
+impl DrawSource for FixtureDraws {
+    fn draw(&mut self, step: usize, references: usize, _timesteps: usize, draw: &mut Draw) {
+        let b = draw.targets.len();
+        for (i, t) in draw.targets.iter_mut().enumerate() {
+            *t = self.targets[step * b + i] as usize;
+            assert!(*t < references);
+        }
+        draw.timesteps
+            .copy_from_slice(&self.timesteps[step * b..(step + 1) * b]);
+        let n = draw.noise.len();
+        draw.noise
+            .copy_from_slice(&self.noise[step * n..(step + 1) * n]);
+    }
+}
+
+fn load_png(path: &std::path::Path) -> image::RgbImage {
+    image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8()
+}
+
+/// The fixture identity's crops, as reference_tune.py stored them.
+fn fixture_crops() -> Vec<ReferenceCrop> {
+    (0..3)
+        .map(|i| ReferenceCrop {
+            image: load_png(&tune_dir().join(format!("image_{i}.png"))),
+            face: load_png(&tune_dir().join(format!("face_{i}.png"))),
+        })
+        .collect()
+}
+
+#[test]
+fn leave_one_out_batches_match_the_reference_from_the_images() {
+    let t = Tensors::load(&tune_dir().join("tune.safetensors"));
+    let info = info();
+    let mut pipeline = load_pipeline(&settings()).expect("tiny model loads");
+    let data = LeaveOneOut::build(&mut pipeline, &fixture_crops()).unwrap();
+    assert_eq!(data.count(), 3);
+    let close = |name: &str, got: &[f32], want: &str| {
+        let d = max_abs_diff(got, &t.f32(want).1);
+        eprintln!("{name}: max abs difference {d:.2e}");
+        assert!(d <= 1e-4, "{name} differs by {d}");
+    };
+    close(
+        "latents",
+        data.latents().as_slice().unwrap(),
+        "reference_latents",
+    );
+    close(
+        "masked latents",
+        data.masked_latents().as_slice().unwrap(),
+        "reference_masked_latents",
+    );
+    close(
+        "id tokens",
+        data.id_tokens().as_slice().unwrap(),
+        "reference_id_tokens",
+    );
+    // The latent mask is the fixture's mask.png at latent resolution, exactly.
+    let mask_png =
+        Mask::from_image(&image::open(tune_dir().join("mask.png")).unwrap(), 64).unwrap();
+    assert_eq!(
+        data.mask().as_slice().unwrap(),
+        mask_png.downsample_nearest(8)
+    );
+
+    // Every step's batch from the recorded draws.
+    let mut draws = FixtureDraws::load(&t);
+    let mut batch = StepBatch::new(&data, info.batch_size);
+    let mut draw = Draw::zeros(info.batch_size, 4 * 8 * 8);
+    let b = info.batch_size;
+    for step in 0..info.steps {
+        draws.draw(step, data.count(), 1000, &mut draw);
+        data.fill(&draw, &mut batch);
+        let v = batch.view();
+        assert_eq!(
+            v.input_ids.as_slice().unwrap(),
+            &t.i64("input_ids").1[step * b * 77..(step + 1) * b * 77],
+            "step {step}: input ids"
+        );
+        assert_eq!(
+            v.timesteps.as_slice().unwrap(),
+            &t.i64("timesteps").1[step * b..(step + 1) * b]
+        );
+        for (name, got) in [
+            ("latents", v.latents.as_slice().unwrap()),
+            ("masked_latents", v.masked_latents.as_slice().unwrap()),
+            ("noise", v.noise.as_slice().unwrap()),
+            ("id_tokens", v.id_tokens.as_slice().unwrap()),
+        ] {
+            let d = max_abs_diff(got, at(t.f32(name), step).1);
+            assert!(d <= 1e-4, "step {step}: {name} differs by {d}");
+        }
+        assert_eq!(v.mask.as_slice().unwrap(), at(t.f32("mask"), step).1);
+    }
+}
+
+#[test]
+fn the_whole_loop_from_the_images_reproduces_the_reference_losses() {
+    let t = Tensors::load(&tune_dir().join("tune.safetensors"));
+    let info = info();
+    let mut pipeline = load_pipeline(&settings()).expect("tiny model loads");
+    let data = LeaveOneOut::build(&mut pipeline, &fixture_crops()).unwrap();
+    let options = TuneOptions::from_manifest(pipeline.manifest(), 0);
+    assert_eq!(options.steps, info.steps);
+    let initial = pipeline.base_adapter().to_vec();
+    assert_eq!(
+        initial,
+        t.f32("initial_params").1,
+        "the model's own adapter"
+    );
+    let mut seen = Vec::new();
+    let tuned = tune::run(
+        pipeline.engine_mut(),
+        &data,
+        &initial,
+        &options,
+        &mut FixtureDraws::load(&t),
+        &mut |step, loss| seen.push((step, loss)),
+    )
+    .unwrap();
+    assert_eq!(seen.len(), info.steps);
+    assert_eq!(seen[0].0, 1);
+    let worst = tuned
+        .losses
+        .iter()
+        .zip(&info.losses)
+        .map(|(a, b)| (f64::from(*a) - b).abs())
+        .fold(0.0, f64::max);
+    let d = max_abs_diff(&tuned.adapter, &t.f32("final_params").1);
+    eprintln!("from the images: worst loss difference {worst:.2e}, final params {d:.2e}");
+    assert!(worst <= 1e-5, "losses differ by {worst}");
     assert!(d <= 1e-6, "final params differ by {d}");
 }

@@ -8,3 +8,4 @@ pub mod mask;
 pub mod noise;
 pub mod scheduler;
 pub mod tokenizer;
+pub mod tune;

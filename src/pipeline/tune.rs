@@ -1,0 +1,708 @@
+//! Per-identity adapter tuning: PVA's "lightweight adapter-tuning step" (the paper's 40 AdamW steps on
+//! the `to_visual_q/k/v` projections and the `<new1>` token) driven through `adapter_step.onnx`.
+//!
+//! The data is the identity's own references, leave-one-out (models/export/reference_tune.py does the
+//! same in Python): each sample picks one reference as the inpainting target, its `whole_face` region
+//! masked, and the other references as the identity; the loss is the noise-prediction MSE at a random
+//! timestep. [`LeaveOneOut::build`] encodes every reference once (VAE latents of the image and of the
+//! masked image, identity tokens of the others); each step then only gathers rows and adds the step's
+//! draws (targets, timesteps, noise) from a [`DrawSource`]: [`SeededDraws`] in production, recorded
+//! draws in parity tests. [`run`] is the loop; [`tune_identity`] is the whole job.
+
+use std::time::Instant;
+
+use image::imageops;
+use image::RgbImage;
+use ndarray::{s, Array1, Array2, Array3, Array4, Axis};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+use super::face::{self, CropRect, FaceBox};
+use super::image as img;
+use super::inpaint::{Pipeline, PipelineError};
+use super::mask::{masked_image, Mask, MaskError, Region};
+use crate::config::TuningSettings;
+use crate::engine::{Engine, EngineError, Manifest, TuningBatch, TuningHyper};
+
+/// Why an identity could not be tuned.
+#[derive(Debug, thiserror::Error)]
+pub enum TuneError {
+    /// A reference image does not fit (names which and why).
+    #[error("{what}: {problem}")]
+    Input {
+        /// Which input, e.g. `references[1]`.
+        what: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A face box could not be applied.
+    #[error("{what}: {source}")]
+    Face {
+        /// Which input.
+        what: String,
+        /// The geometry error.
+        source: face::FaceError,
+    },
+    /// The tuning settings do not fit the model.
+    #[error("tuning settings: {0}")]
+    Settings(String),
+    /// The loss became NaN or infinite: the adapter is unusable and is not returned.
+    #[error("tuning diverged: the loss at step {step} is {loss}")]
+    Diverged {
+        /// 1-based step.
+        step: usize,
+        /// The loss.
+        loss: f32,
+    },
+    /// The leave-one-out mask could not be built (a model whose resolution has no face region).
+    #[error("mask: {0}")]
+    Mask(#[from] MaskError),
+    /// The prompt could not be encoded.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// A graph failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// What one tuning run does: step count, AdamW settings, and the seed of its draws.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TuneOptions {
+    /// Optimisation steps.
+    pub steps: usize,
+    /// Learning rates and weight decay.
+    pub hyper: TuningHyper,
+    /// Seed of [`SeededDraws`].
+    pub seed: u64,
+}
+
+impl TuneOptions {
+    /// The manifest's tuning defaults (the paper's values for the committed models).
+    pub fn from_manifest(manifest: &Manifest, seed: u64) -> Self {
+        let t = &manifest.tuning;
+        Self {
+            steps: t.steps,
+            hyper: TuningHyper {
+                lr_visual: t.lr_visual,
+                lr_token: t.lr_token,
+                weight_decay: t.weight_decay,
+            },
+            seed,
+        }
+    }
+
+    /// The worker's `[tuning]` settings, checked against the model (its graph fixes the batch size).
+    pub fn from_settings(
+        settings: &TuningSettings,
+        manifest: &Manifest,
+    ) -> Result<Self, TuneError> {
+        if settings.batch_size != manifest.tuning.batch_size {
+            return Err(TuneError::Settings(format!(
+                "tuning.batch_size is {}, but model `{}` tunes with batch {} (fixed in its {} graph)",
+                settings.batch_size,
+                manifest.name,
+                manifest.tuning.batch_size,
+                crate::engine::manifest::TUNING_GRAPH
+            )));
+        }
+        let options = Self {
+            steps: settings.steps,
+            hyper: TuningHyper {
+                lr_visual: settings.lr_visual,
+                lr_token: settings.lr_token,
+                weight_decay: settings.weight_decay,
+            },
+            seed: settings.seed,
+        };
+        options.validate()?;
+        Ok(options)
+    }
+
+    fn validate(&self) -> Result<(), TuneError> {
+        if self.steps == 0 {
+            return Err(TuneError::Settings("steps must be >= 1".into()));
+        }
+        let h = &self.hyper;
+        for (name, value) in [
+            ("lr_visual", h.lr_visual),
+            ("lr_token", h.lr_token),
+            ("weight_decay", h.weight_decay),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(TuneError::Settings(format!(
+                    "{name} must be finite and >= 0, got {value}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One reference at model size: the image the VAE encodes (model resolution) and the aligned face
+/// crop the face embedder reads (`face.crop_size`), both from the same square around the face.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReferenceCrop {
+    /// `resolution` x `resolution`.
+    pub image: RgbImage,
+    /// `crop_size` x `crop_size`.
+    pub face: RgbImage,
+}
+
+impl ReferenceCrop {
+    /// Crops a reference photo: the square around `face_box` (with `margin`, as the edit crops its
+    /// references), or the whole photo when it is already a square, aligned face.
+    pub fn from_photo(
+        what: &str,
+        photo: &RgbImage,
+        face_box: Option<FaceBox>,
+        margin: f32,
+        manifest: &Manifest,
+    ) -> Result<Self, TuneError> {
+        let (w, h) = photo.dimensions();
+        let rect = match face_box {
+            Some(b) => face::crop_rect(b, margin, w, h).map_err(|source| TuneError::Face {
+                what: what.to_string(),
+                source,
+            })?,
+            None if w == h && w > 0 => CropRect {
+                x: 0,
+                y: 0,
+                size: w,
+            },
+            None => {
+                return Err(TuneError::Input {
+                    what: what.to_string(),
+                    problem: format!(
+                        "is {w}x{h} and has no face box; give a face box or an aligned square face"
+                    ),
+                })
+            }
+        };
+        Ok(Self {
+            image: face::crop_resize(photo, rect, manifest.resolution),
+            face: face::crop_resize(photo, rect, manifest.face.crop_size),
+        })
+    }
+
+    /// The reference mirrored left to right (image and face crop).
+    pub fn mirrored(&self) -> Self {
+        Self {
+            image: imageops::flip_horizontal(&self.image),
+            face: imageops::flip_horizontal(&self.face),
+        }
+    }
+}
+
+/// The per-target tensors of one identity: row `i` has reference `i` as the target and the others
+/// as the identity. Built once per tuning run; every step gathers rows from it.
+#[derive(Debug, Clone)]
+pub struct LeaveOneOut {
+    input_ids: Array1<i64>,
+    latents: Array4<f32>,
+    mask: Array3<f32>,
+    masked_latents: Array4<f32>,
+    id_tokens: Array3<f32>,
+}
+
+impl LeaveOneOut {
+    /// Encodes the references through the model's graphs: VAE latents of each image and of the
+    /// image with its `whole_face` region masked (scaled), the face embeddings, and for every target
+    /// the identity tokens of the other references (one `id_former` call for all targets); the prompt
+    /// is the manifest's template with an empty prompt ("a <new1> person").
+    ///
+    /// With a single reference its mirror image is the second one (`references` are never enough
+    /// for leave-one-out otherwise); reference_tune.py asks for at least two.
+    pub fn build<E: Engine>(
+        pipeline: &mut Pipeline<E>,
+        references: &[ReferenceCrop],
+    ) -> Result<Self, TuneError> {
+        let m = pipeline.manifest().clone();
+        if references.is_empty() || references.len() > m.max_references {
+            return Err(TuneError::Input {
+                what: "references".into(),
+                problem: format!(
+                    "{} references, tuning takes 1..={}",
+                    references.len(),
+                    m.max_references
+                ),
+            });
+        }
+        let (res, crop) = (m.resolution, m.face.crop_size);
+        for (i, r) in references.iter().enumerate() {
+            if r.image.dimensions() != (res, res) || r.face.dimensions() != (crop, crop) {
+                return Err(TuneError::Input {
+                    what: format!("references[{i}]"),
+                    problem: format!(
+                        "crops are {:?} and {:?}, the model takes {res}x{res} and {crop}x{crop}",
+                        r.image.dimensions(),
+                        r.face.dimensions()
+                    ),
+                });
+            }
+        }
+        let mirrored;
+        let references = if references.len() == 1 {
+            // NOTE: one reference leaves nobody out; like the paper's single-reference setting the
+            // mirrored photo stands in for a second view of the same face.
+            mirrored = [references[0].clone(), references[0].mirrored()];
+            &mirrored[..]
+        } else {
+            references
+        };
+        let n = references.len();
+        let (res_us, crop_us) = (res as usize, crop as usize);
+        let mask = Mask::from_region(Region::WholeFace, res)?;
+        let mut pixels = Array4::<f32>::zeros((n, 3, res_us, res_us));
+        let mut masked = Array4::<f32>::zeros((n, 3, res_us, res_us));
+        let mut faces = Array4::<f32>::zeros((n, 3, crop_us, crop_us));
+        for (i, r) in references.iter().enumerate() {
+            let mut row = pixels.index_axis_mut(Axis(0), i);
+            let row = row.as_slice_mut().expect("standard layout");
+            img::to_chw(&r.image, row);
+            masked
+                .index_axis_mut(Axis(0), i)
+                .as_slice_mut()
+                .expect("standard layout")
+                .copy_from_slice(&masked_image(row, &mask));
+            img::to_chw(
+                &r.face,
+                faces
+                    .index_axis_mut(Axis(0), i)
+                    .as_slice_mut()
+                    .expect("standard layout"),
+            );
+        }
+        let input_ids = Array1::from(pipeline.prompt_ids("")?);
+        let scale = m.vae.scaling_factor;
+        let engine = pipeline.engine_mut();
+        let latents = engine.vae_encode(pixels.view())? * scale;
+        let masked_latents = engine.vae_encode(masked.view())? * scale;
+        let embeddings = engine.embed_faces(faces.view())?;
+        let dim = embeddings.dim().1;
+        let mut others = Array3::<f32>::zeros((n, n - 1, dim));
+        for target in 0..n {
+            let rows = (0..n).filter(|&j| j != target);
+            for (k, j) in rows.enumerate() {
+                others
+                    .slice_mut(s![target, k, ..])
+                    .assign(&embeddings.row(j));
+            }
+        }
+        let id_tokens = engine.id_tokens(others.view())?;
+        let h = m.latent.size;
+        let mask = Array3::from_shape_vec((1, h, h), mask.downsample_nearest(h as u32))
+            .expect("latent mask shape");
+        Ok(Self {
+            input_ids,
+            latents,
+            mask,
+            masked_latents,
+            id_tokens,
+        })
+    }
+
+    /// Number of targets (references, or 2 for a single mirrored reference).
+    pub fn count(&self) -> usize {
+        self.latents.dim().0
+    }
+
+    /// Prompt ids [77].
+    pub fn input_ids(&self) -> &Array1<i64> {
+        &self.input_ids
+    }
+
+    /// Scaled latents of each reference [n, 4, h, w].
+    pub fn latents(&self) -> &Array4<f32> {
+        &self.latents
+    }
+
+    /// Latent-resolution `whole_face` mask [1, h, w].
+    pub fn mask(&self) -> &Array3<f32> {
+        &self.mask
+    }
+
+    /// Scaled latents of each masked reference [n, 4, h, w].
+    pub fn masked_latents(&self) -> &Array4<f32> {
+        &self.masked_latents
+    }
+
+    /// Identity tokens of the other references, per target [n, 10, D].
+    pub fn id_tokens(&self) -> &Array3<f32> {
+        &self.id_tokens
+    }
+
+    /// Writes one step's batch: rows of the drawn targets, the drawn timesteps and noise.
+    ///
+    /// # Panics
+    /// If the draw does not fit the batch or names a target `>= count()` (a bug in the draw source).
+    pub fn fill(&self, draw: &Draw, batch: &mut StepBatch) {
+        assert!(
+            draw.targets.len() == batch.size() && draw.timesteps.len() == batch.size(),
+            "draw of {} targets for a batch of {}",
+            draw.targets.len(),
+            batch.size()
+        );
+        for (row, &target) in draw.targets.iter().enumerate() {
+            assert!(target < self.count(), "target {target} of {}", self.count());
+            batch
+                .latents
+                .index_axis_mut(Axis(0), row)
+                .assign(&self.latents.index_axis(Axis(0), target));
+            batch
+                .masked_latents
+                .index_axis_mut(Axis(0), row)
+                .assign(&self.masked_latents.index_axis(Axis(0), target));
+            batch
+                .id_tokens
+                .index_axis_mut(Axis(0), row)
+                .assign(&self.id_tokens.index_axis(Axis(0), target));
+            batch.input_ids.row_mut(row).assign(&self.input_ids);
+            batch.mask.index_axis_mut(Axis(0), row).assign(&self.mask);
+        }
+        batch
+            .timesteps
+            .as_slice_mut()
+            .expect("standard layout")
+            .copy_from_slice(&draw.timesteps);
+        batch
+            .noise
+            .as_slice_mut()
+            .expect("standard layout")
+            .copy_from_slice(&draw.noise);
+    }
+}
+
+/// The random choices of one step: which reference each sample inpaints, its training timestep, and
+/// its noise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Draw {
+    /// Target reference per sample [b].
+    pub targets: Vec<usize>,
+    /// Timestep per sample [b], in `[0, num_train_timesteps)`.
+    pub timesteps: Vec<i64>,
+    /// Standard-normal noise [b, 4, h, w], flat.
+    pub noise: Vec<f32>,
+}
+
+impl Draw {
+    /// A zeroed draw for `batch` samples of `latent_len` values each.
+    pub fn zeros(batch: usize, latent_len: usize) -> Self {
+        Self {
+            targets: vec![0; batch],
+            timesteps: vec![0; batch],
+            noise: vec![0.0; batch * latent_len],
+        }
+    }
+}
+
+/// Where a tuning run's random draws come from.
+pub trait DrawSource {
+    /// Overwrites `draw` (already sized for the batch) with step `step`'s (0-based) choices among
+    /// `references` targets and `num_train_timesteps` timesteps.
+    fn draw(&mut self, step: usize, references: usize, num_train_timesteps: usize, draw: &mut Draw);
+}
+
+/// Reproducible draws: one ChaCha8 stream seeded with the run's seed, read in step order (each
+/// step: the targets, then the timesteps, then the noise, as reference_tune.py orders its draws).
+#[derive(Debug, Clone)]
+pub struct SeededDraws {
+    rng: ChaCha8Rng,
+}
+
+impl SeededDraws {
+    /// Draws for a run with this seed.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+}
+
+impl DrawSource for SeededDraws {
+    fn draw(
+        &mut self,
+        _step: usize,
+        references: usize,
+        num_train_timesteps: usize,
+        draw: &mut Draw,
+    ) {
+        for t in draw.targets.iter_mut() {
+            *t = self.rng.random_range(0..references);
+        }
+        for t in draw.timesteps.iter_mut() {
+            *t = self.rng.random_range(0..num_train_timesteps as i64);
+        }
+        for x in draw.noise.iter_mut() {
+            *x = StandardNormal.sample(&mut self.rng);
+        }
+    }
+}
+
+/// The tensors of one step's batch, allocated once per run and rewritten each step.
+#[derive(Debug, Clone)]
+pub struct StepBatch {
+    input_ids: Array2<i64>,
+    latents: Array4<f32>,
+    noise: Array4<f32>,
+    timesteps: Array1<i64>,
+    mask: Array4<f32>,
+    masked_latents: Array4<f32>,
+    id_tokens: Array3<f32>,
+}
+
+impl StepBatch {
+    /// Zeroed tensors for a batch of `batch` samples of `data`'s geometry.
+    pub fn new(data: &LeaveOneOut, batch: usize) -> Self {
+        let (_, c, h, w) = data.latents.dim();
+        let (_, tokens, d) = data.id_tokens.dim();
+        Self {
+            input_ids: Array2::zeros((batch, data.input_ids.len())),
+            latents: Array4::zeros((batch, c, h, w)),
+            noise: Array4::zeros((batch, c, h, w)),
+            timesteps: Array1::zeros(batch),
+            mask: Array4::zeros((batch, 1, h, w)),
+            masked_latents: Array4::zeros((batch, c, h, w)),
+            id_tokens: Array3::zeros((batch, tokens, d)),
+        }
+    }
+
+    /// Samples per batch.
+    pub fn size(&self) -> usize {
+        self.timesteps.len()
+    }
+
+    /// The batch as the engine takes it.
+    pub fn view(&self) -> TuningBatch<'_> {
+        TuningBatch {
+            input_ids: self.input_ids.view(),
+            latents: self.latents.view(),
+            noise: self.noise.view(),
+            timesteps: self.timesteps.view(),
+            mask: self.mask.view(),
+            masked_latents: self.masked_latents.view(),
+            id_tokens: self.id_tokens.view(),
+        }
+    }
+}
+
+/// A tuned adapter and how it got there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tuned {
+    /// The adapter (visual + token, the manifest's layout).
+    pub adapter: Vec<f32>,
+    /// The loss of every step, before its update.
+    pub losses: Vec<f32>,
+    /// Seconds spent building the leave-one-out tensors (0 when the caller built them).
+    pub build_seconds: f64,
+    /// Seconds spent in the step loop.
+    pub loop_seconds: f64,
+}
+
+/// The tuning loop: `options.steps` steps of `adapter_step` from `initial` on batches of `data`
+/// drawn by `draws`. `progress(step, loss)` is called after each step (1-based). A non-finite loss
+/// stops the run with [`TuneError::Diverged`].
+pub fn run<E: Engine + ?Sized>(
+    engine: &mut E,
+    data: &LeaveOneOut,
+    initial: &[f32],
+    options: &TuneOptions,
+    draws: &mut dyn DrawSource,
+    progress: &mut dyn FnMut(usize, f32),
+) -> Result<Tuned, TuneError> {
+    options.validate()?;
+    let start = Instant::now();
+    let batch_size = engine.manifest().tuning.batch_size;
+    let num_train_timesteps = engine.manifest().scheduler.num_train_timesteps;
+    let mut batch = StepBatch::new(data, batch_size);
+    let latent_len = batch.noise.len() / batch_size;
+    let mut draw = Draw::zeros(batch_size, latent_len);
+    let mut tuner = engine.tuner(initial, options.hyper)?;
+    let mut losses = Vec::with_capacity(options.steps);
+    for step in 0..options.steps {
+        draws.draw(step, data.count(), num_train_timesteps, &mut draw);
+        data.fill(&draw, &mut batch);
+        let loss = tuner.step(&batch.view())?;
+        if !loss.is_finite() {
+            return Err(TuneError::Diverged {
+                step: step + 1,
+                loss,
+            });
+        }
+        losses.push(loss);
+        progress(step + 1, loss);
+    }
+    let adapter = tuner.params()?;
+    if let Some(i) = adapter.iter().position(|x| !x.is_finite()) {
+        return Err(TuneError::Diverged {
+            step: options.steps,
+            loss: adapter[i],
+        });
+    }
+    Ok(Tuned {
+        adapter,
+        losses,
+        build_seconds: 0.0,
+        loop_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Tunes an identity from its reference crops: builds the leave-one-out tensors, then runs
+/// `options.steps` seeded steps from the model's untuned adapter.
+pub fn tune_identity<E: Engine>(
+    pipeline: &mut Pipeline<E>,
+    references: &[ReferenceCrop],
+    options: &TuneOptions,
+    progress: &mut dyn FnMut(usize, f32),
+) -> Result<Tuned, TuneError> {
+    if !pipeline.engine_mut().can_tune() {
+        return Err(EngineError::MissingGraph {
+            graph: crate::engine::manifest::TUNING_GRAPH,
+            model: pipeline.manifest().name.clone(),
+        }
+        .into());
+    }
+    let start = Instant::now();
+    let data = LeaveOneOut::build(pipeline, references)?;
+    let build_seconds = start.elapsed().as_secs_f64();
+    let initial = pipeline.base_adapter().to_vec();
+    let mut draws = SeededDraws::new(options.seed);
+    let mut tuned = run(
+        pipeline.engine_mut(),
+        &data,
+        &initial,
+        options,
+        &mut draws,
+        progress,
+    )?;
+    tuned.build_seconds = build_seconds;
+    Ok(tuned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_draws_are_reproducible_and_in_range() {
+        let mut a = SeededDraws::new(3);
+        let mut b = SeededDraws::new(3);
+        let mut c = SeededDraws::new(4);
+        let (mut da, mut db, mut dc) = (
+            Draw::zeros(2, 256),
+            Draw::zeros(2, 256),
+            Draw::zeros(2, 256),
+        );
+        let mut seen = [false; 3];
+        for step in 0..50 {
+            a.draw(step, 3, 1000, &mut da);
+            b.draw(step, 3, 1000, &mut db);
+            c.draw(step, 3, 1000, &mut dc);
+            assert_eq!(da, db);
+            assert_ne!(da.noise, dc.noise);
+            for &t in &da.targets {
+                seen[t] = true;
+            }
+            assert!(da.targets.iter().all(|&t| t < 3));
+            assert!(da.timesteps.iter().all(|&t| (0..1000).contains(&t)));
+        }
+        assert_eq!(seen, [true; 3], "every reference is a target at some step");
+        // The noise is standard normal.
+        let mut noise = Vec::new();
+        for step in 0..40 {
+            a.draw(step, 3, 1000, &mut da);
+            noise.extend_from_slice(&da.noise);
+        }
+        let mean = noise.iter().sum::<f32>() / noise.len() as f32;
+        let var = noise.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / noise.len() as f32;
+        assert!(
+            mean.abs() < 0.05 && (var - 1.0).abs() < 0.05,
+            "{mean} {var}"
+        );
+    }
+
+    #[test]
+    fn timesteps_cover_the_schedule() {
+        let mut d = SeededDraws::new(0);
+        let mut draw = Draw::zeros(2, 1);
+        let (mut low, mut high) = (false, false);
+        for step in 0..500 {
+            d.draw(step, 2, 1000, &mut draw);
+            low |= draw.timesteps.iter().any(|&t| t < 100);
+            high |= draw.timesteps.iter().any(|&t| t >= 900);
+        }
+        assert!(low && high);
+    }
+
+    fn data(n: usize) -> LeaveOneOut {
+        let latents = Array4::from_shape_fn((n, 4, 2, 2), |(i, c, y, x)| {
+            (i * 100 + c * 10 + y * 2 + x) as f32
+        });
+        LeaveOneOut {
+            input_ids: Array1::from(vec![49406, 320, 49408, 2533, 49407]),
+            masked_latents: -&latents,
+            latents,
+            mask: Array3::from_shape_vec((1, 2, 2), vec![0.0, 1.0, 1.0, 0.0]).unwrap(),
+            id_tokens: Array3::from_shape_fn((n, 3, 2), |(i, t, d)| (i * 10 + t * 2 + d) as f32),
+        }
+    }
+
+    #[test]
+    fn fill_gathers_the_drawn_targets() {
+        let data = data(3);
+        let mut batch = StepBatch::new(&data, 2);
+        let draw = Draw {
+            targets: vec![2, 0],
+            timesteps: vec![7, 999],
+            noise: (0..32).map(|x| x as f32).collect(),
+        };
+        data.fill(&draw, &mut batch);
+        let v = batch.view();
+        assert_eq!(
+            v.latents.index_axis(Axis(0), 0),
+            data.latents.index_axis(Axis(0), 2)
+        );
+        assert_eq!(
+            v.latents.index_axis(Axis(0), 1),
+            data.latents.index_axis(Axis(0), 0)
+        );
+        assert_eq!(
+            v.masked_latents.index_axis(Axis(0), 0),
+            data.masked_latents.index_axis(Axis(0), 2)
+        );
+        assert_eq!(
+            v.id_tokens.index_axis(Axis(0), 1),
+            data.id_tokens.index_axis(Axis(0), 0)
+        );
+        assert_eq!(v.timesteps.to_vec(), vec![7, 999]);
+        assert_eq!(v.noise.as_slice().unwrap(), draw.noise.as_slice());
+        for row in 0..2 {
+            assert_eq!(v.input_ids.row(row), data.input_ids.view());
+            assert_eq!(v.mask.index_axis(Axis(0), row), data.mask.view());
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "target 3 of 3")]
+    fn fill_refuses_a_target_out_of_range() {
+        let data = data(3);
+        let mut batch = StepBatch::new(&data, 1);
+        let draw = Draw {
+            targets: vec![3],
+            timesteps: vec![0],
+            noise: vec![0.0; 16],
+        };
+        data.fill(&draw, &mut batch);
+    }
+
+    #[test]
+    fn mirrored_reference_flips_both_crops() {
+        let image = RgbImage::from_fn(4, 4, |x, y| image::Rgb([x as u8, y as u8, 0]));
+        let face = RgbImage::from_fn(6, 6, |x, _| image::Rgb([x as u8, 0, 9]));
+        let r = ReferenceCrop { image, face };
+        let m = r.mirrored();
+        assert_eq!(m.image.get_pixel(0, 1).0, [3, 1, 0]);
+        assert_eq!(m.face.get_pixel(5, 2).0, [0, 0, 9]);
+        assert_eq!(m.mirrored(), r);
+    }
+}
