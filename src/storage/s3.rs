@@ -28,7 +28,7 @@ const STATIC_PROVIDER: &str = "pva-worker-settings";
 const MAX_CODE_CHARS: usize = 64;
 
 /// An S3-compatible object store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct S3Store {
     client: Client,
     region: String,
@@ -38,6 +38,18 @@ pub struct S3Store {
     body_timeout: Duration,
     /// `max-keys` of each ListObjectsV2 request (`None`: the store's default, 1000 on S3).
     list_page_size: Option<i32>,
+}
+
+/// Shows the settings in use, never the client (whose configuration holds the credentials).
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Store")
+            .field("region", &self.region)
+            .field("sse", &self.sse)
+            .field("body_timeout", &self.body_timeout)
+            .field("list_page_size", &self.list_page_size)
+            .finish_non_exhaustive()
+    }
 }
 
 impl S3Store {
@@ -336,16 +348,20 @@ fn verdict(status: u16, code: Option<&str>) -> Verdict {
     }
 }
 
-/// An error code as received, reduced to the characters codes are made of (a misbehaving store
-/// cannot smuggle arbitrary text into a log line through it).
-fn clean_code(code: Option<&str>) -> String {
-    match code {
-        Some(c) if !c.is_empty() => c
-            .chars()
-            .filter(|ch| ch.is_ascii_alphanumeric() || *ch == '.' || *ch == '_')
-            .take(MAX_CODE_CHARS)
-            .collect(),
-        _ => "no error code".into(),
+/// `HTTP <status> <code>`, the code reduced to the characters codes are made of (a misbehaving
+/// store cannot smuggle arbitrary text into a log line through it). HEAD responses have no body,
+/// so no code.
+fn describe(status: u16, code: Option<&str>) -> String {
+    let code: String = code
+        .unwrap_or_default()
+        .chars()
+        .filter(|ch| ch.is_ascii_alphanumeric() || *ch == '.' || *ch == '_')
+        .take(MAX_CODE_CHARS)
+        .collect();
+    if code.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status} {code}")
     }
 }
 
@@ -372,8 +388,8 @@ fn failure<E: ProvideErrorMetadata>(
                 Verdict::NotFound => StorageError::NotFound {
                     key: key.to_string(),
                 },
-                Verdict::Transient => io(format!("HTTP {status} {}", clean_code(code)), true),
-                Verdict::Permanent => io(format!("HTTP {status} {}", clean_code(code)), false),
+                Verdict::Transient => io(describe(status, code), true),
+                Verdict::Permanent => io(describe(status, code), false),
             }
         }
         SdkError::TimeoutError(_) => io("no response within the operation timeout".into(), true),
@@ -444,11 +460,15 @@ mod tests {
     }
 
     #[test]
-    fn error_codes_are_reduced_to_code_characters() {
-        assert_eq!(clean_code(Some("AccessDenied")), "AccessDenied");
-        assert_eq!(clean_code(Some("Bad <x>\n{y}")), "Badxy");
-        assert_eq!(clean_code(None), "no error code");
-        assert_eq!(clean_code(Some(&"A".repeat(500))).len(), MAX_CODE_CHARS);
+    fn messages_carry_the_status_and_a_cleaned_code() {
+        assert_eq!(describe(403, Some("AccessDenied")), "HTTP 403 AccessDenied");
+        assert_eq!(describe(400, Some("Bad <x>\n{y}")), "HTTP 400 Badxy");
+        assert_eq!(describe(403, None), "HTTP 403");
+        assert_eq!(describe(403, Some("<>")), "HTTP 403");
+        assert_eq!(
+            describe(500, Some(&"A".repeat(500))).len(),
+            "HTTP 500 ".len() + MAX_CODE_CHARS
+        );
     }
 
     #[test]
