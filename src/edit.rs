@@ -135,8 +135,9 @@ pub fn run(settings: &Settings, options: &EditOptions) -> anyhow::Result<JobResu
         .as_ref()
         .map(|(infos, timings)| (infos.clone(), timings))
         .map_err(Clone::clone);
+    let m = pipeline.manifest();
     let result = worker::result(
-        pipeline.engine_mut(),
+        (&m.name, &m.version),
         &job_id,
         "edit",
         outcome_ref,

@@ -37,6 +37,8 @@ enum Command {
         #[arg(long)]
         contact_sheet: Option<PathBuf>,
     },
+    /// Consume jobs from RabbitMQ, read and write images in S3, publish results (the service).
+    Serve,
 }
 
 fn init_logging(settings: &Settings) {
@@ -80,6 +82,16 @@ fn main() -> ExitCode {
 
 fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Serve => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let store = pva_worker::storage::s3::S3Store::new(&settings.s3).await;
+                pva_worker::serve::run(settings.clone(), store).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Edit {
             job,
             root,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::Settings;
-use crate::engine::{Engine, EngineError};
+use crate::engine::EngineError;
 use crate::job::{
     CheckedJob, JobError, JobRequest, JobResult, JobStatus, MaskSpec, OutputInfo, ResultError,
 };
@@ -18,7 +18,7 @@ use crate::storage::StorageError;
 #[error("{code}: {message}")]
 pub struct JobFailure {
     /// Stable code: `invalid_job`, `not_found`, `too_large`, `bad_image`, `bad_input`,
-    /// `bad_prompt`, `storage_error`, `model_error`, `deadline_exceeded`.
+    /// `bad_prompt`, `storage_error`, `model_error`, `deadline_exceeded`, `worker_stopping`.
     pub code: &'static str,
     /// What went wrong (names the field or input; never image bytes, URLs or secrets).
     pub message: String,
@@ -27,7 +27,8 @@ pub struct JobFailure {
 }
 
 impl JobFailure {
-    fn new(code: &'static str, message: impl Into<String>, retryable: bool) -> Self {
+    /// A failure with its code, message and disposition.
+    pub fn new(code: &'static str, message: impl Into<String>, retryable: bool) -> Self {
         Self {
             code,
             message: message.into(),
@@ -173,15 +174,14 @@ pub fn encode(job: &CheckedJob, output: &EditOutput) -> Result<Vec<(String, Vec<
         .collect()
 }
 
-/// The result message of a finished job.
-pub fn result<E: Engine + ?Sized>(
-    engine: &E,
+/// The result message of a finished job; `model` is (name, version).
+pub fn result(
+    model: (&str, &str),
     job_id: &str,
     worker_id: &str,
     outcome: Result<(Vec<OutputInfo>, &Timings), JobFailure>,
     extra_timings: &[(&str, f64)],
 ) -> JobResult {
-    let m = engine.manifest();
     let mut timings: BTreeMap<String, f64> = extra_timings
         .iter()
         .map(|(k, v)| (k.to_string(), *v))
@@ -210,8 +210,8 @@ pub fn result<E: Engine + ?Sized>(
         outputs,
         error,
         timings,
-        model_name: m.name.clone(),
-        model_version: m.version.clone(),
+        model_name: model.0.to_string(),
+        model_version: model.1.to_string(),
         worker_id: worker_id.to_string(),
     }
 }

@@ -1,0 +1,317 @@
+//! RabbitMQ through lapin: connection, idempotent topology, confirmed publishing and the
+//! per-delivery facts the worker needs (delivery count, queue wait, reply-to). The only module that
+//! uses `lapin` types.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+
+use crate::config::AmqpSettings;
+
+pub use lapin::message::Delivery;
+
+/// Why a broker operation failed. Messages never contain the connection URL (it holds a password).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The URL in `amqp.url` is not valid.
+    #[error("amqp.url is not a valid AMQP URL: {0}")]
+    Url(String),
+    /// Connecting, declaring or consuming failed.
+    #[error("broker: {what}: {source}")]
+    Broker {
+        /// What was being done.
+        what: &'static str,
+        /// lapin's error.
+        source: lapin::Error,
+    },
+    /// The broker refused (nacked) a published message.
+    #[error("broker refused the message published to `{exchange}`/`{routing_key}`")]
+    Nacked {
+        /// Exchange.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+    },
+}
+
+fn broker(what: &'static str) -> impl FnOnce(lapin::Error) -> QueueError {
+    move |source| QueueError::Broker { what, source }
+}
+
+/// A connection with one channel for consuming and one (in confirm mode) for publishing.
+pub struct Broker {
+    /// The connection.
+    pub connection: Connection,
+    /// Channel the job consumer runs on.
+    pub consume: Channel,
+    /// Channel results and dead letters are published on, with publisher confirms.
+    pub publish: Channel,
+}
+
+impl Broker {
+    /// Connects, declares the topology, sets the prefetch and enables confirms.
+    pub async fn connect(
+        settings: &AmqpSettings,
+        prefetch: u16,
+        delivery_limit: u32,
+        name: &str,
+    ) -> Result<Self, QueueError> {
+        let connection = connect(settings, name).await?;
+        let consume = connection
+            .create_channel()
+            .await
+            .map_err(broker("opening a channel"))?;
+        let publish = connection
+            .create_channel()
+            .await
+            .map_err(broker("opening a channel"))?;
+        declare_topology(&consume, settings, delivery_limit).await?;
+        consume
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(broker("setting the prefetch"))?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker("enabling publisher confirms"))?;
+        Ok(Self {
+            connection,
+            consume,
+            publish,
+        })
+    }
+
+    /// Starts consuming the job queue with manual acknowledgements.
+    pub async fn consume_jobs(
+        &self,
+        settings: &AmqpSettings,
+        tag: &str,
+    ) -> Result<Consumer, QueueError> {
+        self.consume
+            .basic_consume(
+                settings.job_queue.as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker("starting the consumer"))
+    }
+
+    /// Closes channels and connection politely (errors ignored: the connection may be gone).
+    pub async fn close(&self) {
+        let _ = self.consume.close(200, "shutdown".into()).await;
+        let _ = self.publish.close(200, "shutdown".into()).await;
+        let _ = self.connection.close(200, "shutdown".into()).await;
+    }
+}
+
+/// Opens a connection with the configured heartbeat.
+pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, QueueError> {
+    let mut uri: lapin::uri::AMQPUri = settings
+        .url
+        .expose()
+        .parse()
+        // NOTE: the parser's message may quote the URL; report only that it is invalid.
+        .map_err(|_| QueueError::Url("cannot parse it".into()))?;
+    uri.query.heartbeat = Some(settings.heartbeat_secs);
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect_uri(uri, properties)
+        .await
+        .map_err(broker("connecting"))
+}
+
+/// Declares (idempotently) the dead-letter exchange and queue, the durable quorum job queue with
+/// its dead-letter exchange and delivery limit, and the result exchange.
+pub async fn declare_topology(
+    channel: &Channel,
+    settings: &AmqpSettings,
+    delivery_limit: u32,
+) -> Result<(), QueueError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            settings.dead_letter_exchange.as_str().into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker("declaring the dead-letter exchange"))?;
+    let mut dlq_args = FieldTable::default();
+    dlq_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(
+            settings.dead_letter_queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            dlq_args,
+        )
+        .await
+        .map_err(broker("declaring the dead-letter queue"))?;
+    channel
+        .queue_bind(
+            settings.dead_letter_queue.as_str().into(),
+            settings.dead_letter_exchange.as_str().into(),
+            settings.job_queue.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker("binding the dead-letter queue"))?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(settings.dead_letter_exchange.as_str().into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(settings.job_queue.as_str().into()),
+    );
+    // NOTE: the broker's own limit is a safety net for deliveries the worker never answers (it
+    // crashed mid-job each time); the worker dead-letters transient failures itself one delivery
+    // earlier, with the reason.
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongInt(delivery_limit as i32),
+    );
+    channel
+        .queue_declare(
+            settings.job_queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .map_err(broker("declaring the job queue (an existing queue with other arguments is refused: delete it or align the settings)"))?;
+    channel
+        .exchange_declare(
+            settings.result_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker("declaring the result exchange"))?;
+    Ok(())
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, Default)]
+pub struct Outgoing {
+    /// JSON body.
+    pub body: Vec<u8>,
+    /// Correlation id (the job id, or the request's own correlation id).
+    pub correlation_id: Option<String>,
+    /// Extra string headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Publishes persistently and waits for the broker's confirm.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    message: &Outgoing,
+) -> Result<(), QueueError> {
+    let mut headers = FieldTable::default();
+    for (k, v) in &message.headers {
+        headers.insert(
+            ShortString::from(k.as_str()),
+            AMQPValue::LongString(LongString::from(v.as_str())),
+        );
+    }
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_timestamp(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+        )
+        .with_headers(headers);
+    if let Some(id) = &message.correlation_id {
+        properties = properties.with_correlation_id(id.as_str().into());
+    }
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            &message.body,
+            properties,
+        )
+        .await
+        .map_err(broker("publishing"))?
+        .await
+        .map_err(broker("waiting for the publisher confirm"))?;
+    if confirm.is_nack() {
+        return Err(QueueError::Nacked {
+            exchange: exchange.to_string(),
+            routing_key: routing_key.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// How many times this message was delivered before (0 on the first delivery), from the quorum
+/// queue's `x-delivery-count` header.
+pub fn previous_deliveries(delivery: &Delivery) -> u32 {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned())
+        .and_then(|v| match v {
+            AMQPValue::LongLongInt(n) => Some(n.max(0) as u32),
+            AMQPValue::LongInt(n) => Some(n.max(0) as u32),
+            AMQPValue::LongUInt(n) => Some(n),
+            AMQPValue::ShortInt(n) => Some(n.max(0) as u32),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+/// Time the message spent queued, from its `timestamp` property (seconds since the epoch).
+pub fn published_at(delivery: &Delivery) -> Option<SystemTime> {
+    delivery
+        .properties
+        .timestamp()
+        .map(|ts| UNIX_EPOCH + Duration::from_secs(ts))
+}
+
+/// The AMQP `reply_to` and `correlation_id` of a request, when present.
+pub fn reply_to(delivery: &Delivery) -> (Option<String>, Option<String>) {
+    (
+        delivery
+            .properties
+            .reply_to()
+            .as_ref()
+            .map(|s| s.as_str().to_string()),
+        delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|s| s.as_str().to_string()),
+    )
+}
