@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The README's second command: the whole test suite. Sets up what it needs (ONNX Runtime for the
-# worker, the exporter's Python environment), then runs the model contract tests (pytest) and the
-# Rust tests (unit, parity, integration).
+# The README's second command: the whole test suite. Sets up what it needs — ONNX Runtime for the
+# worker, the exporter's Python environment, the s3s-fs S3 server, promtool — makes sure RabbitMQ is
+# running on 127.0.0.1:5672, then runs the model contract tests (pytest) and every Rust test (unit,
+# parity with the Python reference, integration against RabbitMQ and S3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-ort.sh
 scripts/setup-python.sh
+scripts/setup-s3.sh
+scripts/setup-promtool.sh
+scripts/ensure-rabbitmq.sh
 echo "== model contract tests (pytest) =="
-.venv/bin/python -m pytest -q models/tests
+.venv/bin/python -m pytest -q models/tests tests/schema
 echo "== Rust tests (cargo test) =="
 cargo test --locked --all-targets

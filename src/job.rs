@@ -595,6 +595,25 @@ mod tests {
     }
 
     #[test]
+    fn shared_cases_agree_with_the_schema() {
+        // The same list tests/schema/test_job_schema.py checks the published JSON Schema against.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/jobs/cases.json");
+        let cases: Vec<serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        assert!(cases.len() >= 20);
+        for case in cases {
+            let verdict = JobRequest::from_json(case["job"].to_string().as_bytes())
+                .and_then(|j| j.check(&limits(), true));
+            assert_eq!(
+                verdict.is_ok(),
+                case["valid"].as_bool().unwrap(),
+                "{}: {verdict:?}",
+                case["name"]
+            );
+        }
+    }
+
+    #[test]
     fn rfc3339_parses_to_epoch_seconds() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2026-11-26T18:00:00Z"), Some(1_795_716_000));

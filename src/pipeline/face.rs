@@ -43,6 +43,7 @@ pub const DEFAULT_MARGIN: f32 = 0.25;
 /// A detected face, in pixels of the original (upright) image. `x`/`y` may be negative, and the box
 /// may stick out of the image, as detectors report it; it must overlap the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FaceBox {
     /// Left edge.
     pub x: i32,

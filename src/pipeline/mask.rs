@@ -88,6 +88,7 @@ impl Region {
 
 /// An axis-aligned box of crop pixels: columns `x..x + width`, rows `y..y + height`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PixelBox {
     /// First column.
     pub x: u32,
