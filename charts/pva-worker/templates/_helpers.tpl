@@ -1,0 +1,124 @@
+{{/*
+Names, labels and the values the chart derives in one place, so that the Deployment, the ConfigMap and
+the autoscalers cannot disagree: the model directory, the config file path, the grace period, and the
+worker.toml itself.
+*/}}
+
+{{- define "pva-worker.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "pva-worker.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "pva-worker.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pva-worker.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "pva-worker.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "pva-worker.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: worker
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "pva-worker.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "pva-worker.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "pva-worker.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* engine.model_dir: the model volume's mount path joined with model.path. */}}
+{{- define "pva-worker.modelDir" -}}
+{{- if .Values.model.path }}
+{{- printf "%s/%s" (trimSuffix "/" .Values.model.mountPath) (trimPrefix "/" .Values.model.path) }}
+{{- else }}
+{{- .Values.model.mountPath }}
+{{- end }}
+{{- end }}
+
+{{/* Directory and file of the rendered worker.toml inside the container. */}}
+{{- define "pva-worker.configDir" -}}/etc/pva-worker{{- end }}
+{{- define "pva-worker.configFile" -}}worker.toml{{- end }}
+
+{{/* terminationGracePeriodSeconds: the worker's own shutdown deadline plus a margin, never less. */}}
+{{- define "pva-worker.terminationGracePeriod" -}}
+{{- add (int .Values.worker.shutdownDeadlineSeconds) (int .Values.worker.terminationGraceExtraSeconds) }}
+{{- end }}
+
+{{/*
+One TOML value. Helm reads every number of a values file as a float64, so integral numbers are written
+as TOML integers (the worker's integer settings refuse `1.0`) and others as floats.
+*/}}
+{{- define "pva-worker.tomlValue" -}}
+{{- $kind := kindOf . }}
+{{- if eq $kind "string" }}
+{{- toJson . }}
+{{- else if eq $kind "bool" }}
+{{- ternary "true" "false" . }}
+{{- else if or (eq $kind "float64") (eq $kind "float32") }}
+{{- if eq (float64 (int64 .)) (float64 .) }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
+{{- else if hasPrefix "int" $kind }}
+{{- . }}
+{{- else if eq $kind "slice" }}
+{{- $items := list }}
+{{- range . }}{{ $items = append $items (include "pva-worker.tomlValue" .) }}{{ end }}
+{{- printf "[%s]" (join ", " $items) }}
+{{- else }}
+{{- fail (printf "config: cannot write %v (%s) as a TOML value" . $kind) }}
+{{- end }}
+{{- end }}
+
+{{/*
+worker.toml: `config` from the values with the derived settings on top (the schema keeps `config` from
+naming those). Sections and keys are sorted, so the checksum annotation only changes with the content.
+*/}}
+{{- define "pva-worker.workerToml" -}}
+{{- $config := deepCopy (default dict .Values.config) }}
+{{- $derived := dict
+  "engine" (dict
+    "model_dir" (include "pva-worker.modelDir" .)
+    "ort_library" .Values.image.ortLibrary
+    "execution_provider" (ternary "cuda" "cpu" .Values.gpu.enabled))
+  "worker" (dict
+    "concurrency" .Values.worker.concurrency
+    "shutdown_deadline_secs" .Values.worker.shutdownDeadlineSeconds)
+  "amqp" (dict "job_queue" .Values.amqp.jobQueue)
+  "metrics" (dict "listen" (printf "0.0.0.0:%d" (int .Values.metrics.port))) }}
+{{- $config = mustMergeOverwrite $config $derived }}
+{{- printf "# Rendered by the %s chart from its values; credentials come from Secrets as PVA__* variables.\n" .Chart.Name }}
+{{- range $section := keys $config | sortAlpha }}
+{{- $table := get $config $section }}
+{{- printf "\n[%s]\n" $section }}
+{{- range $key := keys $table | sortAlpha }}
+{{- printf "%s = %s\n" $key (include "pva-worker.tomlValue" (get $table $key)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name and key of the Secret KEDA reads the broker connection from. */}}
+{{- define "pva-worker.kedaHostSecret" -}}
+{{- $k := .Values.autoscaling.keda }}
+{{- if $k.hostSecret }}{{ $k.hostSecret }}
+{{- else if eq $k.protocol "amqp" }}{{ .Values.amqp.existingSecret }}
+{{- else }}{{ fail "autoscaling.keda.hostSecret: protocol http needs a Secret with the management URL http://user:password@host:15672/vhost" }}
+{{- end }}
+{{- end }}
