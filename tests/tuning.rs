@@ -6,10 +6,11 @@ mod common;
 use common::{max_abs_diff, settings, Tensors};
 use ndarray::{ArrayView1, ArrayView2, ArrayView3, ArrayView4};
 use pva_worker::edit::load_pipeline;
-use pva_worker::engine::{Engine, TuningBatch, TuningHyper};
+use pva_worker::engine::{Engine, OrtEngine, TuningBatch, TuningHyper};
+use pva_worker::pipeline::inpaint::Pipeline;
 use pva_worker::pipeline::mask::Mask;
 use pva_worker::pipeline::tune::{
-    self, Draw, DrawSource, LeaveOneOut, ReferenceCrop, StepBatch, TuneOptions,
+    self, Draw, DrawSource, LeaveOneOut, ReferenceCrop, SeededDraws, StepBatch, TuneOptions, Tuned,
 };
 
 fn tune_dir() -> std::path::PathBuf {
@@ -240,4 +241,113 @@ fn the_whole_loop_from_the_images_reproduces_the_reference_losses() {
     eprintln!("from the images: worst loss difference {worst:.2e}, final params {d:.2e}");
     assert!(worst <= 1e-5, "losses differ by {worst}");
     assert!(d <= 1e-6, "final params differ by {d}");
+}
+
+/// The mean loss of `params` over `steps` fixed draws (seed `seed`), without changing it: a run
+/// with zero learning rates and decay only evaluates (AdamW's update is then the identity).
+fn held_out_loss(
+    engine: &mut dyn Engine,
+    data: &LeaveOneOut,
+    params: &[f32],
+    seed: u64,
+    steps: usize,
+) -> f32 {
+    let options = TuneOptions {
+        steps,
+        hyper: TuningHyper {
+            lr_visual: 0.0,
+            lr_token: 0.0,
+            weight_decay: 0.0,
+        },
+        seed,
+    };
+    let run = tune::run(
+        engine,
+        data,
+        params,
+        &options,
+        &mut SeededDraws::new(seed),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(
+        run.adapter, params,
+        "an evaluation run must not move the adapter"
+    );
+    run.losses.iter().sum::<f32>() / steps as f32
+}
+
+/// Tunes the fixture identity with `options` for each seed, from the model's own adapter.
+fn tune_seeds(
+    pipeline: &mut Pipeline<OrtEngine>,
+    data: &LeaveOneOut,
+    seeds: &[u64],
+    adjust: impl Fn(&mut TuneOptions),
+) -> Vec<Tuned> {
+    let initial = pipeline.base_adapter().to_vec();
+    seeds
+        .iter()
+        .map(|&seed| {
+            let mut options = TuneOptions::from_manifest(pipeline.manifest(), seed);
+            adjust(&mut options);
+            tune::run(
+                pipeline.engine_mut(),
+                data,
+                &initial,
+                &options,
+                &mut SeededDraws::new(seed),
+                &mut |_, _| {},
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+// NOTE: on the random-weight tiny model the per-step training loss is dominated by the random
+// timestep and noise of each step: with the paper's settings (40 steps, lr 1e-5 / 1e-3) the mean of
+// the last quarter of the steps is below the first quarter's for only 4 of 8 seeds (1.0655 ->
+// 1.0740 on average). What does hold is the loss over one fixed set of draws (below), and the
+// first/last comparison once the adapter moves further (lr x100, 200 steps: 8 of 8 seeds, 1.066 ->
+// 0.913). `cargo run --release --bin bench_tune -- --loss-study` prints these numbers.
+
+#[test]
+fn paper_tuning_lowers_the_loss_over_fixed_draws_for_every_seed() {
+    let mut pipeline = load_pipeline(&settings()).expect("tiny model loads");
+    let data = LeaveOneOut::build(&mut pipeline, &fixture_crops()).unwrap();
+    let initial = pipeline.base_adapter().to_vec();
+    let before = held_out_loss(pipeline.engine_mut(), &data, &initial, 1000, 32);
+    for (seed, tuned) in tune_seeds(&mut pipeline, &data, &[0, 1, 2, 3], |_| {})
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(tuned.losses.len(), 40);
+        let after = held_out_loss(pipeline.engine_mut(), &data, &tuned.adapter, 1000, 32);
+        eprintln!("seed {seed}: loss over 32 fixed draws {before:.5} -> {after:.5}");
+        assert!(
+            after < before,
+            "seed {seed}: tuning raised the loss over fixed draws, {before} -> {after}"
+        );
+    }
+}
+
+#[test]
+fn longer_faster_tuning_lowers_the_training_loss_first_quarter_to_last() {
+    let mut pipeline = load_pipeline(&settings()).expect("tiny model loads");
+    let data = LeaveOneOut::build(&mut pipeline, &fixture_crops()).unwrap();
+    let runs = tune_seeds(&mut pipeline, &data, &[0, 1, 2, 3], |o| {
+        o.steps = 200;
+        o.hyper.lr_visual *= 100.0;
+        o.hyper.lr_token *= 100.0;
+    });
+    let quarter = |l: &[f32]| l.iter().sum::<f32>() / l.len() as f32;
+    let (mut first, mut last) = (0.0, 0.0);
+    for run in &runs {
+        first += quarter(&run.losses[..50]) / runs.len() as f32;
+        last += quarter(&run.losses[150..]) / runs.len() as f32;
+    }
+    eprintln!("mean training loss, first quarter {first:.4}, last quarter {last:.4}");
+    assert!(
+        last < 0.95 * first,
+        "training loss {first} -> {last} did not fall by 5%"
+    );
 }
