@@ -13,6 +13,7 @@ pub mod inference;
 pub mod job;
 pub mod metrics;
 pub mod pipeline;
+pub mod provenance;
 pub mod queue;
 pub mod serve;
 pub mod storage;
