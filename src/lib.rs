@@ -17,4 +17,5 @@ pub mod provenance;
 pub mod queue;
 pub mod serve;
 pub mod storage;
+pub mod verify_cmd;
 pub mod worker;

@@ -39,6 +39,17 @@ enum Command {
     },
     /// Consume jobs from RabbitMQ, read and write images in S3, publish results (the service).
     Serve,
+    /// Print an image's provenance (C2PA manifest, actions, source type, XMP); exit 0 only when valid.
+    Verify {
+        /// The image (PNG, JPEG or WebP).
+        file: PathBuf,
+        /// PEM bundle of trusted root certificates (without it the signer is not checked).
+        #[arg(long)]
+        trust_anchors: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging(settings: &Settings) {
@@ -91,6 +102,24 @@ fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
                 pva_worker::serve::run(settings.clone(), store).await
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            file,
+            trust_anchors,
+            json,
+        } => {
+            let options = pva_worker::verify_cmd::VerifyOptions {
+                file,
+                trust_anchors,
+                json,
+            };
+            let report = pva_worker::verify_cmd::run(&options, &mut std::io::stdout())?;
+            // NOTE: 4, not 1: a file that is not valid is an answer, not a failure of the command.
+            Ok(if report.valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(4)
+            })
         }
         Command::Edit {
             job,

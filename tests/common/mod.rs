@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod s3_server;
+pub mod test_ca;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,241 @@
+//! A throwaway certificate authority for provenance tests, made with the `openssl` CLI in a temp
+//! directory: a root CA and a signing certificate it issued with what c2pa requires of a signer
+//! (not self-signed, digitalSignature key usage, the emailProtection extended key usage, subject
+//! and authority key identifiers). Nothing here is used outside tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pva_worker::provenance::{ProvenanceSettings, SigningAlgorithm};
+
+/// The key type of the signing certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    /// ECDSA P-256 (signs ES256).
+    P256,
+    /// Ed25519.
+    Ed25519,
+    /// RSA 2048 (signs PS256).
+    Rsa2048,
+}
+
+impl KeyType {
+    fn genpkey_args(self) -> &'static [&'static str] {
+        match self {
+            Self::P256 => &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            Self::Ed25519 => &["-algorithm", "ED25519"],
+            Self::Rsa2048 => &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        }
+    }
+
+    /// The algorithm a key of this type signs with.
+    pub fn algorithm(self) -> SigningAlgorithm {
+        match self {
+            Self::P256 => SigningAlgorithm::Es256,
+            Self::Ed25519 => SigningAlgorithm::Ed25519,
+            Self::Rsa2048 => SigningAlgorithm::Ps256,
+        }
+    }
+}
+
+/// Files of a test CA; the directory is removed when this is dropped.
+pub struct TestCa {
+    dir: tempfile::TempDir,
+    /// The root certificate (the trust anchor), PEM.
+    pub ca_cert: PathBuf,
+    /// The signing certificate issued by the root, PEM (the chain to configure).
+    pub signer_cert: PathBuf,
+    /// The signing certificate's private key, PKCS#8 PEM.
+    pub signer_key: PathBuf,
+    /// The algorithm of the signing key.
+    pub algorithm: SigningAlgorithm,
+}
+
+const OPENSSL_CONFIG: &str = "\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[signer]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = emailProtection
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+[selfsigned]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, digitalSignature, keyCertSign
+extendedKeyUsage = emailProtection
+subjectKeyIdentifier = hash
+";
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl CLI must be installed for the provenance tests");
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl TestCa {
+    /// A root CA (ECDSA P-256) and a signing certificate of `key_type` issued by it, valid for a
+    /// week from now.
+    pub fn new(key_type: KeyType) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("openssl.cnf"), OPENSSL_CONFIG).unwrap();
+        openssl(
+            d,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                "ca.key",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "req",
+                "-new",
+                "-x509",
+                "-config",
+                "openssl.cnf",
+                "-extensions",
+                "ca",
+                "-key",
+                "ca.key",
+                "-subj",
+                "/CN=pva-worker test root CA/O=pva-worker tests",
+                "-days",
+                "7",
+                "-sha256",
+                "-out",
+                "ca.pem",
+            ],
+        );
+        let mut genpkey = vec!["genpkey"];
+        genpkey.extend_from_slice(key_type.genpkey_args());
+        genpkey.extend_from_slice(&["-out", "signer.key"]);
+        openssl(d, &genpkey);
+        openssl(
+            d,
+            &[
+                "req",
+                "-new",
+                "-config",
+                "openssl.cnf",
+                "-key",
+                "signer.key",
+                "-subj",
+                "/CN=pva-worker test signer/O=pva-worker tests",
+                "-out",
+                "signer.csr",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "signer.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                "2",
+                "-days",
+                "7",
+                "-sha256",
+                "-extfile",
+                "openssl.cnf",
+                "-extensions",
+                "signer",
+                "-out",
+                "signer.pem",
+            ],
+        );
+        Self {
+            ca_cert: d.join("ca.pem"),
+            signer_cert: d.join("signer.pem"),
+            signer_key: d.join("signer.key"),
+            algorithm: key_type.algorithm(),
+            dir,
+        }
+    }
+
+    /// A self-signed certificate with a signer's usages (which c2pa must refuse) and its key:
+    /// (certificate, key).
+    pub fn self_signed(&self) -> (PathBuf, PathBuf) {
+        let d = self.dir.path();
+        openssl(
+            d,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                "self.key",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "req",
+                "-new",
+                "-x509",
+                "-config",
+                "openssl.cnf",
+                "-extensions",
+                "selfsigned",
+                "-key",
+                "self.key",
+                "-subj",
+                "/CN=self-signed/O=pva-worker tests",
+                "-days",
+                "7",
+                "-sha256",
+                "-out",
+                "self.pem",
+            ],
+        );
+        (d.join("self.pem"), d.join("self.key"))
+    }
+
+    /// The root certificate as PEM text (what `verify` takes as trust anchors).
+    pub fn anchors(&self) -> String {
+        std::fs::read_to_string(&self.ca_cert).unwrap()
+    }
+
+    /// Provenance settings that sign with this CA's signing certificate.
+    pub fn settings(&self, require_signing: bool) -> ProvenanceSettings {
+        ProvenanceSettings {
+            signing_key: self.signer_key.clone(),
+            certificate_chain: self.signer_cert.clone(),
+            algorithm: self.algorithm,
+            require_signing,
+        }
+    }
+
+    /// A path inside the CA's directory (for corrupted copies of its files).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
