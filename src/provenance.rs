@@ -503,8 +503,8 @@ fn sign(
                 "format": parent_format.mime(),
                 "relationship": "parentOf",
             });
-            let ingredient = c2pa::Ingredient::from_json(&ingredient.to_string())
-                .map_err(sign_error)?;
+            let ingredient =
+                c2pa::Ingredient::from_json(&ingredient.to_string()).map_err(sign_error)?;
             builder.add_ingredient(ingredient);
             // The Edit intent adds the `c2pa.opened` action that points at the parent.
             builder.set_intent(BuilderIntent::Edit);

@@ -396,7 +396,10 @@ fn the_verify_command_reports_and_sets_the_exit_code() {
         .flat_map(|s| s.contents().to_vec())
         .collect();
     let store = String::from_utf8_lossy(&store).to_lowercase();
-    assert!(store.contains("c2pa.actions"), "the manifest store is in APP11");
+    assert!(
+        store.contains("c2pa.actions"),
+        "the manifest store is in APP11"
+    );
     for word in ["obama", "example", "consent", "beard", "thumbnail"] {
         assert!(!store.contains(word), "{word:?} in the manifest");
     }
