@@ -17,5 +17,6 @@ pub mod provenance;
 pub mod queue;
 pub mod serve;
 pub mod storage;
+pub mod tune_cmd;
 pub mod verify_cmd;
 pub mod worker;

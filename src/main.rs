@@ -39,6 +39,28 @@ enum Command {
     },
     /// Consume jobs from RabbitMQ, read and write images in S3, publish results (the service).
     Serve,
+    /// Tune an identity's adapter from local reference photos and write it (safetensors).
+    Tune {
+        /// The identity's id (part of the adapter's storage key).
+        #[arg(long)]
+        identity: String,
+        /// A reference photo of the identity (repeat for 1..=5 references).
+        #[arg(long = "reference", required = true)]
+        references: Vec<PathBuf>,
+        /// Face box `x,y,w,h` of each reference in order, or `none` for an aligned square face;
+        /// give one per reference or leave out for all-aligned references.
+        #[arg(long = "face-box")]
+        face_boxes: Vec<pva_worker::tune_cmd::FaceBoxArg>,
+        /// Where the adapter file goes.
+        #[arg(long)]
+        out: PathBuf,
+        /// Tuning steps (default: tuning.steps).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Seed of the draws (default: tuning.seed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Print an image's provenance (C2PA manifest, actions, source type, XMP); exit 0 only when valid.
     Verify {
         /// The image (PNG, JPEG or WebP).
@@ -120,6 +142,28 @@ fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(4)
             })
+        }
+        Command::Tune {
+            identity,
+            references,
+            face_boxes,
+            out,
+            steps,
+            seed,
+        } => {
+            let options = pva_worker::tune_cmd::TuneCmdOptions {
+                identity,
+                references,
+                face_boxes,
+                out,
+                steps,
+                seed,
+            };
+            let report = pva_worker::tune_cmd::run(settings, &options, &mut std::io::stdout())?;
+            for (stage, secs) in &report.timings {
+                println!("{stage:>12}: {secs:8.3} s");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Edit {
             job,

@@ -7,11 +7,17 @@ use common::{max_abs_diff, settings, Tensors};
 use ndarray::{ArrayView1, ArrayView2, ArrayView3, ArrayView4};
 use pva_worker::edit::load_pipeline;
 use pva_worker::engine::{Engine, OrtEngine, TuningBatch, TuningHyper};
-use pva_worker::pipeline::inpaint::Pipeline;
+use pva_worker::pipeline::adapter::{self, ModelRef, StoredAdapter};
+use pva_worker::pipeline::inpaint::{EditInput, MaskInput, Pipeline};
 use pva_worker::pipeline::mask::Mask;
+use pva_worker::pipeline::mask::Region;
+use pva_worker::pipeline::noise::SeededNoise;
+use pva_worker::pipeline::scheduler::SchedulerKind;
 use pva_worker::pipeline::tune::{
-    self, Draw, DrawSource, LeaveOneOut, ReferenceCrop, SeededDraws, StepBatch, TuneOptions, Tuned,
+    self, Draw, DrawSource, LeaveOneOut, ReferenceCrop, SeededDraws, StepBatch, TuneError,
+    TuneOptions, Tuned,
 };
+use pva_worker::tune_cmd::{self, TuneCmdOptions};
 
 fn tune_dir() -> std::path::PathBuf {
     common::repo().join("tests/fixtures/tune")
@@ -350,4 +356,167 @@ fn longer_faster_tuning_lowers_the_training_loss_first_quarter_to_last() {
         last < 0.95 * first,
         "training loss {first} -> {last} did not fall by 5%"
     );
+}
+
+#[test]
+fn the_edit_uses_a_tuned_adapter_from_its_stored_file() {
+    let mut pipeline = load_pipeline(&settings()).expect("tiny model loads");
+    let crops = fixture_crops();
+    let mut options = TuneOptions::from_manifest(pipeline.manifest(), 0);
+    options.steps = 10;
+    let tuned = tune::tune_identity(&mut pipeline, &crops, &options, &mut |_, _| {}).unwrap();
+    assert_eq!(tuned.losses.len(), 10);
+    assert_ne!(
+        tuned.adapter,
+        pipeline.base_adapter(),
+        "tuning moved nothing"
+    );
+
+    // Through the stored format and back, checked against the loaded model.
+    let model = ModelRef::of(pipeline.manifest());
+    let digests: Vec<String> = (0..3)
+        .map(|i| {
+            adapter::sha256_hex(&std::fs::read(tune_dir().join(format!("image_{i}.png"))).unwrap())
+        })
+        .collect();
+    let stored = StoredAdapter {
+        identity_id: "obama".into(),
+        model: model.clone(),
+        reference_sha256: digests.clone(),
+        steps: 10,
+        seed: 0,
+        final_loss: *tuned.losses.last().unwrap(),
+        params: tuned.adapter.clone(),
+    };
+    let bytes = adapter::encode(&stored).unwrap();
+    let loaded = adapter::decode(&bytes, &model).unwrap();
+    assert_eq!(loaded, stored);
+    loaded.check_source("obama", &digests).unwrap();
+    // The same file is refused by another version of the model, and when damaged.
+    let newer = ModelRef {
+        version: "0.2.0".into(),
+        ..model.clone()
+    };
+    assert!(adapter::decode(&bytes, &newer).is_err());
+    let mut damaged = bytes.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0x10;
+    assert!(adapter::decode(&damaged, &model).is_err());
+
+    let edit = |pipeline: &mut Pipeline<OrtEngine>, adapter: Option<Vec<f32>>| {
+        let input = EditInput {
+            target: crops[0].image.clone(),
+            target_face: None,
+            mask: MaskInput::Region(Region::WholeFace),
+            references: crops[1..].iter().map(|c| (c.face.clone(), None)).collect(),
+            prompt: "smiling".into(),
+            negative_prompt: String::new(),
+            scheduler: SchedulerKind::Ddim { eta: 0.0 },
+            steps: 4,
+            guidance: 3.0,
+            num_outputs: 1,
+            adapter,
+        };
+        pipeline
+            .edit(&input, &mut SeededNoise::new(5))
+            .unwrap()
+            .images
+            .remove(0)
+            .crop
+    };
+    let base = edit(&mut pipeline, None);
+    assert_eq!(edit(&mut pipeline, None), base, "the edit is deterministic");
+    let personal = edit(&mut pipeline, Some(loaded.params.clone()));
+    let changed = base
+        .as_raw()
+        .iter()
+        .zip(personal.as_raw())
+        .filter(|(a, b)| a != b)
+        .count();
+    eprintln!(
+        "{changed} of {} channel values differ with the tuned adapter",
+        base.as_raw().len()
+    );
+    assert!(changed > 0, "the tuned adapter did not change the edit");
+}
+
+#[test]
+fn one_reference_tunes_against_its_mirror_image() {
+    let mut pipeline = load_pipeline(&settings()).expect("tiny model loads");
+    let crops = fixture_crops();
+    let data = LeaveOneOut::build(&mut pipeline, &crops[..1]).unwrap();
+    assert_eq!(data.count(), 2, "the reference and its mirror");
+    let mirrored =
+        LeaveOneOut::build(&mut pipeline, &[crops[0].clone(), crops[0].mirrored()]).unwrap();
+    assert_eq!(data.latents(), mirrored.latents());
+    assert_eq!(data.id_tokens(), mirrored.id_tokens());
+    // The mirror is a different image: its latents differ from the original's.
+    assert_ne!(
+        data.latents().index_axis(ndarray::Axis(0), 0),
+        data.latents().index_axis(ndarray::Axis(0), 1)
+    );
+    let mut options = TuneOptions::from_manifest(pipeline.manifest(), 3);
+    options.steps = 3;
+    let tuned = tune::tune_identity(&mut pipeline, &crops[..1], &options, &mut |_, _| {}).unwrap();
+    assert!(tuned.losses.iter().all(|l| l.is_finite()));
+    // Too many references are refused before any graph runs.
+    let six = vec![crops[0].clone(); 6];
+    assert!(matches!(
+        LeaveOneOut::build(&mut pipeline, &six),
+        Err(TuneError::Input { .. })
+    ));
+}
+
+#[test]
+fn tune_command_writes_an_adapter_that_decodes_under_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("obama.safetensors");
+    let s = settings();
+    let options = TuneCmdOptions {
+        identity: "obama".into(),
+        references: (0..3)
+            .map(|i| tune_dir().join(format!("image_{i}.png")))
+            .collect(),
+        face_boxes: vec!["none".parse().unwrap(); 3],
+        out: out.clone(),
+        steps: Some(3),
+        seed: Some(9),
+    };
+    let mut printed = Vec::new();
+    let report = tune_cmd::run(&s, &options, &mut printed).unwrap();
+    let printed = String::from_utf8(printed).unwrap();
+    assert_eq!(
+        printed.lines().filter(|l| l.starts_with("step ")).count(),
+        3,
+        "{printed}"
+    );
+    assert!(printed.contains(&report.key), "{printed}");
+    let model = ModelRef::of(&pva_worker::engine::Manifest::load(&s.engine.model_dir).unwrap());
+    let stored = adapter::decode(&std::fs::read(&out).unwrap(), &model).unwrap();
+    assert_eq!(stored, report.adapter);
+    assert_eq!((stored.steps, stored.seed), (3, 9));
+    assert_eq!(stored.final_loss, report.losses[2]);
+    // Same references in another order: same key; one changed reference: another key.
+    let key = |refs: &[&str]| {
+        let digests: Vec<String> = refs
+            .iter()
+            .map(|r| adapter::sha256_hex(&std::fs::read(tune_dir().join(r)).unwrap()))
+            .collect();
+        adapter::storage_key(&s.tuning.adapter_prefix, "obama", &model, &digests).unwrap()
+    };
+    assert_eq!(
+        report.key,
+        key(&["image_2.png", "image_0.png", "image_1.png"])
+    );
+    assert_ne!(
+        report.key,
+        key(&["image_0.png", "image_1.png", "face_2.png"])
+    );
+    assert!(report.key.starts_with("adapters/obama/pva-tiny-"));
+    // A face box count that does not match the references is refused before any work.
+    let bad = TuneCmdOptions {
+        face_boxes: vec!["none".parse().unwrap()],
+        ..options
+    };
+    assert!(tune_cmd::run(&s, &bad, &mut Vec::new()).is_err());
 }
