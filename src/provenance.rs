@@ -1021,6 +1021,12 @@ mod tests {
     }
 
     #[test]
+    fn a_signer_can_be_shared_between_worker_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Signer>();
+    }
+
+    #[test]
     fn settings_decide_whether_a_signer_is_needed() {
         let mut s = ProvenanceSettings::default();
         assert!(Signer::from_settings(&s).unwrap().is_none());
