@@ -65,8 +65,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-One TOML value. Helm reads every number of a values file as a float64, so integral numbers are written
-as TOML integers (the worker's integer settings refuse `1.0`) and others as floats.
+One TOML value. Helm reads every number of a values file as a float64; integral numbers are written as
+TOML integers (`60`, not `60.0`, as in config/default.toml: the worker's loader would round a float into
+an integer setting without a word) and others as floats.
 */}}
 {{- define "pva-worker.tomlValue" -}}
 {{- $kind := kindOf . }}
