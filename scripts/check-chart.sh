@@ -6,7 +6,8 @@
 #      1.33 (unknown fields and wrong types fail);
 #   4. the KEDA ScaledObject/TriggerAuthentication and the ServiceMonitor (CRDs, no schema offline)
 #      parsed and checked for their required fields and for pointing at what the chart rendered;
-#   5. every values file in charts/pva-worker/ci/invalid/ rejected by lint and template, with an error
+#   5. NOTES.txt rendered for every values file (through a copy of the chart: helm template skips it);
+#   6. every values file in charts/pva-worker/ci/invalid/ rejected by lint and template, with an error
 #      containing its `# reject:` line (a file Helm accepts fails this script).
 # Exits non-zero on the first problem, naming the values file.
 set -euo pipefail
@@ -168,6 +169,22 @@ invalid_files=("$chart"/ci/invalid/*-values.yaml)
 [ "${#invalid_files[@]}" -gt 0 ] || fail "no values files in $chart/ci/invalid"
 
 echo "== helm $("$helm" version --short), kubernetes-validate for ${kube_versions[*]}"
+
+# NOTE: `helm template` never renders NOTES.txt and `helm install --dry-run` wants a cluster, so a copy
+# of the chart carries the notes inside a ConfigMap template, rendered below for every values file.
+notes_chart="$tmp/notes/pva-worker"
+mkdir -p "$tmp/notes"
+cp -r "$chart" "$notes_chart"
+{
+  echo '{{- define "pva-worker.notesCheck" -}}'
+  cat "$chart/templates/NOTES.txt"
+  echo '{{- end -}}'
+  echo 'apiVersion: v1'
+  echo 'kind: ConfigMap'
+  echo 'metadata: {name: notes}'
+  echo 'data: {notes: {{ include "pva-worker.notesCheck" . | quote }}}'
+} >"$notes_chart/templates/notes-check.yaml"
+rm "$notes_chart/templates/NOTES.txt"
 for values in "${values_files[@]}"; do
   name=$(basename "$values" -values.yaml)
   echo "== $name ($values)"
@@ -179,6 +196,11 @@ for values in "${values_files[@]}"; do
     || { cat "$tmp/template.log" >&2; fail "helm template failed for $values"; }
   check_rendered "$tmp/$name.yaml" "$tmp/$name.core.yaml" "$expected" \
     || fail "rendered manifests of $values are wrong (above)"
+  "$helm" template pva "$notes_chart" --namespace pva -f "$values" --show-only templates/notes-check.yaml \
+    >"$tmp/notes.yaml" 2>"$tmp/template.log" \
+    || { cat "$tmp/template.log" >&2; fail "NOTES.txt does not render for $values"; }
+  "$python" -c 'import sys, yaml; notes = yaml.safe_load(open(sys.argv[1]))["data"]["notes"]; sys.exit(0 if "pva-worker" in notes and "<no value>" not in notes else 1)' "$tmp/notes.yaml" \
+    || fail "NOTES.txt for $values is empty or shows <no value>"
   for version in "${kube_versions[@]}"; do
     "$validate" --strict --quiet -k "$version" "$tmp/$name.core.yaml" \
       || fail "kubernetes-validate --strict -k $version rejected the manifests of $values"
