@@ -385,6 +385,32 @@ fn every_values_file_renders_a_config_the_worker_loads_and_the_deployment_agrees
         );
         assert!(settings.engine.ort_library.is_absolute(), "{label}");
 
+        // The C2PA signing files, when configured, are the items of the read-only Secret volume.
+        for key in ["provenance.signing_key", "provenance.certificate_chain"] {
+            let path = str_of(&rendered[key]);
+            if path.is_empty() {
+                continue;
+            }
+            let secret_mount = mount("provenance");
+            assert_eq!(secret_mount["readOnly"], true, "{label}");
+            let (dir, file) = path.rsplit_once('/').unwrap();
+            assert_eq!(dir, str_of(&secret_mount["mountPath"]), "{label}: {key}");
+            let volume = pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == "provenance")
+                .unwrap();
+            assert!(
+                volume["secret"]["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|item| item["path"] == file),
+                "{label}: {key} = {path} is not an item of the Secret volume"
+            );
+        }
+
         // GPUs are requested exactly when the worker runs the CUDA provider.
         let gpus = container["resources"]["limits"]
             .as_object()
@@ -461,7 +487,6 @@ fn cpu_pool_values_reach_the_worker_settings() {
     assert!(s.s3.force_path_style);
     assert_eq!(s.tuning.steps, 20);
     assert!((s.tuning.lr_token - 0.002).abs() < 1e-9);
-    assert!(!s.privacy.require_consent);
 }
 
 #[test]

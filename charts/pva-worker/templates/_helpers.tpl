@@ -59,6 +59,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "pva-worker.configDir" -}}/etc/pva-worker{{- end }}
 {{- define "pva-worker.configFile" -}}worker.toml{{- end }}
 
+{{/* Where the C2PA signing Secret is mounted, and its two files there. */}}
+{{- define "pva-worker.provenanceDir" -}}/var/run/secrets/pva-worker/c2pa{{- end }}
+{{- define "pva-worker.signingKeyFile" -}}signing-key.pem{{- end }}
+{{- define "pva-worker.certificateChainFile" -}}certificate-chain.pem{{- end }}
+
 {{/* terminationGracePeriodSeconds: the worker's own shutdown deadline plus a margin, never less. */}}
 {{- define "pva-worker.terminationGracePeriod" -}}
 {{- add (int .Values.worker.shutdownDeadlineSeconds) (int .Values.worker.terminationGraceExtraSeconds) }}
@@ -103,7 +108,14 @@ naming those). Sections and keys are sorted, so the checksum annotation only cha
     "concurrency" .Values.worker.concurrency
     "shutdown_deadline_secs" .Values.worker.shutdownDeadlineSeconds)
   "amqp" (dict "job_queue" .Values.amqp.jobQueue)
-  "metrics" (dict "listen" (printf "0.0.0.0:%d" (int .Values.metrics.port))) }}
+  "metrics" (dict "listen" (printf "0.0.0.0:%d" (int .Values.metrics.port)))
+  "provenance" (dict "signing_key" "" "certificate_chain" "") }}
+{{- if .Values.provenance.existingSecret }}
+{{- $dir := include "pva-worker.provenanceDir" . }}
+{{- $_ := set $derived "provenance" (dict
+  "signing_key" (printf "%s/%s" $dir (include "pva-worker.signingKeyFile" .))
+  "certificate_chain" (printf "%s/%s" $dir (include "pva-worker.certificateChainFile" .))) }}
+{{- end }}
 {{- $config = mustMergeOverwrite $config $derived }}
 {{- printf "# Rendered by the %s chart from its values; credentials come from Secrets as PVA__* variables.\n" .Chart.Name }}
 {{- range $section := keys $config | sortAlpha }}
