@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Checks the Helm chart in charts/pva-worker with real Helm (scripts/setup-helm.sh installs it):
+#   0. every value in values.yaml documented with a `# --` comment;
 #   1. `helm lint --strict` and `helm template` for every values file in charts/pva-worker/ci/;
 #   2. the rendered kinds equal the file's `# expect-kinds:` line;
 #   3. everything that is not a CRD validated with `kubernetes-validate --strict` for Kubernetes 1.29 and
@@ -161,6 +162,37 @@ if problems:
 print(f"  {len(docs)} objects: {' '.join(kinds)}")
 PY
 }
+
+# Every value in values.yaml is documented: each leaf key (or an ancestor of it) has a `# --` comment.
+"$python" - "$chart/values.yaml" <<'PY' || fail "values.yaml has values without a '# --' comment (above)"
+import re
+import sys
+
+lines = open(sys.argv[1]).read().splitlines()
+stack = []  # (indent, key, documented) of the enclosing keys
+undocumented = []
+for n, line in enumerate(lines):
+    m = re.match(r"^( *)([A-Za-z_][A-Za-z0-9_]*):(.*)$", line)
+    if not m:
+        continue
+    indent, key, rest = len(m.group(1)), m.group(2), m.group(3).strip()
+    while stack and stack[-1][0] >= indent:
+        stack.pop()
+    comments = []
+    j = n - 1
+    while j >= 0 and lines[j].strip().startswith("#"):
+        comments.append(lines[j].strip())
+        j -= 1
+    documented = any(c.startswith("# --") for c in comments)
+    following = next((l for l in lines[n + 1:] if l.strip() and not l.strip().startswith("#")), "")
+    is_leaf = rest != "" or len(following) - len(following.lstrip()) <= indent or following.lstrip().startswith("- ")
+    if is_leaf and not documented and not any(d for _, _, d in stack):
+        undocumented.append(".".join([k for _, k, _ in stack] + [key]))
+    stack.append((indent, key, documented))
+if undocumented:
+    print("undocumented values: " + ", ".join(undocumented), file=sys.stderr)
+    sys.exit(1)
+PY
 
 shopt -s nullglob
 values_files=("$chart"/ci/*-values.yaml)
