@@ -9,6 +9,7 @@ scripts/setup-ort.sh
 scripts/setup-python.sh
 scripts/setup-s3.sh
 scripts/setup-promtool.sh
+scripts/setup-helm.sh
 scripts/ensure-rabbitmq.sh
 echo "== model contract tests (pytest) =="
 .venv/bin/python -m pytest -q models/tests tests/schema

@@ -49,6 +49,18 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// Per-identity adapter tuning.
     pub tuning: TuningSettings,
+    /// Personal-data rules.
+    pub privacy: PrivacySettings,
+    /// Provenance marking of outputs: C2PA signing credentials (the IPTC XMP is always written).
+    pub provenance: crate::provenance::ProvenanceSettings,
+}
+
+/// Personal-data rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySettings {
+    /// Refuse jobs without a consent reference (result code `consent_required`).
+    pub require_consent: bool,
 }
 
 /// Per-identity adapter tuning (PVA's 40-step tuning through `adapter_step.onnx`); the defaults are

@@ -64,6 +64,7 @@ pub fn load_pipeline(settings: &Settings) -> anyhow::Result<Pipeline<OrtEngine>>
 /// A job that cannot be done gives a `failed` result, not an `Err`; `Err` is for setup problems.
 pub fn run(settings: &Settings, options: &EditOptions) -> anyhow::Result<JobResult> {
     let t0 = Instant::now();
+    let signer = crate::provenance::Signer::from_settings(&settings.provenance)?;
     let mut pipeline = load_pipeline(settings)?;
     let load_secs = t0.elapsed().as_secs_f64();
     tracing::info!(
@@ -82,10 +83,8 @@ pub fn run(settings: &Settings, options: &EditOptions) -> anyhow::Result<JobResu
     let inputs = LocalStore::new(root);
     let outputs = LocalStore::new(&options.out);
     let bytes = std::fs::read(&options.job)?;
-    let job_id = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v.get("job_id")?.as_str().map(str::to_string))
-        .unwrap_or_else(|| "unknown".into());
+    let job_id = worker::job_id_hint(&bytes);
+    let consent = worker::consent_hint(&bytes);
     let span = tracing::info_span!("job", job_id = %job_id);
     let _guard = span.enter();
 
@@ -101,11 +100,18 @@ pub fn run(settings: &Settings, options: &EditOptions) -> anyhow::Result<JobResu
         }
         fetch_secs = t.elapsed().as_secs_f64();
         let input = worker::prepare(&job, &objects, settings)?;
+        let target_bytes = objects.remove(&job.request.target.key).unwrap_or_default();
         drop(objects);
         let mut noise = SeededNoise::new(job.request.seed);
         let edited = pipeline.edit(&input, &mut noise)?;
         let t = Instant::now();
-        let encoded = worker::encode(&job, &edited)?;
+        let m = pipeline.manifest();
+        let marking = worker::Marking {
+            model: (&m.name, &m.version),
+            target_bytes: &target_bytes,
+            signer: signer.as_ref(),
+        };
+        let encoded = worker::encode(&job, &edited, &marking)?;
         let mut infos = Vec::new();
         for ((key, data), out) in encoded.iter().zip(&edited.images) {
             let path = outputs.put(key, data)?;
@@ -139,6 +145,7 @@ pub fn run(settings: &Settings, options: &EditOptions) -> anyhow::Result<JobResu
     let result = worker::result(
         (&m.name, &m.version),
         &job_id,
+        consent,
         "edit",
         outcome_ref,
         &[

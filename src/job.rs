@@ -62,6 +62,20 @@ pub struct JobRequest {
     /// RFC 3339 time after which the job is not worth doing.
     #[serde(default)]
     pub deadline: Option<String>,
+    /// The person's consent record for this use of their photos (required unless
+    /// `privacy.require_consent` is off). Recorded in the result message and logs, never in images.
+    #[serde(default)]
+    pub consent: Option<Consent>,
+}
+
+/// A reference to the consent the CMS holds for this person and use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consent {
+    /// The consent record's id in the caller's system.
+    pub id: String,
+    /// Version of the consent text the person agreed to.
+    pub version: String,
 }
 
 fn default_steps() -> u32 {
@@ -211,6 +225,15 @@ pub struct CheckedJob {
     pub scheduler: SchedulerKind,
 }
 
+/// Rules from the worker's settings that a job must satisfy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobRules {
+    /// Refuse an empty prompt.
+    pub require_prompt: bool,
+    /// Refuse a job without a consent reference.
+    pub require_consent: bool,
+}
+
 /// Most references one identity may have.
 pub const MAX_REFERENCES: usize = 5;
 
@@ -231,11 +254,7 @@ impl JobRequest {
     }
 
     /// Checks ranges and consistency against the worker's limits.
-    pub fn check(
-        self,
-        limits: &LimitSettings,
-        require_prompt: bool,
-    ) -> Result<CheckedJob, JobError> {
+    pub fn check(self, limits: &LimitSettings, rules: JobRules) -> Result<CheckedJob, JobError> {
         if self.schema_version != SCHEMA_VERSION {
             return Err(bad(
                 "schema_version",
@@ -269,7 +288,7 @@ impl JobRequest {
             }
             MaskSpec::Region(_) => {}
         }
-        if require_prompt && self.prompt.trim().is_empty() {
+        if rules.require_prompt && self.prompt.trim().is_empty() {
             return Err(bad(
                 "prompt",
                 "is empty; say what to change, e.g. \"with a beard\"",
@@ -317,6 +336,22 @@ impl JobRequest {
             ));
         }
         check_prefix("output.prefix", &self.output.prefix)?;
+        match &self.consent {
+            None if rules.require_consent => {
+                return Err(bad(
+                    "consent",
+                    "is required: give the consent record {\"id\", \"version\"} for this person's photos",
+                ))
+            }
+            Some(c) => {
+                for (field, value) in [("consent.id", &c.id), ("consent.version", &c.version)] {
+                    if value.trim().is_empty() || value.len() > 256 || value.chars().any(char::is_control) {
+                        return Err(bad(field, "must be 1..=256 printable characters"));
+                    }
+                }
+            }
+            None => {}
+        }
         if let Some(deadline) = &self.deadline {
             parse_rfc3339(deadline).ok_or_else(|| bad("deadline", "is not an RFC 3339 time"))?;
         }
@@ -488,6 +523,9 @@ pub struct JobResult {
     pub model_version: String,
     /// Which worker did it.
     pub worker_id: String,
+    /// The job's consent reference, as received (absent when the job had none or was unreadable).
+    #[serde(default)]
+    pub consent: Option<Consent>,
 }
 
 #[cfg(test)]
@@ -502,8 +540,14 @@ mod tests {
         "target": {"key": "in/photo.jpg", "face_box": {"x": 10, "y": 20, "width": 100, "height": 120}},
         "mask": {"region": "lower_face"},
         "prompt": "with a beard",
-        "output": {"prefix": "out"}
+        "output": {"prefix": "out"},
+        "consent": {"id": "c-77", "version": "2026-01"}
     }"#;
+
+    const RULES: JobRules = JobRules {
+        require_prompt: true,
+        require_consent: true,
+    };
 
     fn limits() -> LimitSettings {
         Settings::load_with_env(None, Vec::new()).unwrap().limits
@@ -512,7 +556,7 @@ mod tests {
     fn patched(patch: impl FnOnce(&mut serde_json::Value)) -> Result<CheckedJob, JobError> {
         let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
         patch(&mut v);
-        JobRequest::from_json(v.to_string().as_bytes())?.check(&limits(), true)
+        JobRequest::from_json(v.to_string().as_bytes())?.check(&limits(), RULES)
     }
 
     #[test]
@@ -566,6 +610,13 @@ mod tests {
                 Box::new(|v| v["output"]["prefix"] = "".into()),
             ),
             ("deadline", Box::new(|v| v["deadline"] = "tomorrow".into())),
+            (
+                "consent",
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("consent");
+                }),
+            ),
+            ("consent.id", Box::new(|v| v["consent"]["id"] = " ".into())),
             ("colour", Box::new(|v| v["colour"] = "red".into())),
         ];
         for (field, patch) in cases {
@@ -603,7 +654,7 @@ mod tests {
         assert!(cases.len() >= 20);
         for case in cases {
             let verdict = JobRequest::from_json(case["job"].to_string().as_bytes())
-                .and_then(|j| j.check(&limits(), true));
+                .and_then(|j| j.check(&limits(), RULES));
             assert_eq!(
                 verdict.is_ok(),
                 case["valid"].as_bool().unwrap(),

@@ -9,6 +9,7 @@ pub mod config;
 pub mod contact_sheet;
 pub mod edit;
 pub mod engine;
+pub mod enqueue;
 pub mod inference;
 pub mod job;
 pub mod metrics;

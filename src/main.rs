@@ -39,6 +39,20 @@ enum Command {
     },
     /// Consume jobs from RabbitMQ, read and write images in S3, publish results (the service).
     Serve,
+    /// Try the service end to end: upload a local job's images, publish it, wait, download outputs.
+    Enqueue {
+        /// The job file; its keys are paths relative to --root.
+        job: PathBuf,
+        /// Directory the job's keys are relative to (default: the job file's directory).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Where the outputs are downloaded.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Seconds to wait for the result.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
     /// Tune an identity's adapter from local reference photos and write it (safetensors).
     Tune {
         /// The identity's id (part of the adapter's storage key).
@@ -115,6 +129,28 @@ fn main() -> ExitCode {
 
 fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Enqueue {
+            job,
+            root,
+            out,
+            timeout,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let options = pva_worker::enqueue::EnqueueOptions {
+                job,
+                root,
+                out,
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            let result = runtime.block_on(pva_worker::enqueue::run(settings, &options))?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(match result.status {
+                JobStatus::Succeeded => ExitCode::SUCCESS,
+                JobStatus::Failed => ExitCode::from(3),
+            })
+        }
         Command::Serve => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -124,24 +160,6 @@ fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
                 pva_worker::serve::run(settings.clone(), store).await
             })?;
             Ok(ExitCode::SUCCESS)
-        }
-        Command::Verify {
-            file,
-            trust_anchors,
-            json,
-        } => {
-            let options = pva_worker::verify_cmd::VerifyOptions {
-                file,
-                trust_anchors,
-                json,
-            };
-            let report = pva_worker::verify_cmd::run(&options, &mut std::io::stdout())?;
-            // NOTE: 4, not 1: a file that is not valid is an answer, not a failure of the command.
-            Ok(if report.valid {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(4)
-            })
         }
         Command::Tune {
             identity,
@@ -164,6 +182,24 @@ fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
                 println!("{stage:>12}: {secs:8.3} s");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            file,
+            trust_anchors,
+            json,
+        } => {
+            let options = pva_worker::verify_cmd::VerifyOptions {
+                file,
+                trust_anchors,
+                json,
+            };
+            let report = pva_worker::verify_cmd::run(&options, &mut std::io::stdout())?;
+            // NOTE: 4, not 1: a file that is not valid is an answer, not a failure of the command.
+            Ok(if report.valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(4)
+            })
         }
         Command::Edit {
             job,

@@ -30,6 +30,7 @@ use crate::inference::{InferenceError, InferencePool};
 use crate::job::{parse_rfc3339, CheckedJob, JobResult, JobStatus, OutputInfo};
 use crate::metrics::{serve_http, Health, JobOutcome, Metrics, Stage};
 use crate::pipeline::image::OutputFormat;
+use crate::provenance::Signer;
 use crate::queue::{self, Broker, Delivery, Outgoing};
 use crate::storage::ObjectStore;
 use crate::worker::{self, JobFailure};
@@ -41,6 +42,7 @@ pub struct Service<S: ObjectStore> {
     pool: InferencePool,
     metrics: Arc<Metrics>,
     worker_id: String,
+    signer: Option<Signer>,
 }
 
 /// How a delivery was answered.
@@ -78,7 +80,13 @@ fn content_type(format: OutputFormat) -> &'static str {
 
 impl<S: ObjectStore> Service<S> {
     /// A service over a loaded inference pool and a store.
-    pub fn new(settings: Settings, store: S, pool: InferencePool, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        settings: Settings,
+        store: S,
+        pool: InferencePool,
+        metrics: Arc<Metrics>,
+        signer: Option<Signer>,
+    ) -> Self {
         let worker_id = worker_id(&settings);
         Self {
             settings,
@@ -86,6 +94,7 @@ impl<S: ObjectStore> Service<S> {
             pool,
             metrics,
             worker_id,
+            signer,
         }
     }
 
@@ -185,7 +194,7 @@ impl<S: ObjectStore> Service<S> {
                 })?;
                 Ok::<_, JobFailure>((key, bytes))
             });
-        let objects: BTreeMap<String, Vec<u8>> = futures_util::future::try_join_all(fetches)
+        let mut objects: BTreeMap<String, Vec<u8>> = futures_util::future::try_join_all(fetches)
             .await?
             .into_iter()
             .collect();
@@ -193,6 +202,7 @@ impl<S: ObjectStore> Service<S> {
         self.metrics.observe_stage(Stage::Fetch, fetch_secs);
 
         let input = worker::prepare(&job, &objects, &self.settings)?;
+        let target_bytes = objects.remove(&job.request.target.key).unwrap_or_default();
         drop(objects);
         let edited = self
             .pool
@@ -211,7 +221,13 @@ impl<S: ObjectStore> Service<S> {
         }
 
         let t = Instant::now();
-        let encoded = worker::encode(&job, &edited)?;
+        let marking = worker::Marking {
+            model: self.model(),
+            target_bytes: &target_bytes,
+            signer: self.signer.as_ref(),
+        };
+        let encoded = worker::encode(&job, &edited, &marking)?;
+        drop(target_bytes);
         let kind = content_type(job.request.output.format.format());
         let uploads = encoded.into_iter().map(|(key, bytes)| {
             let bucket = &bucket;
@@ -233,6 +249,7 @@ impl<S: ObjectStore> Service<S> {
         let result = worker::result(
             self.model(),
             &job.request.job_id,
+            job.request.consent.clone(),
             &self.worker_id,
             Ok((outputs, &edited.timings)),
             &[("fetch", fetch_secs), ("upload", upload_secs)],
@@ -281,8 +298,15 @@ impl<S: ObjectStore> Service<S> {
     /// Handles one delivery end to end: process, publish, then ack / requeue / dead-letter.
     pub async fn handle(self: Arc<Self>, delivery: Delivery, publish: lapin::Channel) {
         let previous = queue::previous_deliveries(&delivery);
-        let job_id = job_id_hint(&delivery.data);
-        let span = tracing::info_span!("job", job_id = %job_id, delivery = previous + 1);
+        let job_id = worker::job_id_hint(&delivery.data);
+        let consent = worker::consent_hint(&delivery.data);
+        let span = tracing::info_span!(
+            "job",
+            job_id = %job_id,
+            delivery = previous + 1,
+            consent_id = consent.as_ref().map(|c| c.id.as_str()).unwrap_or("none"),
+            consent_version = consent.as_ref().map(|c| c.version.as_str()).unwrap_or("none"),
+        );
         async move {
             let _in_flight = self.metrics.in_flight_guard();
             if let Some(published) = queue::published_at(&delivery) {
@@ -336,7 +360,14 @@ impl<S: ObjectStore> Service<S> {
                         tracing::warn!(error = %e, "dead letter not confirmed; the job will be redelivered");
                         return;
                     }
-                    let result = worker::result(self.model(), &job_id, &self.worker_id, Err(failure.clone()), &[]);
+                    let result = worker::result(
+                        self.model(),
+                        &job_id,
+                        consent.clone(),
+                        &self.worker_id,
+                        Err(failure.clone()),
+                        &[],
+                    );
                     if let Err(e) = self.publish_result(&publish, &result, &delivery).await {
                         tracing::warn!(error = %e, "failed result not confirmed; the job will be redelivered");
                         return;
@@ -363,20 +394,6 @@ async fn ack(delivery: &Delivery) {
 pub fn backoff(initial_ms: u64, max_ms: u64, previous: u32) -> Duration {
     let factor = 1u64.checked_shl(previous.min(30)).unwrap_or(u64::MAX);
     Duration::from_millis(initial_ms.saturating_mul(factor).min(max_ms))
-}
-
-/// The job id of a message for logs and failed results, even when the job is invalid.
-fn job_id_hint(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("job_id")?.as_str().map(str::to_string))
-        .filter(|id| {
-            id.len() <= 128
-                && id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Why the consume loop ended.
@@ -463,6 +480,8 @@ async fn shutdown_signal(tx: watch::Sender<bool>) {
 
 /// Runs the service until SIGTERM/SIGINT.
 pub async fn run<S: ObjectStore>(settings: Settings, store: S) -> anyhow::Result<()> {
+    // Refuse to start with bad signing credentials (or none, when signing is required).
+    let signer = Signer::from_settings(&settings.provenance)?;
     let metrics = Arc::new(Metrics::new());
     let health = Health::new(&metrics);
     let (shutdown_tx, mut shutdown) = watch::channel(false);
@@ -491,6 +510,7 @@ pub async fn run<S: ObjectStore>(settings: Settings, store: S) -> anyhow::Result
         store,
         pool,
         Arc::clone(&metrics),
+        signer,
     ));
     let name = format!("pva-worker {}", service.worker_id);
     let mut delay = Duration::from_millis(settings.amqp.reconnect_initial_ms);
@@ -556,12 +576,5 @@ mod tests {
         assert_eq!(backoff(100, 1000, 3), Duration::from_millis(800));
         assert_eq!(backoff(100, 1000, 4), Duration::from_millis(1000));
         assert_eq!(backoff(100, 1000, 200), Duration::from_millis(1000));
-    }
-
-    #[test]
-    fn job_id_hint_survives_invalid_jobs_but_not_hostile_ids() {
-        assert_eq!(job_id_hint(br#"{"job_id": "a-1", "steps": "x"}"#), "a-1");
-        assert_eq!(job_id_hint(b"not json"), "unknown");
-        assert_eq!(job_id_hint(br#"{"job_id": "a\nb"}"#), "unknown");
     }
 }

@@ -7,10 +7,12 @@ use std::collections::BTreeMap;
 use crate::config::Settings;
 use crate::engine::EngineError;
 use crate::job::{
-    CheckedJob, JobError, JobRequest, JobResult, JobStatus, MaskSpec, OutputInfo, ResultError,
+    CheckedJob, Consent, JobError, JobRequest, JobResult, JobRules, JobStatus, MaskSpec,
+    OutputInfo, ResultError,
 };
 use crate::pipeline::image::{self, DecodeLimits};
 use crate::pipeline::inpaint::{EditInput, EditOutput, MaskInput, PipelineError, Timings};
+use crate::provenance::{self, OutputProvenance, Signer};
 use crate::storage::StorageError;
 
 /// A job that cannot be done, as the caller will read it.
@@ -18,7 +20,8 @@ use crate::storage::StorageError;
 #[error("{code}: {message}")]
 pub struct JobFailure {
     /// Stable code: `invalid_job`, `not_found`, `too_large`, `bad_image`, `bad_input`,
-    /// `bad_prompt`, `storage_error`, `model_error`, `deadline_exceeded`, `worker_stopping`.
+    /// `bad_prompt`, `storage_error`, `model_error`, `deadline_exceeded`, `worker_stopping`,
+    /// `consent_required`.
     pub code: &'static str,
     /// What went wrong (names the field or input; never image bytes, URLs or secrets).
     pub message: String,
@@ -39,7 +42,12 @@ impl JobFailure {
 
 impl From<JobError> for JobFailure {
     fn from(e: JobError) -> Self {
-        Self::new("invalid_job", e.to_string(), false)
+        let code = if e.field == "consent" {
+            "consent_required"
+        } else {
+            "invalid_job"
+        };
+        Self::new(code, e.to_string(), false)
     }
 }
 
@@ -75,7 +83,33 @@ impl From<PipelineError> for JobFailure {
 
 /// Parses and validates a job message.
 pub fn parse(bytes: &[u8], settings: &Settings) -> Result<CheckedJob, JobFailure> {
-    Ok(JobRequest::from_json(bytes)?.check(&settings.limits, settings.pipeline.require_prompt)?)
+    let rules = JobRules {
+        require_prompt: settings.pipeline.require_prompt,
+        require_consent: settings.privacy.require_consent,
+    };
+    Ok(JobRequest::from_json(bytes)?.check(&settings.limits, rules)?)
+}
+
+/// The job id of a message for logs and failed results, even when the job is invalid; `unknown` when
+/// it has none that is safe to log.
+pub fn job_id_hint(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("job_id")?.as_str().map(str::to_string))
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The consent reference of a message, even when the job is otherwise invalid.
+pub fn consent_hint(body: &[u8]) -> Option<Consent> {
+    let v = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    serde_json::from_value(v.get("consent")?.clone()).ok()
 }
 
 /// Every object key a job reads, with a label for error messages.
@@ -159,8 +193,14 @@ pub fn output_key(job: &CheckedJob, index: usize) -> String {
 }
 
 /// Encodes every output in the job's format, with its key.
-pub fn encode(job: &CheckedJob, output: &EditOutput) -> Result<Vec<(String, Vec<u8>)>, JobFailure> {
+pub fn encode(
+    job: &CheckedJob,
+    output: &EditOutput,
+    marking: &Marking<'_>,
+) -> Result<Vec<(String, Vec<u8>)>, JobFailure> {
     let format = job.request.output.format.format();
+    let provenance =
+        OutputProvenance::new(marking.model.0, marking.model.1, Some(marking.target_bytes));
     output
         .images
         .iter()
@@ -169,15 +209,32 @@ pub fn encode(job: &CheckedJob, output: &EditOutput) -> Result<Vec<(String, Vec<
             let bytes = image::encode(&edited.image, format).map_err(|e| {
                 JobFailure::new("model_error", format!("encoding output {i}: {e}"), false)
             })?;
+            // Every output is marked as AI-edited (XMP always, C2PA when a signer is configured).
+            let bytes =
+                provenance::mark(&bytes, format, &provenance, marking.signer).map_err(|e| {
+                    JobFailure::new("model_error", format!("marking output {i}: {e}"), false)
+                })?;
             Ok((output_key(job, i), bytes))
         })
         .collect()
+}
+
+/// What provenance marking of a job's outputs needs.
+#[derive(Clone, Copy)]
+pub struct Marking<'a> {
+    /// Model (name, version) for the software agent.
+    pub model: (&'a str, &'a str),
+    /// The input photo's bytes (the manifest's parent ingredient, recorded without a thumbnail).
+    pub target_bytes: &'a [u8],
+    /// The C2PA signer; `None` writes the XMP only.
+    pub signer: Option<&'a Signer>,
 }
 
 /// The result message of a finished job; `model` is (name, version).
 pub fn result(
     model: (&str, &str),
     job_id: &str,
+    consent: Option<Consent>,
     worker_id: &str,
     outcome: Result<(Vec<OutputInfo>, &Timings), JobFailure>,
     extra_timings: &[(&str, f64)],
@@ -213,5 +270,6 @@ pub fn result(
         model_name: model.0.to_string(),
         model_version: model.1.to_string(),
         worker_id: worker_id.to_string(),
+        consent,
     }
 }

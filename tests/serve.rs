@@ -32,6 +32,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A test's services, names and worker processes.
 struct Env {
+    ca: common::test_ca::TestCa,
     s3: S3Server,
     settings: Settings,
     dir: tempfile::TempDir,
@@ -96,6 +97,7 @@ impl Env {
         }
         let (amqp, channel, results) = connect_test_side(&settings).await;
         Self {
+            ca: common::test_ca::TestCa::new(common::test_ca::KeyType::P256),
             s3,
             settings,
             dir: tempfile::tempdir().unwrap(),
@@ -143,6 +145,11 @@ max_attempts = 2
 sse = "none"
 [metrics]
 listen = "127.0.0.1:{port}"
+[provenance]
+signing_key = "{key}"
+certificate_chain = "{chain}"
+algorithm = "es256"
+require_signing = true
 [logging]
 format = "json"
 level = "info,ort=warn"
@@ -163,6 +170,8 @@ level = "info,ort=warn"
             sk = self.s3.secret_key(),
             ib = s.s3.input_bucket,
             ob = s.s3.output_buckets[0],
+            key = self.ca.settings(true).signing_key.display(),
+            chain = self.ca.settings(true).certificate_chain.display(),
         );
         let path = self.dir.path().join(format!("{worker}.toml"));
         std::fs::write(&path, toml).unwrap();
@@ -323,6 +332,38 @@ level = "info,ort=warn"
     }
 }
 
+impl Env {
+    /// Fails if any worker log holds a secret, a presigned-URL signature or image bytes.
+    fn assert_logs_clean(&self) {
+        for i in 0..self.workers.len() {
+            let log = self.log(i);
+            assert!(!log.is_empty(), "worker {i} logged nothing");
+            for secret in [self.s3.secret_key(), self.s3.access_key(), "guest:guest"] {
+                assert!(!log.contains(secret), "worker {i} logged a credential");
+            }
+            for marker in [
+                "X-Amz-Signature",
+                "X-Amz-Credential",
+                "\u{89}PNG",
+                "JFIF",
+                "Exif",
+            ] {
+                assert!(!log.contains(marker), "worker {i} logged `{marker}`");
+            }
+            // No long base64 run (image bytes or embeddings serialised into a log line).
+            let longest = log
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '='))
+                .map(str::len)
+                .max()
+                .unwrap_or(0);
+            assert!(
+                longest < 200,
+                "worker {i} logged a {longest}-character base64-like run"
+            );
+        }
+    }
+}
+
 impl Drop for Env {
     fn drop(&mut self) {
         for (child, _) in &mut self.workers {
@@ -455,17 +496,29 @@ async fn happy_path_outputs_in_s3_result_published_and_acked() {
         .await
         .unwrap();
     assert_eq!(image::load_from_memory(&png).unwrap().width(), 910);
+    let report = pva_worker::provenance::verify(&png, Some(&env.ca.anchors())).unwrap();
+    assert!(report.signed && report.valid, "{report:?}");
+    assert_eq!(
+        report.digital_source_type.as_deref(),
+        Some("http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia")
+    );
+    assert_eq!(report.xmp_source_type, report.digital_source_type);
+    assert_eq!(
+        r.consent.as_ref().unwrap().id,
+        "public-domain-example",
+        "consent recorded in the result"
+    );
+    assert!(
+        env.log(0).contains("public-domain-example"),
+        "consent recorded in the logs"
+    );
     assert_eq!(
         env.queue_len(&env.settings.amqp.job_queue.clone()).await,
         0,
         "acked"
     );
-    let (status, metrics) = http_get(env.workers[0].1, "/metrics").await.unwrap();
-    assert_eq!(status, 200);
-    assert!(
-        metrics.contains("pva_jobs_total{outcome=\"succeeded\"} 1"),
-        "{metrics}"
-    );
+    wait_metric(env.workers[0].1, "pva_jobs_total{outcome=\"succeeded\"} 1").await;
+    env.assert_logs_clean();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -565,6 +618,13 @@ async fn bad_jobs_fail_with_their_code_are_dead_lettered_and_the_worker_keeps_go
             env.job("late", |v| v["deadline"] = "2020-01-01T00:00:00Z".into()),
             "deadline_exceeded",
         ),
+        (
+            "no-consent",
+            env.job("no-consent", |v| {
+                v.as_object_mut().unwrap().remove("consent");
+            }),
+            "consent_required",
+        ),
     ];
     for (_, body, _) in &cases {
         env.publish(body).await;
@@ -606,6 +666,7 @@ async fn bad_jobs_fail_with_their_code_are_dead_lettered_and_the_worker_keeps_go
         env.workers[0].0.try_wait().unwrap().is_none(),
         "the worker is still running"
     );
+    env.assert_logs_clean();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -648,11 +709,27 @@ async fn transient_store_failures_are_retried_then_dead_lettered_with_the_reason
         env.settings.worker.delivery_limit.to_string(),
         "tried delivery_limit times"
     );
-    let (_, metrics) = http_get(env.workers[0].1, "/metrics").await.unwrap();
-    assert!(
-        metrics.contains("pva_retries_total{reason=\"storage_error\"} 2"),
-        "{metrics}"
-    );
+    wait_metric(
+        env.workers[0].1,
+        "pva_retries_total{reason=\"storage_error\"} 2",
+    )
+    .await;
+}
+
+/// Waits until the worker's /metrics holds `needle` (counters move just after the result is sent).
+async fn wait_metric(port: u16, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, m) = http_get(port, "/metrics").await.unwrap();
+        if m.contains(needle) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{needle}` never appeared in:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until the worker's /metrics shows a job in flight.
@@ -820,9 +897,59 @@ async fn a_redelivered_finished_job_is_republished_not_recomputed() {
         first["job-twice"][0].timings, second["job-twice"][0].timings,
         "the stored result, not a new run"
     );
-    let (_, metrics) = http_get(env.workers[0].1, "/metrics").await.unwrap();
+    wait_metric(
+        env.workers[0].1,
+        "pva_jobs_total{outcome=\"republished\"} 1",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_uploads_publishes_waits_and_downloads() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::new("enqueue").await;
+    env.start_worker().await;
+    let config = env.config_file("enqueue", free_port());
+    let job = env.dir.path().join("job.json");
+    std::fs::write(
+        &job,
+        env.job("job-enqueued", |v| v["num_outputs"] = 2.into()),
+    )
+    .unwrap();
+    let out = env.dir.path().join("downloads");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pva-worker"))
+        .arg("--config")
+        .arg(&config)
+        .arg("enqueue")
+        .arg(&job)
+        .arg("--root")
+        .arg(repo().join("examples"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--timeout")
+        .arg("120")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        metrics.contains("pva_jobs_total{outcome=\"republished\"} 1"),
-        "{metrics}"
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
     );
+    assert!(stdout.contains("uploaded"), "{stdout}");
+    for i in 0..2 {
+        let path = out.join(format!("edits/job-enqueued/{i}.png"));
+        assert_eq!(
+            image::open(&path).unwrap().width(),
+            910,
+            "{}",
+            path.display()
+        );
+    }
+    // The result also went to the result exchange.
+    let results = env
+        .results_for(&["job-enqueued"], Duration::from_secs(10))
+        .await;
+    assert_eq!(results["job-enqueued"][0].status, JobStatus::Succeeded);
 }
