@@ -10,15 +10,31 @@ use tokio::sync::oneshot;
 
 use crate::config::Settings;
 use crate::edit::load_pipeline;
+use crate::pipeline::adapter::ModelRef;
+use crate::pipeline::face::FaceBox;
 use crate::pipeline::inpaint::{EditInput, EditOutput, PipelineError};
 use crate::pipeline::noise::SeededNoise;
+use crate::pipeline::tune::{tune_identity, ReferenceCrop, TuneError, TuneOptions, Tuned};
+use image::RgbImage;
 
-/// One edit to run.
+/// Work for an inference thread, with the caller's span.
 struct Request {
-    input: EditInput,
-    seed: u64,
+    work: Work,
     span: tracing::Span,
-    reply: oneshot::Sender<Result<EditOutput, PipelineError>>,
+}
+
+enum Work {
+    /// One edit.
+    Edit {
+        input: EditInput,
+        seed: u64,
+        reply: oneshot::Sender<Result<EditOutput, PipelineError>>,
+    },
+    /// One identity's adapter tuning from its reference photos.
+    Tune {
+        references: Vec<(RgbImage, Option<FaceBox>)>,
+        reply: oneshot::Sender<Result<(Tuned, ModelRef), TuneError>>,
+    },
 }
 
 /// Why the pool could not take or finish a request.
@@ -30,14 +46,41 @@ pub enum InferenceError {
     /// The pipeline refused or failed the edit.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// Tuning failed.
+    #[error(transparent)]
+    Tune(#[from] TuneError),
+}
+
+fn tune<E: crate::engine::Engine>(
+    pipeline: &mut crate::pipeline::inpaint::Pipeline<E>,
+    settings: &Settings,
+    references: &[(RgbImage, Option<FaceBox>)],
+) -> Result<(Tuned, ModelRef), TuneError> {
+    let manifest = pipeline.manifest().clone();
+    let options = TuneOptions::from_settings(&settings.tuning, &manifest)?;
+    let crops = references
+        .iter()
+        .enumerate()
+        .map(|(i, (photo, face_box))| {
+            ReferenceCrop::from_photo(
+                &format!("identity.references[{i}]"),
+                photo,
+                *face_box,
+                settings.pipeline.face_margin,
+                &manifest,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let tuned = tune_identity(pipeline, &crops, &options, &mut |_, _| {})?;
+    Ok((tuned, ModelRef::of(&manifest)))
 }
 
 /// Handles to the inference threads.
 pub struct InferencePool {
     sender: Option<mpsc::Sender<Request>>,
     threads: Vec<JoinHandle<()>>,
-    /// Model name and version (from the first thread's manifest).
-    pub model: (String, String),
+    /// The loaded model (name, version, adapter layout).
+    pub model: ModelRef,
 }
 
 impl InferencePool {
@@ -49,7 +92,7 @@ impl InferencePool {
         let mut threads = Vec::new();
         let mut ready = Vec::new();
         for i in 0..settings.worker.concurrency {
-            let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<(String, String, f64)>>();
+            let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<(ModelRef, f64)>>();
             ready.push(ready_rx);
             let settings = settings.clone();
             let receiver = Arc::clone(&receiver);
@@ -60,11 +103,7 @@ impl InferencePool {
                     let mut pipeline = match load_pipeline(&settings) {
                         Ok(p) => {
                             let m = p.manifest();
-                            let _ = ready_tx.send(Ok((
-                                m.name.clone(),
-                                m.version.clone(),
-                                t.elapsed().as_secs_f64(),
-                            )));
+                            let _ = ready_tx.send(Ok((ModelRef::of(m), t.elapsed().as_secs_f64())));
                             p
                         }
                         Err(e) => {
@@ -80,47 +119,65 @@ impl InferencePool {
                         };
                         let Ok(request) = request else { return };
                         let _enter = request.span.enter();
-                        let mut noise = SeededNoise::new(request.seed);
-                        let result = pipeline.edit(&request.input, &mut noise);
                         // The caller may have given up (shutdown deadline); nothing to do then.
-                        let _ = request.reply.send(result);
+                        match request.work {
+                            Work::Edit { input, seed, reply } => {
+                                let mut noise = SeededNoise::new(seed);
+                                let _ = reply.send(pipeline.edit(&input, &mut noise));
+                            }
+                            Work::Tune { references, reply } => {
+                                let _ = reply.send(tune(&mut pipeline, &settings, &references));
+                            }
+                        }
                     }
                 })?;
             threads.push(thread);
         }
-        let mut model = (String::new(), String::new());
+        let mut model = None;
         let mut slowest = 0f64;
         for rx in ready {
-            let (name, version, secs) = rx.recv().map_err(|_| {
+            let (model_ref, secs) = rx.recv().map_err(|_| {
                 anyhow::anyhow!("an inference thread died while loading the model")
             })??;
-            model = (name, version);
+            model = Some(model_ref);
             slowest = slowest.max(secs);
         }
         Ok((
             Self {
                 sender: Some(sender),
                 threads,
-                model,
+                model: model.ok_or_else(|| anyhow::anyhow!("worker.concurrency is 0"))?,
             },
             slowest,
         ))
     }
 
-    /// Runs an edit on the next free inference thread.
-    pub async fn edit(&self, input: EditInput, seed: u64) -> Result<EditOutput, InferenceError> {
-        let (reply, rx) = oneshot::channel();
+    fn send(&self, work: Work) -> Result<(), InferenceError> {
         let request = Request {
-            input,
-            seed,
+            work,
             span: tracing::Span::current(),
-            reply,
         };
         self.sender
             .as_ref()
             .ok_or(InferenceError::Stopped)?
             .send(request)
-            .map_err(|_| InferenceError::Stopped)?;
+            .map_err(|_| InferenceError::Stopped)
+    }
+
+    /// Runs an edit on the next free inference thread.
+    pub async fn edit(&self, input: EditInput, seed: u64) -> Result<EditOutput, InferenceError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Work::Edit { input, seed, reply })?;
+        Ok(rx.await.map_err(|_| InferenceError::Stopped)??)
+    }
+
+    /// Tunes an identity's adapter on the next free inference thread (the `[tuning]` settings).
+    pub async fn tune(
+        &self,
+        references: Vec<(RgbImage, Option<FaceBox>)>,
+    ) -> Result<(Tuned, ModelRef), InferenceError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Work::Tune { references, reply })?;
         Ok(rx.await.map_err(|_| InferenceError::Stopped)??)
     }
 

@@ -10,6 +10,7 @@ pub mod contact_sheet;
 pub mod edit;
 pub mod engine;
 pub mod enqueue;
+pub mod forget;
 pub mod inference;
 pub mod job;
 pub mod metrics;

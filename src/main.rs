@@ -39,6 +39,12 @@ enum Command {
     },
     /// Consume jobs from RabbitMQ, read and write images in S3, publish results (the service).
     Serve,
+    /// Delete everything stored for an identity (its tuned adapters) and list what was removed.
+    Forget {
+        /// The identity's id.
+        #[arg(long)]
+        identity: String,
+    },
     /// Try the service end to end: upload a local job's images, publish it, wait, download outputs.
     Enqueue {
         /// The job file; its keys are paths relative to --root.
@@ -150,6 +156,23 @@ fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
                 JobStatus::Succeeded => ExitCode::SUCCESS,
                 JobStatus::Failed => ExitCode::from(3),
             })
+        }
+        Command::Forget { identity } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let (bucket, removed) = runtime.block_on(async {
+                let store = pva_worker::storage::s3::S3Store::new(&settings.s3).await;
+                pva_worker::forget::forget(settings, &store, &identity).await
+            })?;
+            for key in &removed {
+                println!("removed {bucket}/{key}");
+            }
+            println!(
+                "forgot identity `{identity}`: {} object(s) removed",
+                removed.len()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {
             let runtime = tokio::runtime::Builder::new_multi_thread()

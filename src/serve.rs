@@ -27,12 +27,14 @@ use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::inference::{InferenceError, InferencePool};
-use crate::job::{parse_rfc3339, CheckedJob, JobResult, JobStatus, OutputInfo};
+use crate::job::{parse_rfc3339, CheckedJob, JobResult, JobStatus, OutputInfo, TuningPolicy};
 use crate::metrics::{serve_http, Health, JobOutcome, Metrics, Stage};
+use crate::pipeline::adapter::{self, AdapterCache, StoredAdapter};
 use crate::pipeline::image::OutputFormat;
 use crate::provenance::Signer;
 use crate::queue::{self, Broker, Delivery, Outgoing};
 use crate::storage::ObjectStore;
+use crate::storage::StorageError;
 use crate::worker::{self, JobFailure};
 
 /// Everything a job handler needs; shared by all in-flight jobs.
@@ -43,6 +45,10 @@ pub struct Service<S: ObjectStore> {
     metrics: Arc<Metrics>,
     worker_id: String,
     signer: Option<Signer>,
+    adapters: std::sync::Mutex<AdapterCache>,
+    /// One lock per adapter key being tuned, so concurrent jobs for one identity tune once.
+    tuning_locks:
+        tokio::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// How a delivery was answered.
@@ -89,12 +95,14 @@ impl<S: ObjectStore> Service<S> {
     ) -> Self {
         let worker_id = worker_id(&settings);
         Self {
-            settings,
             store,
             pool,
             metrics,
+            adapters: std::sync::Mutex::new(AdapterCache::new(settings.tuning.cache_capacity)),
+            tuning_locks: Default::default(),
             worker_id,
             signer,
+            settings,
         }
     }
 
@@ -104,7 +112,7 @@ impl<S: ObjectStore> Service<S> {
     }
 
     fn model(&self) -> (&str, &str) {
-        (&self.pool.model.0, &self.pool.model.1)
+        (&self.pool.model.name, &self.pool.model.version)
     }
 
     /// The output bucket of a job: its own (if allowed) or the first configured one.
@@ -201,19 +209,32 @@ impl<S: ObjectStore> Service<S> {
         let fetch_secs = t.elapsed().as_secs_f64();
         self.metrics.observe_stage(Stage::Fetch, fetch_secs);
 
-        let input = worker::prepare(&job, &objects, &self.settings)?;
+        let mut input = worker::prepare(&job, &objects, &self.settings)?;
         let target_bytes = objects.remove(&job.request.target.key).unwrap_or_default();
+        let reference_sha256: Vec<String> = job
+            .request
+            .identity
+            .references
+            .iter()
+            .map(|r| {
+                adapter::sha256_hex(objects.get(&r.key).map(Vec::as_slice).unwrap_or_default())
+            })
+            .collect();
         drop(objects);
+        let mut tune_secs = None;
+        if job.request.tuning != TuningPolicy::Never {
+            let t = Instant::now();
+            let (found, tuned) = self.adapter_for(&job, &input, &reference_sha256).await?;
+            if tuned {
+                tune_secs = Some(t.elapsed().as_secs_f64());
+            }
+            input.adapter = found.map(|a| a.params.clone());
+        }
         let edited = self
             .pool
             .edit(input, job.request.seed)
             .await
-            .map_err(|e| match e {
-                InferenceError::Stopped => {
-                    JobFailure::new("worker_stopping", "the worker is shutting down", true)
-                }
-                InferenceError::Pipeline(p) => JobFailure::from(p),
-            })?;
+            .map_err(inference_failure)?;
         for (stage, secs) in &edited.timings.stages {
             if let Ok(stage) = stage.parse::<Stage>() {
                 self.metrics.observe_stage(stage, *secs);
@@ -252,7 +273,10 @@ impl<S: ObjectStore> Service<S> {
             job.request.consent.clone(),
             &self.worker_id,
             Ok((outputs, &edited.timings)),
-            &[("fetch", fetch_secs), ("upload", upload_secs)],
+            &[("fetch", fetch_secs), ("upload", upload_secs)]
+                .into_iter()
+                .chain(tune_secs.map(|t| ("tune", t)))
+                .collect::<Vec<_>>(),
         );
         let json = serde_json::to_vec(&result).expect("a result serialises");
         // NOTE: written last: its presence means every output is in place.
@@ -262,6 +286,124 @@ impl<S: ObjectStore> Service<S> {
         self.metrics
             .observe_stage(Stage::Upload, t.elapsed().as_secs_f64());
         Ok(Done::Fresh(result))
+    }
+
+    fn adapter_bucket(&self) -> String {
+        let t = &self.settings.tuning;
+        if t.adapter_bucket.is_empty() {
+            self.settings
+                .s3
+                .output_buckets
+                .first()
+                .cloned()
+                .unwrap_or_default()
+        } else {
+            t.adapter_bucket.clone()
+        }
+    }
+
+    /// A stored adapter that is still in the store (a cached entry whose object was deleted by
+    /// `forget` is dropped), decoded and checked against this model; `None` when missing or unusable.
+    async fn stored_adapter(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<Arc<StoredAdapter>>, JobFailure> {
+        if !self.store.exists(bucket, key).await? {
+            self.adapters.lock().expect("cache lock").remove(key);
+            return Ok(None);
+        }
+        if let Some(hit) = self.adapters.lock().expect("cache lock").get(key) {
+            return Ok(Some(hit));
+        }
+        let bytes = match self.store.get(bucket, key, 1 << 30).await {
+            Ok(b) => b,
+            Err(StorageError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let model = self.pool.model.clone();
+        match adapter::decode(&bytes, &model) {
+            Ok(a) => {
+                let a = Arc::new(a);
+                self.adapters
+                    .lock()
+                    .expect("cache lock")
+                    .insert(key.to_string(), Arc::clone(&a));
+                Ok(Some(a))
+            }
+            Err(e) => {
+                tracing::warn!(key, error = %e, "stored adapter is corrupt or for another model; ignoring it");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The job's tuned adapter per its policy; the bool says whether it was tuned now.
+    async fn adapter_for(
+        &self,
+        job: &CheckedJob,
+        input: &crate::pipeline::inpaint::EditInput,
+        reference_sha256: &[String],
+    ) -> Result<(Option<Arc<StoredAdapter>>, bool), JobFailure> {
+        let model = self.pool.model.clone();
+        let identity = &job.request.identity.id;
+        let key = adapter::storage_key(
+            &self.settings.tuning.adapter_prefix,
+            identity,
+            &model,
+            reference_sha256,
+        )
+        .map_err(|e| JobFailure::new("invalid_job", e.to_string(), false))?;
+        let bucket = self.adapter_bucket();
+        if let Some(a) = self.stored_adapter(&bucket, &key).await? {
+            self.metrics.adapter_cache_hit();
+            return Ok((Some(a), false));
+        }
+        self.metrics.adapter_cache_miss();
+        if job.request.tuning == TuningPolicy::IfCached {
+            return Ok((None, false));
+        }
+        // Auto: tune once per key; a second job for the same identity waits, then finds it stored.
+        let lock = {
+            let mut locks = self.tuning_locks.lock().await;
+            Arc::clone(locks.entry(key.clone()).or_default())
+        };
+        let _tuning = lock.lock().await;
+        if let Some(a) = self.stored_adapter(&bucket, &key).await? {
+            return Ok((Some(a), false));
+        }
+        let t = Instant::now();
+        let (tuned, model) = self
+            .pool
+            .tune(input.references.clone())
+            .await
+            .map_err(inference_failure)?;
+        let secs = t.elapsed().as_secs_f64();
+        let final_loss = *tuned.losses.last().unwrap_or(&f32::NAN);
+        self.metrics.tuning_finished(secs, final_loss as f64);
+        self.metrics.observe_stage(Stage::Tune, secs);
+        let stored = StoredAdapter {
+            identity_id: identity.clone(),
+            model,
+            reference_sha256: reference_sha256.to_vec(),
+            steps: tuned.losses.len(),
+            seed: self.settings.tuning.seed,
+            final_loss,
+            params: tuned.adapter,
+        };
+        let bytes = adapter::encode(&stored)
+            .map_err(|e| JobFailure::new("model_error", e.to_string(), false))?;
+        self.store
+            .put(&bucket, &key, bytes, "application/octet-stream")
+            .await?;
+        let stored = Arc::new(stored);
+        self.adapters
+            .lock()
+            .expect("cache lock")
+            .insert(key.clone(), Arc::clone(&stored));
+        self.tuning_locks.lock().await.remove(&key);
+        tracing::info!(seconds = secs, final_loss, "identity tuned and stored");
+        Ok((Some(stored), true))
     }
 
     /// Publishes a result to the result exchange and, when the request asked, to its reply queue.
@@ -383,6 +525,16 @@ impl<S: ObjectStore> Service<S> {
     }
 }
 
+fn inference_failure(e: InferenceError) -> JobFailure {
+    match e {
+        InferenceError::Stopped => {
+            JobFailure::new("worker_stopping", "the worker is shutting down", true)
+        }
+        InferenceError::Pipeline(p) => JobFailure::from(p),
+        InferenceError::Tune(t) => JobFailure::from(t),
+    }
+}
+
 async fn ack(delivery: &Delivery) {
     if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
         // The channel is gone: the broker redelivers, and the stored result answers it.
@@ -501,9 +653,9 @@ pub async fn run<S: ObjectStore>(settings: Settings, store: S) -> anyhow::Result
     let load_settings = settings.clone();
     let (pool, load_secs) =
         tokio::task::spawn_blocking(move || InferencePool::start(&load_settings)).await??;
-    metrics.model_loaded(&pool.model.0, &pool.model.1, load_secs);
+    metrics.model_loaded(&pool.model.name, &pool.model.version, load_secs);
     health.set_model_loaded(true);
-    tracing::info!(model = %pool.model.0, version = %pool.model.1, seconds = load_secs, threads = settings.worker.concurrency, "model loaded");
+    tracing::info!(model = %pool.model.name, version = %pool.model.version, seconds = load_secs, threads = settings.worker.concurrency, "model loaded");
 
     let service = Arc::new(Service::new(
         settings.clone(),

@@ -81,6 +81,22 @@ impl From<PipelineError> for JobFailure {
     }
 }
 
+impl From<crate::pipeline::tune::TuneError> for JobFailure {
+    fn from(e: crate::pipeline::tune::TuneError) -> Self {
+        use crate::pipeline::tune::TuneError as T;
+        match &e {
+            T::Input { .. } | T::Face { .. } | T::Mask(_) => {
+                Self::new("bad_input", e.to_string(), false)
+            }
+            T::Engine(EngineError::Run { .. }) => Self::new("model_error", e.to_string(), true),
+            T::Engine(EngineError::MissingGraph { .. }) => {
+                Self::new("tuning_unavailable", e.to_string(), false)
+            }
+            _ => Self::new("model_error", e.to_string(), false),
+        }
+    }
+}
+
 /// Parses and validates a job message.
 pub fn parse(bytes: &[u8], settings: &Settings) -> Result<CheckedJob, JobFailure> {
     let rules = JobRules {
