@@ -520,3 +520,73 @@ fn tune_command_writes_an_adapter_that_decodes_under_its_key() {
     };
     assert!(tune_cmd::run(&s, &bad, &mut Vec::new()).is_err());
 }
+
+/// A copy of the tiny model directory with its manifest changed by `edit`.
+fn model_copy(edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
+    let src = common::repo().join("models/tiny");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let manifest_path = dir.path().join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    dir
+}
+
+#[test]
+fn a_model_without_the_tuning_graph_edits_but_refuses_to_tune() {
+    let dir = model_copy(|m| {
+        m["graphs"].as_object_mut().unwrap().remove("adapter_step");
+    });
+    let mut s = settings();
+    s.engine.model_dir = dir.path().to_path_buf();
+    let mut pipeline = load_pipeline(&s).expect("a model without adapter_step still loads");
+    assert!(!pipeline.engine_mut().can_tune());
+    let options = TuneOptions::from_manifest(pipeline.manifest(), 0);
+    let err =
+        tune::tune_identity(&mut pipeline, &fixture_crops(), &options, &mut |_, _| {}).unwrap_err();
+    assert!(
+        err.to_string().contains("has no `adapter_step` graph"),
+        "{err}"
+    );
+    let initial = pipeline.base_adapter().to_vec();
+    let hyper = options.hyper;
+    assert!(pipeline.engine_mut().tuner(&initial, hyper).is_err());
+}
+
+#[test]
+fn a_tuning_graph_that_disagrees_with_the_manifest_is_refused_at_load() {
+    // The manifest claims batch 3 everywhere for the batch-2 graph: the graph check catches it.
+    let dir = model_copy(|m| {
+        m["tuning"]["batch_size"] = 3.into();
+        for side in ["inputs", "outputs"] {
+            for t in m["graphs"]["adapter_step"][side].as_array_mut().unwrap() {
+                let shape = t["shape"].as_array_mut().unwrap();
+                if shape.first() == Some(&serde_json::Value::from(2)) {
+                    shape[0] = 3.into();
+                }
+            }
+        }
+    });
+    let mut s = settings();
+    s.engine.model_dir = dir.path().to_path_buf();
+    let err = pva_worker::engine::OrtEngine::load(&s.engine).unwrap_err();
+    assert!(
+        err.to_string().contains("adapter_step") && err.to_string().contains("dimension 0 is 2"),
+        "{err}"
+    );
+    // The declared interface agrees with the graph but not with the rest of the manifest.
+    let dir = model_copy(|m| {
+        m["num_id_tokens"] = 9.into();
+    });
+    s.engine.model_dir = dir.path().to_path_buf();
+    let err = pva_worker::engine::OrtEngine::load(&s.engine).unwrap_err();
+    assert!(
+        err.to_string().contains("`id_tokens`") && err.to_string().contains("[2, 9, 32]"),
+        "{err}"
+    );
+}

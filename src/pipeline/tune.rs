@@ -583,6 +583,39 @@ pub fn tune_identity<E: Engine>(
 mod tests {
     use super::*;
 
+    fn tiny_manifest() -> Manifest {
+        Manifest::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"))
+            .unwrap()
+    }
+
+    #[test]
+    fn settings_become_options_only_when_they_fit_the_model() {
+        let manifest = tiny_manifest();
+        let settings = crate::config::Settings::load_with_env(None, Vec::new()).unwrap();
+        let options = TuneOptions::from_settings(&settings.tuning, &manifest).unwrap();
+        // The defaults are the paper's, and the tiny model records the same.
+        assert_eq!(options, TuneOptions::from_manifest(&manifest, 0));
+        assert_eq!(options.steps, 40);
+        assert_eq!(
+            options.hyper,
+            TuningHyper {
+                lr_visual: 1e-5,
+                lr_token: 1e-3,
+                weight_decay: 0.01
+            }
+        );
+        let mut other = settings.tuning.clone();
+        other.batch_size = 1;
+        let err = TuneOptions::from_settings(&other, &manifest).unwrap_err();
+        assert!(err.to_string().contains("batch 2"), "{err}");
+        let mut bad = settings.tuning.clone();
+        bad.lr_token = f32::NAN;
+        assert!(TuneOptions::from_settings(&bad, &manifest).is_err());
+        bad = settings.tuning.clone();
+        bad.steps = 0;
+        assert!(TuneOptions::from_settings(&bad, &manifest).is_err());
+    }
+
     #[test]
     fn seeded_draws_are_reproducible_and_in_range() {
         let mut a = SeededDraws::new(3);
