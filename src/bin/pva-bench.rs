@@ -8,9 +8,10 @@
 //!   the share of the Rust edit spent outside the engine's graph runs (timed by [`TimedEngine`], a
 //!   wrapper around [`OrtEngine`]).
 //! - `pva-bench throughput --jobs N`: N jobs through RabbitMQ and an s3s-fs server with one
-//!   `pva-worker serve` process, then the same N jobs through the in-process `edit` path (local files
-//!   in, local files out, the model loaded once), in one run: jobs per second for both and the ratio.
-//!   The bench starts and stops the S3 server and the worker itself, with names of its own.
+//!   `pva-worker serve` process, and the same N jobs through the in-process `edit` path (local files
+//!   in, local files out, the model loaded once), in one run and in alternating rounds: jobs per
+//!   second for both and the ratio. The bench starts and stops the S3 server and the worker itself,
+//!   with queue, exchange and bucket names of its own.
 //!
 //! `scripts/bench.sh` builds the release binaries and runs both; docs/benchmarks.md explains them.
 
@@ -97,6 +98,9 @@ enum Bench {
         /// The job to send N times (unique job ids are set).
         #[arg(long, default_value = "examples/job.json")]
         job: PathBuf,
+        /// Rounds; each runs N jobs on both paths, alternating which goes first.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
         /// Override the job's denoising steps.
         #[arg(long)]
         steps: Option<u32>,
@@ -147,6 +151,7 @@ fn main() -> ExitCode {
             ),
             Bench::Throughput {
                 jobs,
+                rounds,
                 job,
                 steps,
                 threads,
@@ -158,6 +163,7 @@ fn main() -> ExitCode {
                 settings,
                 &ThroughputBench {
                     jobs,
+                    rounds,
                     job,
                     steps,
                     threads,
@@ -576,18 +582,19 @@ fn bench_edit(mut settings: Settings, opts: &EditBench) -> anyhow::Result<()> {
         summary.push(print_case(*case, rust, python));
     }
     println!();
-    println!("summary (medians):");
+    println!("summary (medians; `best` = fastest repetition of each side):");
     println!(
-        "  {:<22} {:>10} {:>10} {:>12} {:>14}",
-        "case", "rust ms", "python ms", "rust/python", "rust outside"
+        "  {:<22} {:>10} {:>10} {:>12} {:>12} {:>14}",
+        "case", "rust ms", "python ms", "rust/python", "best ratio", "rust outside"
     );
     for s in &summary {
         println!(
-            "  {:<22} {:>10.1} {:>10.1} {:>11.2}x {:>13.1}%",
+            "  {:<22} {:>10.1} {:>10.1} {:>11.2}x {:>11.2}x {:>13.1}%",
             s.label,
             s.rust * 1e3,
             s.python * 1e3,
             s.rust / s.python,
+            s.rust_best / s.python_best,
             100.0 * s.outside
         );
     }
@@ -725,8 +732,13 @@ impl Drop for PythonSide {
 /// One line of the summary.
 struct CaseSummary {
     label: String,
+    /// Median seconds of the whole edit.
     rust: f64,
     python: f64,
+    /// Fastest repetition's seconds (the least disturbed by other load on the machine).
+    rust_best: f64,
+    python_best: f64,
+    /// Median share of the Rust edit outside graph runs.
     outside: f64,
 }
 
@@ -796,10 +808,13 @@ fn print_case(case: Case, rust: &[RunTimes], python: &[RunTimes]) -> CaseSummary
         rust_total / python_total,
         100.0 * rust_outside
     );
+    let best = |runs: &[RunTimes]| runs.iter().map(|r| r.total).fold(f64::INFINITY, f64::min);
     CaseSummary {
         label,
         rust: rust_total,
         python: python_total,
+        rust_best: best(rust),
+        python_best: best(python),
         outside: rust_outside,
     }
 }
@@ -811,6 +826,7 @@ fn print_case(case: Case, rust: &[RunTimes], python: &[RunTimes]) -> CaseSummary
 /// Options of `pva-bench throughput`.
 struct ThroughputBench {
     jobs: usize,
+    rounds: usize,
     job: PathBuf,
     steps: Option<u32>,
     threads: usize,
@@ -1001,13 +1017,23 @@ impl StageSums {
         self.jobs += 1;
     }
 
+    fn merge(&mut self, other: &StageSums) {
+        for (stage, secs) in &other.sums {
+            *self.sums.entry(stage.clone()).or_default() += secs;
+        }
+        self.jobs += other.jobs;
+    }
+
     fn mean_ms(&self, stage: &str) -> f64 {
         self.sums.get(stage).copied().unwrap_or(0.0) * 1e3 / self.jobs.max(1) as f64
     }
 }
 
 fn bench_throughput(mut settings: Settings, opts: &ThroughputBench) -> anyhow::Result<()> {
-    ensure!(opts.jobs > 0, "--jobs must be at least 1");
+    ensure!(
+        opts.jobs > 0 && opts.rounds > 0,
+        "--jobs and --rounds must be at least 1"
+    );
     for (what, path) in [("worker", &opts.worker), ("s3s-fs", &opts.s3s_fs)] {
         ensure!(
             path.is_file(),
@@ -1090,11 +1116,10 @@ fn run_throughput(settings: &Settings, opts: &ThroughputBench, work: &Path) -> a
     // The very settings the worker loads (the embedded defaults, this file, PVA__* variables).
     let bench_settings = Settings::load(Some(&config_path))?;
     let root = job_root(&opts.job);
-    let warm = job_bodies(opts, "warm", 1)?;
-    let bodies = job_bodies(opts, "q", opts.jobs)?;
     let input_keys: Vec<String> = {
-        let job = worker::parse(&bodies[0].1, &bench_settings)
-            .map_err(|f| anyhow::anyhow!("the job: {f}"))?;
+        let (_, body) = &job_bodies(opts, "keys", 1)?[0];
+        let job =
+            worker::parse(body, &bench_settings).map_err(|f| anyhow::anyhow!("the job: {f}"))?;
         worker::input_keys(&job)
             .into_iter()
             .map(|(_, k)| k)
@@ -1129,190 +1154,237 @@ fn run_throughput(settings: &Settings, opts: &ThroughputBench, work: &Path) -> a
     })?;
 
     // The worker.
-    let worker_log = work.join("worker.log");
+    let err_log = work.join("worker.err");
     let child = Command::new(&opts.worker)
         .arg("--config")
         .arg(&config_path)
         .arg("serve")
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&worker_log)?)
-        .stderr(std::fs::File::create(work.join("worker.err"))?)
+        .stdout(std::fs::File::create(work.join("worker.log"))?)
+        .stderr(std::fs::File::create(&err_log)?)
         .spawn()
         .with_context(|| format!("starting {}", opts.worker.display()))?;
     children.list.push(("worker", child));
-    let err_log = work.join("worker.err");
     wait_for(Duration::from_secs(120), "the worker", &err_log, || {
         http_status(metrics_port, "/readyz") == Some(200)
     })?;
 
-    let serve = runtime.block_on(queue_round(
-        &opts.amqp_url,
-        &bench_settings,
-        &names,
-        &warm,
-        &bodies,
-    ));
+    let measured = runtime.block_on(QueueSide::connect(&opts.amqp_url, &bench_settings, &names));
+    let outcome = measured.and_then(|mut queue| {
+        let mut local = LocalSide::load(&bench_settings, &root, work)?;
+        let rounds = measure_rounds(opts, &runtime, &mut queue, &mut local);
+        runtime.block_on(queue.close());
+        rounds
+    });
     children.stop("worker", Duration::from_secs(30));
     children.stop("s3s-fs", Duration::from_secs(5));
     runtime.block_on(delete_topology(&opts.amqp_url, &names));
-    let (serve_secs, serve_stages) = serve.with_context(|| {
+    let rounds = outcome.with_context(|| {
         format!(
-            "the queue round failed; worker log:\n{}",
+            "the throughput run failed; worker log:\n{}",
             std::fs::read_to_string(&err_log).unwrap_or_default()
         )
     })?;
+    print_throughput(opts, &rounds)
+}
 
-    // The same jobs in process: the `edit` path with the model loaded once.
-    let (local_secs, local_stages) = local_round(&bench_settings, &root, work, &warm, &bodies)?;
+/// Seconds and per-stage sums of one round of N jobs on each path.
+struct Round {
+    queue: (f64, StageSums),
+    local: (f64, StageSums),
+}
 
-    let n = opts.jobs as f64;
-    let (serve_rate, local_rate) = (n / serve_secs, n / local_secs);
+/// One warm-up job on each path, then `rounds` rounds of N jobs on each; which path goes first
+/// alternates, so that both see the same drift in the machine's load.
+fn measure_rounds(
+    opts: &ThroughputBench,
+    runtime: &tokio::runtime::Runtime,
+    queue: &mut QueueSide,
+    local: &mut LocalSide,
+) -> anyhow::Result<Vec<Round>> {
+    let warm = job_bodies(opts, "warm", 1)?;
+    runtime.block_on(queue.run(&warm))?;
+    local.run(&warm)?;
+    let mut rounds = Vec::new();
+    for round in 0..opts.rounds {
+        let queue_jobs = job_bodies(opts, &format!("q{round}"), opts.jobs)?;
+        let local_jobs = job_bodies(opts, &format!("l{round}"), opts.jobs)?;
+        let (q, l) = if round % 2 == 0 {
+            let q = runtime.block_on(queue.run(&queue_jobs))?;
+            (q, local.run(&local_jobs)?)
+        } else {
+            let l = local.run(&local_jobs)?;
+            (runtime.block_on(queue.run(&queue_jobs))?, l)
+        };
+        rounds.push(Round { queue: q, local: l });
+    }
+    Ok(rounds)
+}
+
+fn print_throughput(opts: &ThroughputBench, rounds: &[Round]) -> anyhow::Result<()> {
     let job = job_json(&opts.job, |_| {})?;
     println!(
-        "pva-bench throughput: {} jobs per side ({} steps, guidance {}, {} output(s) each), one warm-up \
-         job each; ORT intra-op threads {}; worker concurrency 1",
+        "pva-bench throughput: {} round(s) of {} jobs per path ({} steps, guidance {}, {} output(s) \
+         each) after one warm-up job each; ORT intra-op threads {}; worker concurrency 1",
+        rounds.len(),
         opts.jobs,
-        opts.steps.map(serde_json::Value::from).unwrap_or_else(|| job["steps"].clone()),
+        opts.steps
+            .map(serde_json::Value::from)
+            .unwrap_or_else(|| job["steps"].clone()),
         job["guidance"],
         job["num_outputs"],
         opts.threads
     );
+    let n = opts.jobs as f64;
+    for (i, r) in rounds.iter().enumerate() {
+        println!(
+            "  round {i}: queue {:.3} jobs/s, in process {:.3} jobs/s, ratio {:.3}x",
+            n / r.queue.0,
+            n / r.local.0,
+            r.local.0 / r.queue.0
+        );
+    }
+    let mut queue = StageSums::default();
+    let mut local = StageSums::default();
+    let (mut queue_secs, mut local_secs) = (0.0, 0.0);
+    for r in rounds {
+        queue.merge(&r.queue.1);
+        local.merge(&r.local.1);
+        queue_secs += r.queue.0;
+        local_secs += r.local.0;
+    }
+    let total = n * rounds.len() as f64;
     println!(
         "  {:<34} {:>9} {:>9}",
         "mean per job (ms)", "queue", "in-proc"
     );
-    let stages: Vec<String> = serve_stages
-        .sums
-        .keys()
-        .chain(local_stages.sums.keys())
-        .cloned()
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    for stage in &stages {
+    let stages: std::collections::BTreeSet<&String> =
+        queue.sums.keys().chain(local.sums.keys()).collect();
+    for stage in stages {
         println!(
             "  {:<34} {:>9.1} {:>9.1}",
             stage,
-            serve_stages.mean_ms(stage),
-            local_stages.mean_ms(stage)
+            queue.mean_ms(stage),
+            local.mean_ms(stage)
         );
     }
     println!(
         "  {:<34} {:>9.1} {:>9.1}",
         "wall time per job",
-        serve_secs * 1e3 / n,
-        local_secs * 1e3 / n
+        queue_secs * 1e3 / total,
+        local_secs * 1e3 / total
+    );
+    let (queue_rate, local_rate) = (total / queue_secs, total / local_secs);
+    println!(
+        "  RabbitMQ + S3 (pva-worker serve): {queue_secs:.2} s for {total} jobs = {queue_rate:.3} jobs/s"
     );
     println!(
-        "  RabbitMQ + S3 (pva-worker serve): {:.2} s for {} jobs = {:.3} jobs/s",
-        serve_secs, opts.jobs, serve_rate
-    );
-    println!(
-        "  in process (edit path):           {:.2} s for {} jobs = {:.3} jobs/s",
-        local_secs, opts.jobs, local_rate
+        "  in process (edit path):           {local_secs:.2} s for {total} jobs = {local_rate:.3} jobs/s"
     );
     println!(
         "  queue/in-process throughput: {:.3}x (goal >= 0.9x)",
-        serve_rate / local_rate
+        queue_rate / local_rate
     );
     Ok(())
 }
 
-/// Publishes the warm-up job and waits for it, then publishes every job and waits for every
-/// result. Returns the seconds from the first publish to the last result, and the results' timings.
-async fn queue_round(
-    url: &str,
-    settings: &Settings,
-    names: &Names,
-    warm: &[(String, Vec<u8>)],
-    bodies: &[(String, Vec<u8>)],
-) -> anyhow::Result<(f64, StageSums)> {
-    let connection = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .context("connecting to RabbitMQ")?;
-    let channel = connection.create_channel().await?;
-    pva_worker::queue::declare_topology(&channel, &settings.amqp, settings.worker.delivery_limit)
-        .await?;
-    channel
-        .queue_declare(
-            names.observed.as_str().into(),
-            QueueDeclareOptions {
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
+/// The bench's side of the broker: a channel to publish jobs on and a consumer of every result.
+struct QueueSide {
+    connection: Connection,
+    channel: lapin::Channel,
+    results: lapin::Consumer,
+    queue: String,
+}
+
+impl QueueSide {
+    /// Connects, declares the worker's topology (idempotent) and binds a queue to the results.
+    async fn connect(url: &str, settings: &Settings, names: &Names) -> anyhow::Result<Self> {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .context("connecting to RabbitMQ")?;
+        let channel = connection.create_channel().await?;
+        pva_worker::queue::declare_topology(
+            &channel,
+            &settings.amqp,
+            settings.worker.delivery_limit,
         )
         .await?;
-    channel
-        .queue_bind(
-            names.observed.as_str().into(),
-            names.results.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut results = channel
-        .basic_consume(
-            names.observed.as_str().into(),
-            "pva-bench".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let publish = |body: Vec<u8>| {
-        let channel = channel.clone();
-        let queue = names.jobs.clone();
-        async move {
+        channel
+            .queue_declare(
+                names.observed.as_str().into(),
+                QueueDeclareOptions {
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                names.observed.as_str().into(),
+                names.results.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let results = channel
+            .basic_consume(
+                names.observed.as_str().into(),
+                "pva-bench".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self {
+            connection,
+            channel,
+            results,
+            queue: names.jobs.clone(),
+        })
+    }
+
+    /// Publishes every job, then waits for every result. Returns the seconds from the first
+    /// publish to the last result, and the results' timings.
+    async fn run(&mut self, bodies: &[(String, Vec<u8>)]) -> anyhow::Result<(f64, StageSums)> {
+        let t = Instant::now();
+        for (_, body) in bodies {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs();
-            channel
+            self.channel
                 .basic_publish(
                     "".into(),
-                    queue.as_str().into(),
+                    self.queue.as_str().into(),
                     BasicPublishOptions::default(),
-                    &body,
+                    body,
                     BasicProperties::default()
                         .with_delivery_mode(2)
                         .with_timestamp(now),
                 )
                 .await?
                 .await?;
-            anyhow::Ok(())
         }
-    };
-    for (_, body) in warm {
-        publish(body.clone()).await?;
+        let mut sums = StageSums::default();
+        while sums.jobs < bodies.len() {
+            let delivery = tokio::time::timeout(Duration::from_secs(600), self.results.next())
+                .await
+                .context("no result within 10 minutes")?
+                .context("the result consumer ended")??;
+            delivery.ack(BasicAckOptions::default()).await?;
+            let result: JobResult = serde_json::from_slice(&delivery.data)?;
+            if result.status != JobStatus::Succeeded {
+                bail!("job {} failed: {:?}", result.job_id, result.error);
+            }
+            sums.add(&result.timings);
+        }
+        Ok((t.elapsed().as_secs_f64(), sums))
     }
-    wait_results(&mut results, warm.len()).await?;
-    let t = Instant::now();
-    for (_, body) in bodies {
-        publish(body.clone()).await?;
-    }
-    let sums = wait_results(&mut results, bodies.len()).await?;
-    let secs = t.elapsed().as_secs_f64();
-    let _ = connection.close(200, "done".into()).await;
-    Ok((secs, sums))
-}
 
-/// Waits for `count` result messages; fails on a failed job or after 10 minutes without a result.
-async fn wait_results(results: &mut lapin::Consumer, count: usize) -> anyhow::Result<StageSums> {
-    let mut sums = StageSums::default();
-    while sums.jobs < count {
-        let delivery = tokio::time::timeout(Duration::from_secs(600), results.next())
-            .await
-            .context("no result within 10 minutes")?
-            .context("the result consumer ended")??;
-        delivery.ack(BasicAckOptions::default()).await?;
-        let result: JobResult = serde_json::from_slice(&delivery.data)?;
-        if result.status != JobStatus::Succeeded {
-            bail!("job {} failed: {:?}", result.job_id, result.error);
-        }
-        sums.add(&result.timings);
+    async fn close(self) {
+        let _ = self.connection.close(200, "done".into()).await;
     }
-    Ok(sums)
 }
 
 /// Deletes this run's queues and exchanges (best effort: the bench's numbers are already taken).
@@ -1336,32 +1408,55 @@ async fn delete_topology(url: &str, names: &Names) {
 }
 
 /// The in-process `edit` path, as `pva-worker edit` runs a job but with the model loaded once: read
-/// the job and its photos from local files, decode, edit, encode, write the outputs and
-/// `result.json`. Returns the seconds for `bodies` (after the warm-up jobs) and their timings.
-fn local_round(
-    settings: &Settings,
-    root: &Path,
-    work: &Path,
-    warm: &[(String, Vec<u8>)],
-    bodies: &[(String, Vec<u8>)],
-) -> anyhow::Result<(f64, StageSums)> {
-    let mut pipeline = pva_worker::edit::load_pipeline(settings)?;
-    let inputs = LocalStore::new(root);
-    let outputs = LocalStore::new(work.join("local-out"));
-    let jobs_dir = work.join("local-jobs");
-    std::fs::create_dir_all(&jobs_dir)?;
-    for (id, body) in warm.iter().chain(bodies) {
-        std::fs::write(jobs_dir.join(format!("{id}.json")), body)?;
+/// the job and its photos from local files, decode, edit, encode (with the same provenance marking),
+/// write the outputs and `result.json`.
+struct LocalSide<'a> {
+    settings: &'a Settings,
+    pipeline: Pipeline<OrtEngine>,
+    signer: Option<pva_worker::provenance::Signer>,
+    inputs: LocalStore,
+    outputs: LocalStore,
+    jobs_dir: PathBuf,
+}
+
+impl<'a> LocalSide<'a> {
+    fn load(settings: &'a Settings, root: &Path, work: &Path) -> anyhow::Result<Self> {
+        let jobs_dir = work.join("local-jobs");
+        std::fs::create_dir_all(&jobs_dir)?;
+        Ok(Self {
+            settings,
+            pipeline: pva_worker::edit::load_pipeline(settings)?,
+            signer: pva_worker::provenance::Signer::from_settings(&settings.provenance)?,
+            inputs: LocalStore::new(root),
+            outputs: LocalStore::new(work.join("local-out")),
+            jobs_dir,
+        })
     }
-    let model = pipeline.manifest().clone();
-    let mut run = |id: &str| -> anyhow::Result<BTreeMap<String, f64>> {
-        let bytes = std::fs::read(jobs_dir.join(format!("{id}.json")))?;
+
+    /// Writes the job files, then runs them one after the other. Returns the seconds for all of
+    /// them (from reading the first job file) and their timings.
+    fn run(&mut self, bodies: &[(String, Vec<u8>)]) -> anyhow::Result<(f64, StageSums)> {
+        for (id, body) in bodies {
+            std::fs::write(self.jobs_dir.join(format!("{id}.json")), body)?;
+        }
+        let mut sums = StageSums::default();
+        let t = Instant::now();
+        for (id, _) in bodies {
+            sums.add(&self.job(id)?);
+        }
+        Ok((t.elapsed().as_secs_f64(), sums))
+    }
+
+    fn job(&mut self, id: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+        let settings = self.settings;
+        let bytes = std::fs::read(self.jobs_dir.join(format!("{id}.json")))?;
         let failed = |f: worker::JobFailure| anyhow::anyhow!("job {id}: {f}");
         let job = worker::parse(&bytes, settings).map_err(failed)?;
         let t = Instant::now();
         let mut objects = BTreeMap::new();
         for (_, key) in worker::input_keys(&job) {
-            let data = inputs
+            let data = self
+                .inputs
                 .get(&key, settings.limits.max_image_bytes as u64)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             objects.insert(key, data);
@@ -1370,17 +1465,23 @@ fn local_round(
         let input = worker::prepare(&job, &objects, settings).map_err(failed)?;
         let target_bytes = objects.remove(&job.request.target.key).unwrap_or_default();
         drop(objects);
-        let edited = pipeline.edit(&input, &mut SeededNoise::new(job.request.seed))?;
+        let edited = self
+            .pipeline
+            .edit(&input, &mut SeededNoise::new(job.request.seed))?;
         let t = Instant::now();
+        let model = self.pipeline.manifest();
         let marking = worker::Marking {
             model: (&model.name, &model.version),
             target_bytes: &target_bytes,
-            signer: None,
+            signer: self.signer.as_ref(),
         };
         let encoded = worker::encode(&job, &edited, &marking).map_err(failed)?;
         let mut infos = Vec::new();
         for ((key, data), out) in encoded.iter().zip(&edited.images) {
-            let path = outputs.put(key, data).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let path = self
+                .outputs
+                .put(key, data)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             infos.push(OutputInfo {
                 key: path.display().to_string(),
                 identity_score: out.identity_score,
@@ -1396,18 +1497,9 @@ fn local_round(
             &[("fetch", fetch), ("upload", t.elapsed().as_secs_f64())],
         );
         let key = format!("bench/{id}/result.json");
-        outputs
+        self.outputs
             .put(&key, &serde_json::to_vec(&result)?)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(result.timings)
-    };
-    for (id, _) in warm {
-        run(id)?;
     }
-    let mut sums = StageSums::default();
-    let t = Instant::now();
-    for (id, _) in bodies {
-        sums.add(&run(id)?);
-    }
-    Ok((t.elapsed().as_secs_f64(), sums))
 }
