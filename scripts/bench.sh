@@ -6,13 +6,13 @@
 #   2. pva-bench throughput  N jobs through RabbitMQ + S3 (pva-worker serve) vs N in process
 # and prints both summaries at the end. Full reports: target/bench/edit.txt, target/bench/throughput.txt.
 #   scripts/bench.sh [--jobs N] [--rounds N] [--reps N]
-# Defaults: 2 rounds of 8 jobs per path, 5 repetitions per edit case. About 4 minutes on 2 cores, after
+# Defaults: 2 rounds of 8 jobs per path, 9 repetitions per edit case. About 4 minutes on 2 cores, after
 # the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=8
 rounds=2
-reps=5
+reps=9
 while [ $# -gt 0 ]; do
   case "$1" in
     --jobs) jobs="$2"; shift 2 ;;

@@ -75,7 +75,7 @@ enum Bench {
         #[arg(long, value_delimiter = ',', default_values_t = [1.0f32, 3.0])]
         guidance: Vec<f32>,
         /// Timed repetitions per case and side.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 9)]
         reps: usize,
         /// Untimed repetitions before them.
         #[arg(long, default_value_t = 1)]
@@ -751,12 +751,18 @@ fn print_case(case: Case, rust: &[RunTimes], python: &[RunTimes]) -> CaseSummary
         "stage (median)", "rust ms", "python ms", "rust/python", "rust outside", "python outside"
     );
     let row = |name: &str, r: f64, p: f64| {
+        // A graph only one side calls (the Rust engine's one-off UNet binding) has no ratio.
+        let ratio = if p > 0.0 {
+            format!("{:.2}x", r / p)
+        } else {
+            "-".into()
+        };
         println!(
-            "  {:<18} {:>10.2} {:>10.2} {:>11.2}x",
+            "  {:<18} {:>10.2} {:>10.2} {:>12}",
             name,
             r * 1e3,
             p * 1e3,
-            r / p
+            ratio
         );
     };
     let stage_secs = |r: &RunTimes, stage: &str| r.stages.get(stage).copied().unwrap_or(0.0);
