@@ -126,7 +126,7 @@ impl std::fmt::Debug for Secret {
 pub struct WorkerSettings {
     /// Name of this worker in result messages and logs (empty: the host name).
     pub id: String,
-    /// Jobs run at once (= inference threads, each with its own sessions; = AMQP prefetch).
+    /// Jobs run at once (= inference threads, each with its own sessions); the AMQP prefetch is one more.
     pub concurrency: usize,
     /// On SIGTERM/SIGINT, how long in-flight jobs may take before they are returned to the queue.
     pub shutdown_deadline_secs: u64,

@@ -667,7 +667,9 @@ pub async fn run<S: ObjectStore>(settings: Settings, store: S) -> anyhow::Result
     let name = format!("pva-worker {}", service.worker_id);
     let mut delay = Duration::from_millis(settings.amqp.reconnect_initial_ms);
     let max_delay = Duration::from_millis(settings.amqp.reconnect_max_ms);
-    let prefetch = settings.worker.concurrency.min(u16::MAX as usize) as u16;
+    // NOTE: one delivery more than there are inference threads, so the next job's S3 fetch overlaps
+    // the current job's inference (it then waits for a free thread).
+    let prefetch = (settings.worker.concurrency + 1).min(u16::MAX as usize) as u16;
     let mut connected_before = false;
     while !*shutdown.borrow() {
         match Broker::connect(
