@@ -519,6 +519,11 @@ impl Health {
         self.broker_gauge.set(i64::from(connected));
     }
 
+    /// Whether the model is loaded (`/startupz`).
+    pub fn model_loaded(&self) -> bool {
+        self.state.model_loaded.load(Ordering::Acquire)
+    }
+
     /// Whether the worker can take jobs: model loaded and broker connected.
     pub fn ready(&self) -> bool {
         self.missing().is_empty()
@@ -566,6 +571,7 @@ where
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz_handler))
         .route("/readyz", get(readyz_handler))
+        .route("/startupz", get(startupz_handler))
         .with_state(HttpState { metrics, health });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
@@ -584,6 +590,20 @@ async fn metrics_handler(State(state): State<HttpState>) -> Response {
 
 async fn healthz_handler() -> &'static str {
     "ok"
+}
+
+/// Startup: the model is loaded (the broker may still be unreachable; readiness covers that, so a
+/// pod waiting for RabbitMQ is kept out of rotation rather than restarted).
+async fn startupz_handler(State(state): State<HttpState>) -> Response {
+    if state.health.model_loaded() {
+        (StatusCode::OK, "started").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: model not loaded",
+        )
+            .into_response()
+    }
 }
 
 async fn readyz_handler(State(state): State<HttpState>) -> Response {

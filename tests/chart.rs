@@ -352,7 +352,7 @@ fn every_values_file_renders_a_config_the_worker_loads_and_the_deployment_agrees
             "{label}"
         );
         for (probe, path) in [
-            ("startupProbe", "/readyz"),
+            ("startupProbe", "/startupz"),
             ("livenessProbe", "/healthz"),
             ("readinessProbe", "/readyz"),
         ] {

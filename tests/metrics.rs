@@ -127,6 +127,11 @@ async fn metrics_server_reports_readiness_and_shuts_down() {
     let ready = get(addr, "/readyz").await;
     assert_eq!(ready.status, 503);
     assert!(ready.body.contains("model not loaded"), "{}", ready.body);
+    assert_eq!(
+        get(addr, "/startupz").await.status,
+        503,
+        "not started before the model loads"
+    );
     assert!(
         ready.body.contains("broker not connected"),
         "{}",
@@ -134,6 +139,8 @@ async fn metrics_server_reports_readiness_and_shuts_down() {
     );
 
     server.health.set_model_loaded(true);
+    // Started once the model is loaded, whatever the broker does (no restart loop while it is down).
+    assert_eq!(get(addr, "/startupz").await.status, 200);
     let ready = get(addr, "/readyz").await;
     assert_eq!(ready.status, 503);
     assert!(!ready.body.contains("model"), "{}", ready.body);
