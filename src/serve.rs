@@ -211,18 +211,21 @@ impl<S: ObjectStore> Service<S> {
 
         let mut input = worker::prepare(&job, &objects, &self.settings)?;
         let target_bytes = objects.remove(&job.request.target.key).unwrap_or_default();
+        // Hashing the reference bytes keys the stored adapter; only tuning jobs need it.
+        let tuning = job.request.tuning != TuningPolicy::Never;
         let reference_sha256: Vec<String> = job
             .request
             .identity
             .references
             .iter()
+            .filter(|_| tuning)
             .map(|r| {
                 adapter::sha256_hex(objects.get(&r.key).map(Vec::as_slice).unwrap_or_default())
             })
             .collect();
         drop(objects);
         let mut tune_secs = None;
-        if job.request.tuning != TuningPolicy::Never {
+        if tuning {
             let t = Instant::now();
             let (found, tuned) = self.adapter_for(&job, &input, &reference_sha256).await?;
             if tuned {
