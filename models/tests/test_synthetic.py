@@ -117,6 +117,39 @@ def test_whole_face_region_holds_most_skin_of_an_unshifted_face(person: int) -> 
     assert (parts[WHOLE_FACE_64] == Part.BACKGROUND).mean() < 0.3
 
 
+#: The other named regions of models/CONTRACT.md as fractions [x0, y0, x1, y1).
+REGIONS = {
+    "lower_face": (0.1875, 0.5625, 0.8125, 0.9375),
+    "eyebrows": (0.21875, 0.28125, 0.78125, 0.40625),
+    "eyes": (0.21875, 0.375, 0.78125, 0.5),
+}
+
+
+def _region(name: str, size: int) -> np.ndarray:
+    x0, y0, x1, y1 = (round(f * size) for f in REGIONS[name])
+    mask = np.zeros((size, size), dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+@pytest.mark.parametrize("person", range(10))
+def test_named_regions_cover_their_parts_of_an_unshifted_face(person: int) -> None:
+    identity = IdentityParams.draw(9, person)
+    _, parts = render(identity, EditAttrs(True, True, True), Nuisance.neutral())
+    _, plain = render(identity, EditAttrs(False, False, False), Nuisance.neutral())
+    for name, region_parts, grid in (
+        ("eyes", (Part.LEFT_EYE, Part.RIGHT_EYE), plain),
+        ("eyes", (Part.GLASSES,), parts),
+        ("eyebrows", (Part.EYEBROWS,), plain),
+        ("lower_face", (Part.MOUTH,), parts),
+        ("lower_face", (Part.MOUTH,), plain),
+        ("lower_face", (Part.BEARD,), parts),
+    ):
+        pixels = np.isin(grid, region_parts)
+        assert pixels.any()
+        assert pixels[_region(name, 64)].sum() / pixels.sum() > 0.95, (name, region_parts)
+
+
 def test_render_time_per_64_image() -> None:
     samples = [
         (IdentityParams.draw(0, p), EditAttrs(True, True, True), Nuisance.draw(0, p, 0)) for p in range(40)

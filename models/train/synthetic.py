@@ -87,8 +87,8 @@ class IdentityParams:
             nose_length=float(rng.uniform(0.08, 0.14)),
             nose_width=float(rng.uniform(0.018, 0.035)),
             hair=colour(15, 210),
-            hairline=float(rng.uniform(0.33, 0.41)),
-            brow_thickness=float(rng.uniform(0.01, 0.025)),
+            hairline=float(rng.uniform(0.3, 0.36)),
+            brow_thickness=float(rng.uniform(0.008, 0.02)),
             brow_colour=colour(15, 160),
         )
 
@@ -207,7 +207,7 @@ def render(
 
     eye_y = 0.45
     sp = identity.eye_spacing
-    brow_y = eye_y - 0.055
+    brow_y = eye_y - 0.065  # brows stay inside CONTRACT.md's eyebrows region
     for side in (-1, 1):
         brow = (np.abs(u - (cx + side * sp)) < 0.055) & (np.abs(v - brow_y) < identity.brow_thickness)
         parts[brow] = Part.EYEBROWS
