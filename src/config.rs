@@ -298,6 +298,20 @@ pub struct LoggingSettings {
 }
 
 impl Settings {
+    /// The bucket a job's outputs go to when it names none: the first of `s3.output_buckets`.
+    pub fn default_output_bucket(&self) -> Option<&str> {
+        self.s3.output_buckets.first().map(String::as_str)
+    }
+
+    /// The bucket tuned adapters live in: `tuning.adapter_bucket`, else the default output bucket.
+    pub fn adapter_bucket(&self) -> &str {
+        if self.tuning.adapter_bucket.is_empty() {
+            self.default_output_bucket().unwrap_or_default()
+        } else {
+            &self.tuning.adapter_bucket
+        }
+    }
+
     /// Loads the embedded defaults, then `file` if given, then `PVA__*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load_with_env(file, std::env::vars())

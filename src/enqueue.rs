@@ -128,11 +128,9 @@ pub async fn run(settings: &Settings, options: &EnqueueOptions) -> anyhow::Resul
     if result.status == JobStatus::Succeeded {
         let bucket = if job.request.output.bucket.is_empty() {
             settings
-                .s3
-                .output_buckets
-                .first()
-                .cloned()
+                .default_output_bucket()
                 .unwrap_or_default()
+                .to_string()
         } else {
             job.request.output.bucket.clone()
         };

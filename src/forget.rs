@@ -13,23 +13,8 @@ pub async fn forget<S: ObjectStore>(
     store: &S,
     identity_id: &str,
 ) -> anyhow::Result<(String, Vec<String>)> {
-    adapter::check_identity_id(identity_id)?;
-    let bucket = if settings.tuning.adapter_bucket.is_empty() {
-        settings
-            .s3
-            .output_buckets
-            .first()
-            .cloned()
-            .unwrap_or_default()
-    } else {
-        settings.tuning.adapter_bucket.clone()
-    };
-    let prefix = settings.tuning.adapter_prefix.trim_matches('/');
-    let prefix = if prefix.is_empty() {
-        format!("{identity_id}/")
-    } else {
-        format!("{prefix}/{identity_id}/")
-    };
+    let bucket = settings.adapter_bucket().to_string();
+    let prefix = adapter::identity_prefix(&settings.tuning.adapter_prefix, identity_id)?;
     let keys = store.list(&bucket, &prefix).await?;
     for key in &keys {
         store.delete(&bucket, key).await?;

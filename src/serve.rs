@@ -120,13 +120,17 @@ impl<S: ObjectStore> Service<S> {
         let allowed = &self.settings.s3.output_buckets;
         let wanted = &job.request.output.bucket;
         if wanted.is_empty() {
-            return allowed.first().cloned().ok_or_else(|| {
-                JobFailure::new(
-                    "invalid_job",
-                    "`output.bucket` is empty and s3.output_buckets has no default",
-                    false,
-                )
-            });
+            return self
+                .settings
+                .default_output_bucket()
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    JobFailure::new(
+                        "invalid_job",
+                        "`output.bucket` is empty and s3.output_buckets has no default",
+                        false,
+                    )
+                });
         }
         if allowed.iter().any(|b| b == wanted) {
             Ok(wanted.clone())
@@ -291,20 +295,6 @@ impl<S: ObjectStore> Service<S> {
         Ok(Done::Fresh(result))
     }
 
-    fn adapter_bucket(&self) -> String {
-        let t = &self.settings.tuning;
-        if t.adapter_bucket.is_empty() {
-            self.settings
-                .s3
-                .output_buckets
-                .first()
-                .cloned()
-                .unwrap_or_default()
-        } else {
-            t.adapter_bucket.clone()
-        }
-    }
-
     /// A stored adapter that is still in the store (a cached entry whose object was deleted by
     /// `forget` is dropped), decoded and checked against this model; `None` when missing or unusable.
     async fn stored_adapter(
@@ -357,7 +347,7 @@ impl<S: ObjectStore> Service<S> {
             reference_sha256,
         )
         .map_err(|e| JobFailure::new("invalid_job", e.to_string(), false))?;
-        let bucket = self.adapter_bucket();
+        let bucket = self.settings.adapter_bucket().to_string();
         if let Some(a) = self.stored_adapter(&bucket, &key).await? {
             self.metrics.adapter_cache_hit();
             return Ok((Some(a), false));

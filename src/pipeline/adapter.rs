@@ -203,27 +203,33 @@ pub fn check_identity_id(id: &str) -> Result<(), AdapterError> {
     }
 }
 
+/// The key prefix under which every adapter of an identity lives: `{prefix}/{identity_id}/` (no
+/// leading slash when `prefix` is empty; slashes around `prefix` are trimmed).
+pub fn identity_prefix(prefix: &str, identity_id: &str) -> Result<String, AdapterError> {
+    check_identity_id(identity_id)?;
+    let prefix = prefix.trim_matches('/');
+    Ok(if prefix.is_empty() {
+        format!("{identity_id}/")
+    } else {
+        format!("{prefix}/{identity_id}/")
+    })
+}
+
 /// The object key of an identity's adapter for a model and a reference set:
-/// `{prefix}/{identity_id}/{model_name}-{model_version}/{reference_set}.safetensors` (no leading
-/// slash when `prefix` is empty; slashes around `prefix` are trimmed).
+/// `{identity_prefix}{model_name}-{model_version}/{reference_set}.safetensors`.
 pub fn storage_key(
     prefix: &str,
     identity_id: &str,
     model: &ModelRef,
     reference_sha256: &[String],
 ) -> Result<String, AdapterError> {
-    check_identity_id(identity_id)?;
     let set = reference_set(reference_sha256)?;
-    let prefix = prefix.trim_matches('/');
-    let tail = format!(
-        "{identity_id}/{}-{}/{set}.safetensors",
-        model.name, model.version
-    );
-    Ok(if prefix.is_empty() {
-        tail
-    } else {
-        format!("{prefix}/{tail}")
-    })
+    Ok(format!(
+        "{}{}-{}/{set}.safetensors",
+        identity_prefix(prefix, identity_id)?,
+        model.name,
+        model.version
+    ))
 }
 
 /// The adapter as a safetensors file: tensor [`TENSOR`] (f32, `[visual + token]`) and the metadata.
