@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use crate::config::Settings;
 use crate::engine::{Engine, OrtEngine};
-use crate::job::{JobResult, OutputInfo};
-use crate::pipeline::inpaint::Pipeline;
+use crate::job::{CheckedJob, JobResult, OutputInfo};
+use crate::pipeline::inpaint::{EditInput, EditOutput, Pipeline};
 use crate::pipeline::noise::SeededNoise;
+use crate::provenance::Signer;
 use crate::storage::local::LocalStore;
 use crate::worker::{self, JobFailure};
 
@@ -60,6 +61,68 @@ pub fn load_pipeline(settings: &Settings) -> anyhow::Result<Pipeline<OrtEngine>>
     Ok(Pipeline::new(engine, adapter, settings.pipeline.clone()))
 }
 
+/// One job run on local files: what the pipeline got, what it made, and what was written.
+pub struct LocalRun {
+    /// The decoded inputs.
+    pub input: EditInput,
+    /// The pipeline's output (images, crop, mask, stage timings).
+    pub edited: EditOutput,
+    /// The written outputs (local paths as keys).
+    pub outputs: Vec<OutputInfo>,
+    /// Seconds reading the job's images.
+    pub fetch_secs: f64,
+    /// Seconds encoding, marking and writing the outputs.
+    pub upload_secs: f64,
+}
+
+/// Reads a checked job's images from `inputs`, edits them with the job's seed, and writes the
+/// marked outputs to `outputs` under their deterministic keys. Shared by `edit` and the benchmark's
+/// in-process path.
+pub fn run_local<E: Engine>(
+    pipeline: &mut Pipeline<E>,
+    signer: Option<&Signer>,
+    settings: &Settings,
+    job: &CheckedJob,
+    inputs: &LocalStore,
+    outputs: &LocalStore,
+) -> Result<LocalRun, JobFailure> {
+    let t = Instant::now();
+    let mut objects = BTreeMap::new();
+    for (_, key) in worker::input_keys(job) {
+        let data = inputs.get(&key, settings.limits.max_image_bytes as u64)?;
+        objects.insert(key, data);
+    }
+    let fetch_secs = t.elapsed().as_secs_f64();
+    let input = worker::prepare(job, &objects, settings)?;
+    let target_bytes = objects.remove(&job.request.target.key).unwrap_or_default();
+    drop(objects);
+    let edited = pipeline.edit(&input, &mut SeededNoise::new(job.request.seed))?;
+    let t = Instant::now();
+    let m = pipeline.manifest();
+    let marking = worker::Marking {
+        model: (&m.name, &m.version),
+        target_bytes: &target_bytes,
+        signer,
+    };
+    let encoded = worker::encode(job, &edited, &marking)?;
+    let mut written = Vec::with_capacity(encoded.len());
+    for ((key, data), out) in encoded.iter().zip(&edited.images) {
+        let path = outputs.put(key, data)?;
+        written.push(OutputInfo {
+            key: path.display().to_string(),
+            identity_score: out.identity_score,
+            identity_check_passed: out.identity_score >= settings.pipeline.min_identity_score,
+        });
+    }
+    Ok(LocalRun {
+        input,
+        edited,
+        outputs: written,
+        fetch_secs,
+        upload_secs: t.elapsed().as_secs_f64(),
+    })
+}
+
 /// Runs the job; returns its result (also written as `result.json` next to the outputs).
 /// A job that cannot be done gives a `failed` result, not an `Err`; `Err` is for setup problems.
 pub fn run(settings: &Settings, options: &EditOptions) -> anyhow::Result<JobResult> {
@@ -92,50 +155,29 @@ pub fn run(settings: &Settings, options: &EditOptions) -> anyhow::Result<JobResu
     let mut upload_secs = 0.0;
     let outcome = (|| -> Result<(Vec<OutputInfo>, _), JobFailure> {
         let job = worker::parse(&bytes, settings)?;
-        let t = Instant::now();
-        let mut objects = BTreeMap::new();
-        for (_, key) in worker::input_keys(&job) {
-            let data = inputs.get(&key, settings.limits.max_image_bytes as u64)?;
-            objects.insert(key, data);
-        }
-        fetch_secs = t.elapsed().as_secs_f64();
-        let input = worker::prepare(&job, &objects, settings)?;
-        let target_bytes = objects.remove(&job.request.target.key).unwrap_or_default();
-        drop(objects);
-        let mut noise = SeededNoise::new(job.request.seed);
-        let edited = pipeline.edit(&input, &mut noise)?;
-        let t = Instant::now();
-        let m = pipeline.manifest();
-        let marking = worker::Marking {
-            model: (&m.name, &m.version),
-            target_bytes: &target_bytes,
-            signer: signer.as_ref(),
-        };
-        let encoded = worker::encode(&job, &edited, &marking)?;
-        let mut infos = Vec::new();
-        for ((key, data), out) in encoded.iter().zip(&edited.images) {
-            let path = outputs.put(key, data)?;
-            let passed = out.identity_score >= settings.pipeline.min_identity_score;
-            infos.push(OutputInfo {
-                key: path.display().to_string(),
-                identity_score: out.identity_score,
-                identity_check_passed: passed,
-            });
-        }
-        upload_secs = t.elapsed().as_secs_f64();
+        let run = run_local(
+            &mut pipeline,
+            signer.as_ref(),
+            settings,
+            &job,
+            &inputs,
+            &outputs,
+        )?;
+        fetch_secs = run.fetch_secs;
+        upload_secs = run.upload_secs;
         if let Some(sheet) = &options.contact_sheet {
-            let png = crate::contact_sheet::render(&input, &edited).map_err(|e| JobFailure {
-                code: "model_error",
-                message: format!("contact sheet: {e}"),
-                retryable: false,
+            let png = crate::contact_sheet::render(&run.input, &run.edited).map_err(|e| {
+                JobFailure::new("model_error", format!("contact sheet: {e}"), false)
             })?;
-            std::fs::write(sheet, png).map_err(|e| JobFailure {
-                code: "storage_error",
-                message: format!("contact sheet {}: {e}", sheet.display()),
-                retryable: false,
+            std::fs::write(sheet, png).map_err(|e| {
+                JobFailure::new(
+                    "storage_error",
+                    format!("contact sheet {}: {e}", sheet.display()),
+                    false,
+                )
             })?;
         }
-        Ok((infos, edited.timings))
+        Ok((run.outputs, run.edited.timings))
     })();
     let outcome_ref = outcome
         .as_ref()

@@ -37,7 +37,7 @@ use pva_worker::edit::load_base_adapter;
 use pva_worker::engine::{
     DenoiseInputs, Denoiser, Engine, EngineError, Manifest, OrtEngine, Tuner, TuningHyper,
 };
-use pva_worker::job::{JobResult, JobStatus, OutputInfo};
+use pva_worker::job::{JobResult, JobStatus};
 use pva_worker::pipeline::face;
 use pva_worker::pipeline::inpaint::{EditInput, Pipeline};
 use pva_worker::pipeline::noise::SeededNoise;
@@ -1458,49 +1458,23 @@ impl<'a> LocalSide<'a> {
         let bytes = std::fs::read(self.jobs_dir.join(format!("{id}.json")))?;
         let failed = |f: worker::JobFailure| anyhow::anyhow!("job {id}: {f}");
         let job = worker::parse(&bytes, settings).map_err(failed)?;
-        let t = Instant::now();
-        let mut objects = BTreeMap::new();
-        for (_, key) in worker::input_keys(&job) {
-            let data = self
-                .inputs
-                .get(&key, settings.limits.max_image_bytes as u64)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            objects.insert(key, data);
-        }
-        let fetch = t.elapsed().as_secs_f64();
-        let input = worker::prepare(&job, &objects, settings).map_err(failed)?;
-        let target_bytes = objects.remove(&job.request.target.key).unwrap_or_default();
-        drop(objects);
-        let edited = self
-            .pipeline
-            .edit(&input, &mut SeededNoise::new(job.request.seed))?;
-        let t = Instant::now();
+        let run = pva_worker::edit::run_local(
+            &mut self.pipeline,
+            self.signer.as_ref(),
+            settings,
+            &job,
+            &self.inputs,
+            &self.outputs,
+        )
+        .map_err(failed)?;
         let model = self.pipeline.manifest();
-        let marking = worker::Marking {
-            model: (&model.name, &model.version),
-            target_bytes: &target_bytes,
-            signer: self.signer.as_ref(),
-        };
-        let encoded = worker::encode(&job, &edited, &marking).map_err(failed)?;
-        let mut infos = Vec::new();
-        for ((key, data), out) in encoded.iter().zip(&edited.images) {
-            let path = self
-                .outputs
-                .put(key, data)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            infos.push(OutputInfo {
-                key: path.display().to_string(),
-                identity_score: out.identity_score,
-                identity_check_passed: out.identity_score >= settings.pipeline.min_identity_score,
-            });
-        }
         let result = worker::result(
             (&model.name, &model.version),
             id,
             job.request.consent.clone(),
             "pva-bench",
-            Ok((infos, &edited.timings)),
-            &[("fetch", fetch), ("upload", t.elapsed().as_secs_f64())],
+            Ok((run.outputs, &run.edited.timings)),
+            &[("fetch", run.fetch_secs), ("upload", run.upload_secs)],
         );
         let key = format!("bench/{id}/result.json");
         self.outputs
