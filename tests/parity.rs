@@ -69,6 +69,13 @@ fn cases() -> Vec<PathBuf> {
     cases
 }
 
+/// A fixture case: its name, its parameters and the reference's tensors.
+fn load_case(dir: &Path) -> (String, Case, Tensors) {
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    let case = serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
+    (name, case, Tensors::load(&dir.join("tensors.safetensors")))
+}
+
 fn load_png(path: &Path) -> image::RgbImage {
     let limits = DecodeLimits {
         max_bytes: 1 << 24,
@@ -108,10 +115,7 @@ fn every_stage_and_every_step_matches_the_python_reference() {
     let s = settings();
     let mut pipeline = load_pipeline(&s).expect("tiny model loads");
     for dir in cases() {
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let case: Case =
-            serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
-        let t = Tensors::load(&dir.join("tensors.safetensors"));
+        let (name, case, t) = load_case(&dir);
         let m = pipeline.manifest().clone();
         let token = pipeline.base_adapter()[m.adapter.visual_length..].to_vec();
         let visual = pipeline.base_adapter()[..m.adapter.visual_length].to_vec();
@@ -232,10 +236,7 @@ fn the_whole_edit_reproduces_the_reference_image() {
     let s = settings();
     let mut pipeline = load_pipeline(&s).expect("tiny model loads");
     for dir in cases() {
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let case: Case =
-            serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
-        let t = Tensors::load(&dir.join("tensors.safetensors"));
+        let (name, case, t) = load_case(&dir);
         let input = EditInput {
             target: load_png(&dir.join("target.png")),
             target_face: None,
