@@ -14,4 +14,7 @@ scripts/ensure-rabbitmq.sh
 echo "== model contract tests (pytest) =="
 .venv/bin/python -m pytest -q models/tests tests/schema
 echo "== Rust tests (cargo test) =="
+# The link step of a dozen test binaries needs a few GB free; say how much there is, so a linker that
+# dies of a full disk (SIGBUS) is recognisable from the log.
+df -h . | tail -n 1 | awk '{print "disk free for target/: " $4}'
 cargo test --locked --all-targets
