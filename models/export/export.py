@@ -5,6 +5,7 @@ Run from the repository root:
     .venv/bin/python models/export/export.py --size tiny --out models/tiny
     .venv/bin/python models/export/export.py --size sd2 --random-weights --out /data/pva-sd2-random
     .venv/bin/python models/export/export.py --size sd2 --base DIR --pva CKPT [--face R50] --out OUT
+    .venv/bin/python models/export/export.py --size demo --weights trained.safetensors --out models/demo
 
 Graphs are exported with `torch.onnx.export(dynamo=True)`, opset 18, dynamic batch (and reference)
 axes. The manifest's input/output descriptions are read back from the written ONNX files.
@@ -29,7 +30,7 @@ from torch.export import Dim
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pva import PvaStack, build_stack  # noqa: E402
-from pva.weights import load_weights  # noqa: E402
+from pva.weights import load_trained, load_weights  # noqa: E402
 from pva.config import get_config  # noqa: E402
 
 OPSET = 18
@@ -233,23 +234,28 @@ def export_all(stack: PvaStack, out: Path, external_data: bool = False, log=prin
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=("tiny", "sd2"), required=True)
+    parser.add_argument("--size", choices=("tiny", "demo", "sd2"), required=True)
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
     parser.add_argument("--seed", type=int, default=0, help="random-init seed")
     parser.add_argument("--base", type=Path, help="local diffusers stable-diffusion-2-inpainting directory")
     parser.add_argument("--pva", type=Path, help="PVA checkpoint (visual projections, TransformNetwork, ...)")
     parser.add_argument("--face", type=Path, help="ArcFace iresnet50 state dict")
+    parser.add_argument("--weights", type=Path, help="trained weights from models/train (save_trained format)")
     parser.add_argument("--random-weights", action="store_true", help="sd2 only: full size, random weights")
     args = parser.parse_args(argv)
 
     weights = None
-    if args.size == "sd2":
+    if args.weights is not None:
+        if args.base or args.pva or args.face or args.random_weights:
+            parser.error("--weights replaces --base/--pva/--face/--random-weights")
+        weights = load_trained(args.weights)
+    elif args.size == "sd2":
         if args.base is None and not args.random_weights:
             parser.error("sd2 needs --base DIR [--pva CKPT] or --random-weights")
         if args.base is not None:
             weights = load_weights(get_config("sd2"), args.base, args.pva, args.face)
     elif args.base or args.pva or args.face or args.random_weights:
-        parser.error("tiny is always random-init; --base/--pva/--face/--random-weights are for sd2")
+        parser.error(f"{args.size} takes --weights (or none: random init); --base/--pva/--face/--random-weights are for sd2")
 
     start = time.perf_counter()
     stack = build_stack(args.size, seed=args.seed, weights=weights)

@@ -7,7 +7,7 @@ Only the numbers differ: every module is built by the same functions from these 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -194,11 +194,20 @@ SD2 = PvaConfig(
     id_former=IdFormerConfig(layers=4, heads=8, feedforward=2048),
 )
 
-CONFIGS: dict[str, PvaConfig] = {"tiny": TINY, "sd2": SD2}
+# The trained demo model (models/demo): the tiny architecture, trained from scratch on synthetic faces
+# by models/train. Only its noise parameterisation differs: v-prediction, because epsilon-prediction
+# is poor at high noise, where a small model must get the colours right.
+DEMO = replace(
+    TINY,
+    name="pva-demo",
+    scheduler={**TINY.scheduler, "prediction_type": "v_prediction"},
+)
+
+CONFIGS: dict[str, PvaConfig] = {"tiny": TINY, "demo": DEMO, "sd2": SD2}
 
 
 def get_config(size: str) -> PvaConfig:
-    """The config of a size name (`tiny` or `sd2`)."""
+    """The config of a size name (`tiny`, `demo` or `sd2`)."""
     try:
         return CONFIGS[size]
     except KeyError:

@@ -117,8 +117,12 @@ class TuningStep(nn.Module):
         alphas_cumprod: Tensor,
         visual_length: int,
         token_length: int,
+        prediction_type: str = "epsilon",
     ) -> None:
         super().__init__()
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"tuning supports epsilon and v_prediction models, not {prediction_type!r}")
+        self.prediction_type = prediction_type
         self.unet = unet
         self.text_encoder = text_encoder
         for module in (self.unet, self.text_encoder):
@@ -137,10 +141,12 @@ class TuningStep(nn.Module):
             alphas_cumprod(stack.scheduler_config),
             stack.visual_length,
             stack.token_length,
+            stack.scheduler_config["prediction_type"],
         )
 
     def loss(self, params: Tensor, batch: TuningBatch) -> Tensor:
-        """The mean squared error between the UNet's noise prediction and `batch.noise`."""
+        """The mean squared error between the UNet's output and its target: `batch.noise` for an
+        epsilon model, the velocity `sqrt(acp) * noise - sqrt(1 - acp) * latents` for v-prediction."""
         visual, token = torch.split(params, [self.visual_length, self.token_length])
         hidden_states = self.text_encoder(batch.input_ids, token)
         acp = self.alphas_cumprod[batch.timesteps].reshape(-1, 1, 1, 1)
@@ -155,7 +161,11 @@ class TuningStep(nn.Module):
             id_switch,
             visual,
         )
-        return F.mse_loss(noise_pred, batch.noise)
+        if self.prediction_type == "v_prediction":
+            target = acp.sqrt() * batch.noise - (1.0 - acp).sqrt() * batch.latents
+        else:
+            target = batch.noise
+        return F.mse_loss(noise_pred, target)
 
     def forward(
         self,

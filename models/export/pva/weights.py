@@ -84,3 +84,34 @@ def load_weights(config: PvaConfig, base: Path, pva: Path | None = None, face: P
                     weights.setdefault(group, {})[key[len(prefix):]] = value
                     break
     return weights
+
+
+#: Weight groups of a trained checkpoint (`models/train`), each stored under its own key prefix.
+TRAINED_GROUPS = ("text_encoder", "face_embedder", "id_former", "unet", "vae")
+
+
+def save_trained(path: Path, weights: dict[str, Any]) -> None:
+    """Write `build_stack` weights as ONE safetensors file: `<group>.<key>` plus `new1_embedding`."""
+    from safetensors.torch import save_file
+
+    flat: dict[str, torch.Tensor] = {}
+    for group in TRAINED_GROUPS:
+        for key, value in weights.get(group, {}).items():
+            flat[f"{group}.{key}"] = value.detach().float().contiguous().cpu()
+    if "new1_embedding" in weights:
+        flat["new1_embedding"] = weights["new1_embedding"].detach().float().reshape(-1).contiguous().cpu()
+    save_file(flat, str(path))
+
+
+def load_trained(path: Path) -> dict[str, Any]:
+    """Read a file written by `save_trained` back into `build_stack` weights."""
+    weights: dict[str, Any] = {}
+    for key, value in load_file(str(path)).items():
+        if key == "new1_embedding":
+            weights[key] = value
+            continue
+        group, _, rest = key.partition(".")
+        if group not in TRAINED_GROUPS or not rest:
+            raise ValueError(f"{path}: unexpected tensor {key!r}")
+        weights.setdefault(group, {})[rest] = value
+    return weights
