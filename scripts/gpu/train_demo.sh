@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Train the demo model (models/demo) from scratch on one GPU in about 10 minutes: the synthetic-face
+# dataset (2,000 persons x 8 images), then every stage (vae, face, base, pva1, pva2) fitted into a time
+# budget by models/train/train.py --budget-minutes, at batch sizes a GPU wants. Writes the trained
+# weights (weights.safetensors, what `train.py export` needs), the log and the training output to OUT
+# when it ends (also when training fails or runs past TRAIN_TIMEOUT seconds, default 540), so a partial
+# run still returns every finished stage.
+#
+#   scripts/gpu/train_demo.sh OUT [BUDGET_MINUTES, default 7.5] [more train.py run arguments]
+#   # then, on any machine with the repo's .venv:
+#   cat OUT/weights.safetensors.part-* > W/weights.safetensors
+#   .venv/bin/python models/train/train.py export --size demo --work W --out models/demo
+#
+# Needs python3 with CUDA torch, transformers and safetensors, plus models/requirements.txt's diffusers
+# and open_clip_torch. On a machine without network, download their wheels here first:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --platform manylinux_2_17_x86_64 -d .whl diffusers==0.42.1 open_clip_torch==3.3.0 \
+#     ftfy==6.3.1 wcwidth importlib_metadata lazy-importer
+# Environment: PYTHON (default python3), DEVICE (default cuda), PERSONS (default 2000), JOBS (default
+# the CPU count) and WORK (checkpoints, default /tmp/pva-demo-work; rerunning with the same WORK resumes).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=${1:?usage: scripts/gpu/train_demo.sh OUT [BUDGET_MINUTES] [train.py run arguments]}
+budget=${2:-7.5}
+shift $(( $# >= 2 ? 2 : 1 ))
+python=${PYTHON:-python3}
+device=${DEVICE:-cuda}
+work=${WORK:-/tmp/pva-demo-work}
+data=${DATA:-/tmp/pva-demo-faces}
+mkdir -p "$out" "$work"
+if ! "$python" -c "import diffusers, open_clip" 2>/dev/null; then
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    "$python" -m pip install -q --no-index --no-deps --target /tmp/pva-site .whl/*.whl
+    export PYTHONPATH=/tmp/pva-site${PYTHONPATH:+:$PYTHONPATH}
+  else
+    echo "train_demo.sh: needs diffusers and open_clip_torch (see the header for the wheels)" >&2
+    exit 2
+  fi
+fi
+collect() {
+  # weights.safetensors in 15 MB parts (a device run returns files of at most 16 MB); rejoin with
+  #   cat OUT/weights.safetensors.part-* > WORK/weights.safetensors
+  if [ -f "$work/weights.safetensors" ]; then
+    rm -f "$out"/weights.safetensors.part-*
+    split -b 15M "$work/weights.safetensors" "$out/weights.safetensors.part-"
+  fi
+  if [ -f "$work/log.jsonl" ]; then cp "$work/log.jsonl" "$out/log.jsonl"; fi
+}
+trap collect EXIT
+[ "$device" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+export PYTHONUNBUFFERED=1
+"$python" -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
+if [ ! -d "$data" ]; then
+  "$python" models/train/train.py data --out "$data" --persons "${PERSONS:-2000}" --images 8 --jobs "${JOBS:-$(nproc)}"
+fi
+timeout "${TRAIN_TIMEOUT:-540}" "$python" models/train/train.py run --size demo --data "$data" --work "$work" --device "$device" \
+  --budget-minutes "$budget" --log-every 250 --save-seconds 60 \
+  --set vae.batch=128 --set face.batch=256 --set base.batch=256 --set pva1.batch=256 --set pva2.batch=128 \
+  "$@" 2>&1 | tee -a "$out/train.log"
