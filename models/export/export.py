@@ -203,8 +203,12 @@ def build_manifest(stack: PvaStack, out: Path, graphs: dict[str, dict[str, Any]]
     }
 
 
-def export_all(stack: PvaStack, out: Path, external_data: bool = False, log=print) -> dict[str, Any]:
-    """Write every graph, the adapter init and the manifest into `out`; returns the manifest."""
+def export_all(stack: PvaStack, out: Path, external_data: bool = False, log=print,
+               adapter_step: bool = True) -> dict[str, Any]:
+    """Write every graph, the adapter init and the manifest into `out`; returns the manifest.
+
+    `adapter_step=False` leaves the tuning graph out: the worker then edits with this model but refuses
+    to tune (a model directory a third smaller, for one that is committed to git)."""
     out.mkdir(parents=True, exist_ok=True)
     graphs: dict[str, dict[str, Any]] = {}
     for name in GRAPH_ORDER:
@@ -214,11 +218,9 @@ def export_all(stack: PvaStack, out: Path, external_data: bool = False, log=prin
         graphs[name] = describe_graph(path)
         log(f"{name}: {time.perf_counter() - start:.1f} s, {graphs[name]['bytes']} bytes")
 
-    try:
+    if adapter_step:
         from pva.tuning import export_adapter_step
-    except ImportError as error:
-        log(f"adapter_step: SKIPPED, pva.tuning.export_adapter_step is not available ({error})")
-    else:
+
         path = out / "adapter_step.onnx"
         start = time.perf_counter()
         export_adapter_step(stack, path)
@@ -242,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--face", type=Path, help="ArcFace iresnet50 state dict")
     parser.add_argument("--weights", type=Path, help="trained weights from models/train (save_trained format)")
     parser.add_argument("--random-weights", action="store_true", help="sd2 only: full size, random weights")
+    parser.add_argument("--no-adapter-step", action="store_true",
+                        help="leave out adapter_step.onnx (the worker edits but refuses to tune)")
     args = parser.parse_args(argv)
 
     weights = None
@@ -261,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     stack = build_stack(args.size, seed=args.seed, weights=weights)
     print(f"built {args.size} in {time.perf_counter() - start:.1f} s")
     # NOTE: protobuf caps a file at 2 GiB: full-size graphs keep their weights in external data files.
-    export_all(stack, args.out, external_data=args.size == "sd2")
+    export_all(stack, args.out, external_data=args.size == "sd2", adapter_step=not args.no_adapter_step)
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s")
 
 

@@ -438,6 +438,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"--refs must be 2..{manifest['max_references']} (tuning leaves one out)")
     if args.persons < 2:
         raise SystemExit("--persons must be at least 2 (condition c uses the next person's references)")
+    if "adapter_step" not in manifest["graphs"]:
+        raise SystemExit(f"{args.model} has no adapter_step graph, which condition (e) needs: export the same "
+                         "weights with it (models/train/train.py export without --no-adapter-step)")
     session = rt.adapter_step_session(args.model, args.threads)
     persons = held_out_persons(args.seed, args.persons, args.refs, res, crop)
     embeddings = [pipeline.embed(p.faces).mean(axis=0) for p in persons]

@@ -642,13 +642,13 @@ def write_dataset_parallel(out: Path, seed: int, persons: int, images: int, size
         pool.map(_write_chunk, work)
 
 
-def export(size: str, work: Path, out: Path) -> None:
+def export(size: str, work: Path, out: Path, adapter_step: bool = True) -> None:
     """Export `WORK/weights.safetensors` through the exporter into a model directory."""
     from export import export_all  # models/export/export.py
 
     weights = load_trained(work / "weights.safetensors")
     stack = build_stack(size, weights=weights)
-    export_all(stack, out)
+    export_all(stack, out, adapter_step=adapter_step)
     print(f"wrote {out}")
 
 
@@ -689,6 +689,8 @@ def main(argv: list[str] | None = None) -> None:
     exp.add_argument("--size", choices=("demo", "tiny", "sd2"), default="demo")
     exp.add_argument("--work", type=Path, required=True)
     exp.add_argument("--out", type=Path, required=True)
+    exp.add_argument("--no-adapter-step", action="store_true",
+                     help="leave out adapter_step.onnx (the worker edits but refuses to tune)")
 
     args = parser.parse_args(argv)
     if args.command == "data":
@@ -714,7 +716,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.export is not None:
             export(args.size, args.work, args.export)
     else:
-        export(args.size, args.work, args.out)
+        export(args.size, args.work, args.out, adapter_step=not args.no_adapter_step)
 
 
 if __name__ == "__main__":
