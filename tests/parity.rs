@@ -1,5 +1,6 @@
 //! Parity with the Python reference (models/export/reference.py): for every fixture case under
-//! tests/fixtures/edit, the Rust pipeline reproduces the tokens, hidden states, identity tokens,
+//! tests/fixtures/edit (the tiny model) and tests/fixtures/edit-demo (the trained demo model), the
+//! Rust pipeline reproduces the tokens, hidden states, identity tokens,
 //! latents after every denoising step (max abs <= 1e-4) and the final image (within 1/255 on >= 99.9%
 //! of pixels), using the noise tensors the reference recorded.
 
@@ -7,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{max_abs_diff, settings, Tensors};
+use common::{max_abs_diff, settings_for, Tensors};
 use ndarray::{Array1, Array2, Array4, Axis};
 use pva_worker::edit::load_pipeline;
 use pva_worker::engine::Engine;
@@ -54,8 +55,14 @@ struct Case {
     timesteps: Vec<i64>,
 }
 
-fn cases() -> Vec<PathBuf> {
-    let dir = common::repo().join("tests/fixtures/edit");
+/// The bundled models and their fixture directories.
+const MODELS: [(&str, &str); 2] = [
+    ("models/tiny", "tests/fixtures/edit"),
+    ("models/demo", "tests/fixtures/edit-demo"),
+];
+
+fn cases(fixtures: &str) -> Vec<PathBuf> {
+    let dir = common::repo().join(fixtures);
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -71,7 +78,8 @@ fn cases() -> Vec<PathBuf> {
 
 /// A fixture case: its name, its parameters and the reference's tensors.
 fn load_case(dir: &Path) -> (String, Case, Tensors) {
-    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    let parent = dir.parent().and_then(|p| p.file_name()).unwrap().to_string_lossy();
+    let name = format!("{parent}/{}", dir.file_name().unwrap().to_string_lossy());
     let case = serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
     (name, case, Tensors::load(&dir.join("tensors.safetensors")))
 }
@@ -112,9 +120,15 @@ fn fixture_noise(t: &Tensors) -> FixtureNoise {
 
 #[test]
 fn every_stage_and_every_step_matches_the_python_reference() {
-    let s = settings();
-    let mut pipeline = load_pipeline(&s).expect("tiny model loads");
-    for dir in cases() {
+    for (model, fixtures) in MODELS {
+        stages_match(model, fixtures);
+    }
+}
+
+fn stages_match(model: &str, fixtures: &str) {
+    let s = settings_for(model);
+    let mut pipeline = load_pipeline(&s).unwrap_or_else(|e| panic!("{model} loads: {e:#}"));
+    for dir in cases(fixtures) {
         let (name, case, t) = load_case(&dir);
         let m = pipeline.manifest().clone();
         let token = pipeline.base_adapter()[m.adapter.visual_length..].to_vec();
@@ -233,9 +247,15 @@ fn every_stage_and_every_step_matches_the_python_reference() {
 
 #[test]
 fn the_whole_edit_reproduces_the_reference_image() {
-    let s = settings();
-    let mut pipeline = load_pipeline(&s).expect("tiny model loads");
-    for dir in cases() {
+    for (model, fixtures) in MODELS {
+        whole_edit_matches(model, fixtures);
+    }
+}
+
+fn whole_edit_matches(model: &str, fixtures: &str) {
+    let s = settings_for(model);
+    let mut pipeline = load_pipeline(&s).unwrap_or_else(|e| panic!("{model} loads: {e:#}"));
+    for dir in cases(fixtures) {
         let (name, case, t) = load_case(&dir);
         let input = EditInput {
             target: load_png(&dir.join("target.png")),

@@ -1,4 +1,5 @@
-"""Write the Rust parity fixtures under tests/fixtures/edit/<case>/ from the tiny model.
+"""Write the Rust parity fixtures under tests/fixtures/edit/<case>/ from the tiny model (and, with
+``--model models/demo --out tests/fixtures/edit-demo``, from the trained demo model).
 
 Each case holds its inputs already at model size (target.png and mask.png 64x64, ref_<i>.png
 112x112 face crops made with PIL from the public-domain photos in shared/data/faces), case.json (the
@@ -119,7 +120,7 @@ def write_case(pipeline: ReferencePipeline, case: Case, faces: Path, out: Path) 
     save_file({k: v.contiguous() for k, v in result.tensors.items()}, str(out / "tensors.safetensors"))
     Image.fromarray(result.image).save(out / "expected.png")
     info = {
-        "model": "models/tiny",
+        "model": str(pipeline.model_dir.resolve().relative_to(ROOT)) if pipeline.model_dir.resolve().is_relative_to(ROOT) else str(pipeline.model_dir),
         "prompt": case.prompt,
         "negative_prompt": case.negative_prompt,
         "scheduler": case.scheduler,

@@ -16,11 +16,17 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Embedded defaults with repo-absolute paths (tests run from any directory), one ORT thread per
-/// session so parallel tests do not oversubscribe the CPU.
+/// Embedded defaults with repo-absolute paths (tests run from any directory), on the tiny model (the
+/// contract fixture: random weights, with the tuning graph), one ORT thread per session so parallel
+/// tests do not oversubscribe the CPU.
 pub fn settings() -> Settings {
+    settings_for("models/tiny")
+}
+
+/// As `settings`, on another bundled model directory (relative to the repo).
+pub fn settings_for(model_dir: &str) -> Settings {
     let mut s = Settings::load_with_env(None, Vec::new()).expect("default settings");
-    s.engine.model_dir = repo().join(&s.engine.model_dir);
+    s.engine.model_dir = repo().join(model_dir);
     s.engine.ort_library = repo().join(&s.engine.ort_library);
     s.engine.intra_threads = 1;
     s
