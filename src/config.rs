@@ -459,7 +459,7 @@ mod tests {
     fn embedded_defaults_load_and_validate() {
         let s = Settings::load_with_env(None, env(&[])).unwrap();
         assert_eq!(s.engine.execution_provider, ExecutionProvider::Cpu);
-        assert_eq!(s.engine.model_dir, PathBuf::from("models/tiny"));
+        assert_eq!(s.engine.model_dir, PathBuf::from("models/demo"));
         assert!(s.pipeline.require_prompt);
     }
 
