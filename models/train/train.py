@@ -179,6 +179,13 @@ class Trainer:
         for module in self.stack.modules().values():
             module.to(self.device)
         self.new1 = self.stack.split_params(self.stack.initial_params)[1].clone().to(self.device)
+        # What the diffusion stages call; `--compile` wraps them with torch.compile (same parameters).
+        self.unet_fn: Callable[..., torch.Tensor] = self.stack.unet_graph
+        self.text_fn: Callable[..., torch.Tensor] = self.stack.text_encoder
+        if args.compile != "off":
+            mode = None if args.compile == "default" else args.compile
+            self.unet_fn = torch.compile(self.stack.unet_graph, mode=mode)
+            self.text_fn = torch.compile(self.stack.text_encoder, mode=mode)
         self.data = FaceDataset.load(Path(args.data), self.config.resolution, args.max_persons)
         # The images live where the model does (about 200 MB for 16k images at 64 px): no per-step copy.
         self.data.images = self.data.images.to(self.device)
@@ -365,8 +372,8 @@ class Trainer:
             sample, t, target, mask_lat = self.diffusion_inputs(index, g)
             b = index.shape[0]
             with self.autocast():
-                hidden = s.text_encoder(ids, self.new1)
-                pred = s.unet_graph(sample, t.float(), hidden, torch.zeros(b, q, d, device=self.device),
+                hidden = self.text_fn(ids, self.new1)
+                pred = self.unet_fn(sample, t.float(), hidden, torch.zeros(b, q, d, device=self.device),
                                     torch.zeros(b, device=self.device), None)
             return self.diffusion_loss(pred, target, mask_lat, hp), {}
 
@@ -414,8 +421,8 @@ class Trainer:
                 else:
                     emb = self.embeddings()[refs.flatten().to(self.embeddings().device)].reshape(b, count, -1)
                 tokens = s.id_former(emb.float())
-                hidden = s.text_encoder(ids, self.new1)
-                pred = s.unet_graph(sample, t.float(), hidden, tokens, torch.ones(b, device=self.device), None)
+                hidden = self.text_fn(ids, self.new1)
+                pred = self.unet_fn(sample, t.float(), hidden, tokens, torch.ones(b, device=self.device), None)
             return self.diffusion_loss(pred, target, mask_lat, hp), {"refs": float(count)}
 
         def finish() -> None:
@@ -679,6 +686,8 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--log-every", type=int, default=50)
     run.add_argument("--save-seconds", type=float, default=120.0)
     run.add_argument("--minutes", type=float, default=None, help="stop (resumably) after this long per stage")
+    run.add_argument("--compile", choices=("off", "default", "reduce-overhead"), default="off",
+                     help="torch.compile the UNet and text encoder (reduce-overhead: CUDA graphs)")
     run.add_argument("--budget-minutes", type=float, default=None,
                      help="fit the stages' step counts into this much time (shares: BUDGET_SHARE)")
     run.add_argument("--base", help="sd2: local stable-diffusion-2-inpainting directory")
