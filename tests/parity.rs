@@ -78,7 +78,11 @@ fn cases(fixtures: &str) -> Vec<PathBuf> {
 
 /// A fixture case: its name, its parameters and the reference's tensors.
 fn load_case(dir: &Path) -> (String, Case, Tensors) {
-    let parent = dir.parent().and_then(|p| p.file_name()).unwrap().to_string_lossy();
+    let parent = dir
+        .parent()
+        .and_then(|p| p.file_name())
+        .unwrap()
+        .to_string_lossy();
     let name = format!("{parent}/{}", dir.file_name().unwrap().to_string_lossy());
     let case = serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
     (name, case, Tensors::load(&dir.join("tensors.safetensors")))
