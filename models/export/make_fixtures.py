@@ -23,18 +23,11 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pva.config import REGIONS  # noqa: E402
 from reference import EditRequest, ReferencePipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# CONTRACT.md's named mask regions: [x0, y0, x1, y1) as fractions of the aligned square crop.
-REGIONS = {
-    "whole_face": (0.1875, 0.25, 0.8125, 0.9375),
-    "lower_face": (0.1875, 0.5625, 0.8125, 0.9375),
-    "eyebrows": (0.21875, 0.28125, 0.78125, 0.40625),
-    "eyes": (0.21875, 0.375, 0.78125, 0.5),
-    "mouth": (0.3125, 0.6875, 0.6875, 0.84375),
-}
 
 # Square face boxes (left, top, right, bottom) in the EXIF-oriented photos, picked by eye so the
 # face sits roughly where the named regions expect an aligned face.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,16 +22,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
+
+from pva.config import REGIONS  # noqa: E402  (CONTRACT.md's named regions)
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
-#: CONTRACT.md's named regions, [x0, y0, x1, y1) as fractions of the aligned square crop.
-REGIONS = {
-    "whole_face": (0.1875, 0.25, 0.8125, 0.9375),
-    "lower_face": (0.1875, 0.5625, 0.8125, 0.9375),
-    "eyebrows": (0.21875, 0.28125, 0.78125, 0.40625),
-    "eyes": (0.21875, 0.375, 0.78125, 0.5),
-    "mouth": (0.3125, 0.6875, 0.6875, 0.84375),
-}
 #: How often each kind of training mask is drawn (the rest of the probability: a random box).
 MASK_MIX = {"whole_face": 0.3, "lower_face": 0.2, "eyebrows": 0.1, "eyes": 0.1, "mouth": 0.05}
 
@@ -79,10 +76,6 @@ class FaceDataset:
             raise ValueError(f"{root}: no person folder with 2 or more images")
         array = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
         return cls(array, torch.tensor(person, dtype=torch.int64), captions, names)
-
-    def by_person(self) -> list[torch.Tensor]:
-        """Image indices of each person."""
-        return [torch.nonzero(self.person == p).flatten() for p in range(self.persons)]
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:

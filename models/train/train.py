@@ -77,7 +77,8 @@ class Hyper:
     max_references: int = 5
 
 
-#: Defaults per size. `demo` trains from scratch on a CPU in about an hour at these numbers; `sd2`
+#: Defaults per size. `demo` at these numbers is hours on a 2-core CPU (base ~0.2 steps/s at batch 64);
+#: on a GPU, `--budget-minutes` fits the step counts to the time instead (scripts/gpu/train_demo.sh); `sd2`
 #: follows the paper's recipe as we read it (AdamW at 1e-5 on the PVA parts, the token at 1e-3, a
 #: smaller rate for the face embedder in stage 2) — check the numbers against the paper's Sec. 4 and
 #: your data before a long run.

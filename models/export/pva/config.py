@@ -11,6 +11,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 
+#: CONTRACT.md's named mask regions: [x0, y0, x1, y1) as fractions of the aligned square crop (the
+#: Rust worker's src/pipeline/mask.rs, the fixtures, the trainer and the benchmark all use these).
+REGIONS = {
+    "whole_face": (0.1875, 0.25, 0.8125, 0.9375),
+    "lower_face": (0.1875, 0.5625, 0.8125, 0.9375),
+    "eyebrows": (0.21875, 0.28125, 0.78125, 0.40625),
+    "eyes": (0.21875, 0.375, 0.78125, 0.5),
+    "mouth": (0.3125, 0.6875, 0.6875, 0.84375),
+}
+
+
 @dataclass(frozen=True)
 class FaceConfig:
     """The iresnet face embedder (ArcFace-style)."""
