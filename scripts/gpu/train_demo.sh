@@ -12,10 +12,7 @@
 #   .venv/bin/python models/train/train.py export --size demo --work W --out models/demo
 #
 # Needs python3 with CUDA torch, transformers and safetensors, plus models/requirements.txt's diffusers
-# and open_clip_torch. On a machine without network, download their wheels here first:
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --platform manylinux_2_17_x86_64 -d .whl diffusers==0.42.1 open_clip_torch==3.3.0 \
-#     ftfy==6.3.1 wcwidth importlib_metadata lazy-importer
+# and open_clip_torch (scripts/gpu/python-env.sh installs them from carried wheels).
 # Environment: PYTHON (default python3), DEVICE (default cuda), PERSONS (default 2000), JOBS (default
 # the CPU count) and WORK (checkpoints, default /tmp/pva-demo-work; rerunning with the same WORK resumes).
 set -euo pipefail
@@ -23,20 +20,11 @@ cd "$(dirname "$0")/../.."
 out=${1:?usage: scripts/gpu/train_demo.sh OUT [BUDGET_MINUTES] [train.py run arguments]}
 budget=${2:-7.5}
 shift $(( $# >= 2 ? 2 : 1 ))
-python=${PYTHON:-python3}
+source scripts/gpu/python-env.sh
 device=${DEVICE:-cuda}
 work=${WORK:-/tmp/pva-demo-work}
 data=${DATA:-/tmp/pva-demo-faces}
 mkdir -p "$out" "$work"
-if ! "$python" -c "import diffusers, open_clip" 2>/dev/null; then
-  if compgen -G ".whl/*.whl" >/dev/null; then
-    "$python" -m pip install -q --no-index --no-deps --target /tmp/pva-site .whl/*.whl
-    export PYTHONPATH=/tmp/pva-site${PYTHONPATH:+:$PYTHONPATH}
-  else
-    echo "train_demo.sh: needs diffusers and open_clip_torch (see the header for the wheels)" >&2
-    exit 2
-  fi
-fi
 collect() {
   # weights.safetensors in 15 MB parts (a device run returns files of at most 16 MB); rejoin with
   #   cat OUT/weights.safetensors.part-* > WORK/weights.safetensors

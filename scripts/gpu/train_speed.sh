@@ -6,15 +6,11 @@
 # Python and kernel launches; this says how much a compiled step would buy. About 4 minutes.
 #
 #   scripts/gpu/train_speed.sh [modes, default: off default reduce-overhead]
-# Wheels: as scripts/gpu/train_demo.sh.
+# Wheels: scripts/gpu/python-env.sh.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-python=${PYTHON:-python3}
+source scripts/gpu/python-env.sh
 device=${DEVICE:-cuda}
-if ! "$python" -c "import diffusers, open_clip" 2>/dev/null; then
-  "$python" -m pip install -q --no-index --no-deps --target /tmp/pva-site .whl/*.whl || exit 2
-  export PYTHONPATH=/tmp/pva-site${PYTHONPATH:+:$PYTHONPATH}
-fi
 export PYTHONUNBUFFERED=1
 data=/tmp/pva-speed-faces
 "$python" models/train/train.py data --out "$data" --persons "${PERSONS:-500}" --images 8 --jobs "${JOBS:-$(nproc)}" || exit 1

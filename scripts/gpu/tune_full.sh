@@ -7,22 +7,10 @@
 #   scripts/gpu/tune_full.sh [more models/export/tune_full.py arguments, e.g. --loops batched]
 #
 # Needs python3 with CUDA torch, transformers and safetensors, plus models/requirements.txt's
-# diffusers and open_clip_torch. On a machine without network, download their wheels here first:
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --platform manylinux_2_17_x86_64 -d .whl diffusers==0.42.1 open_clip_torch==3.3.0 \
-#     ftfy==6.3.1 wcwidth regex==2026.11.19
+# diffusers and open_clip_torch (scripts/gpu/python-env.sh installs them from carried wheels).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-python=${PYTHON:-python3}
-if ! "$python" -c "import diffusers, open_clip" 2>/dev/null; then
-  if compgen -G ".whl/*.whl" >/dev/null; then
-    "$python" -m pip install -q --no-index --no-deps --target /tmp/pva-site .whl/*.whl
-    export PYTHONPATH=/tmp/pva-site${PYTHONPATH:+:$PYTHONPATH}
-  else
-    echo "tune_full.sh: needs diffusers and open_clip_torch (see the header for the wheels)" >&2
-    exit 2
-  fi
-fi
+source scripts/gpu/python-env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 export PYTHONUNBUFFERED=1
 exec timeout 570 "$python" models/export/tune_full.py --size sd2 --device cuda --steps 40 "$@"
