@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT
+from conftest import ROOT, TINY_DIR
 
 sys.path.insert(0, str(ROOT))
 
@@ -53,6 +53,8 @@ def test_random_masks_are_filled_rectangles_inside_the_image() -> None:
 
 def test_named_region_boxes_follow_the_contract() -> None:
     assert train_data.region_box("whole_face", 64) == (12, 16, 52, 60)
+    # Halves round to even, as src/pipeline/mask.rs does (its test region_bounds_round_half_to_even).
+    assert train_data.region_box("eyebrows", 112) == (24, 32, 88, 46)
     assert train_data.region_box("lower_face", 64) == (12, 36, 52, 60)
     mask = train_data.region_mask("mouth", 64)
     assert mask.sum() == (44 - 20) * (54 - 44)
@@ -184,7 +186,8 @@ SMALL = [f"--set={s}.batch=2" for s in train.STAGES] + [f"--set={s}.warmup=1" fo
 
 def test_every_stage_trains_and_exports(faces, tmp_path, capsys) -> None:
     work = tmp_path / "work"
-    _run(faces, work, *SMALL, *[f"--set={s}.steps=2" for s in train.STAGES])
+    every = ("--stages", ",".join(train.STAGES), *[f"--set={s}.steps=2" for s in train.STAGES])
+    _run(faces, work, *SMALL, *every)
     out = capsys.readouterr().out
     assert "data: 15 images of 5 persons at 64px" in out
     for stage in train.STAGES:
@@ -200,9 +203,9 @@ def test_every_stage_trains_and_exports(faces, tmp_path, capsys) -> None:
     q = [k for k in unet if k.endswith("to_visual_q.weight")]
     assert q and all(not torch.equal(unet[k], unet[k.replace("to_visual_q", "to_q")]) for k in q)  # pva moved them
     # a rerun finds every stage done and changes nothing
-    _run(faces, work, *SMALL, *[f"--set={s}.steps=2" for s in train.STAGES])
+    _run(faces, work, *SMALL, *every)
     out = capsys.readouterr().out
-    assert [f"[{s}] done earlier (2 steps); skipped" in out for s in train.STAGES] == [True] * 5
+    assert [f"[{s}] done earlier (2 steps); skipped" in out for s in train.STAGES] == [True] * len(train.STAGES)
     for key, value in load_trained(work / "weights.safetensors")["unet"].items():
         assert torch.equal(value, unet[key]), key
     # export through the unchanged contract (without the slow tuning graph)
@@ -228,3 +231,22 @@ def test_an_interrupted_stage_resumes_exactly(faces, tmp_path) -> None:
         for key, value in once[group].items():
             assert torch.equal(value, twice[group][key]), (group, key)
     assert not torch.equal(once["unet"]["conv_in.weight"], build_stack("demo", seed=0).unet.state_dict()["conv_in.weight"])
+
+
+def test_a_model_directory_imports_and_trains_its_decoder_for_the_frozen_encoder(faces, tmp_path, capsys) -> None:
+    """`import` recovers weights that reproduce the tiny model's graphs; the `decoder` stage then moves
+    the decoder only, so the latent space (encoder) that the UNet was trained in stays exactly as it was."""
+    work = tmp_path / "work"
+    train.main(["import", "--size", "tiny", "--model", str(TINY_DIR), "--work", str(work)])
+    assert "graphs reproduced within" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="exists"):
+        train.main(["import", "--size", "tiny", "--model", str(TINY_DIR), "--work", str(work)])
+    before = load_trained(work / "weights.safetensors")
+    _run(faces, work, *SMALL, "--size", "tiny", "--stages", "decoder", "--set=decoder.steps=3",
+         "--set=decoder.batch=4")
+    after = load_trained(work / "weights.safetensors")
+    moved = {k for k in before["vae"] if not torch.equal(before["vae"][k], after["vae"][k])}
+    assert moved and all(k.startswith(("decoder.", "post_quant_conv.")) for k in moved)
+    assert any(k.startswith("decoder.") for k in moved)
+    for group in ("unet", "text_encoder", "id_former", "face_embedder"):
+        assert all(torch.equal(v, after[group][k]) for k, v in before[group].items()), group

@@ -18,6 +18,12 @@ Stages, in order (``--stages`` picks some; each one freezes everything it does n
 - ``pva1``  the paper's stage 1: identity former, ``to_visual_q/k/v`` and the ``<new1>`` token; base UNet,
   VAE, text encoder and face embedder frozen.
 - ``pva2``  the paper's stage 2: as stage 1, plus the face embedder.
+- ``decoder`` (only when asked for) the VAE decoder alone, for the frozen encoder: the latent space the
+  UNet was trained in stays as it is, so a better decoder sharpens every output without retraining the
+  stages before it (small size only; Stable Diffusion's ft-MSE decoder was made the same way).
+
+``import`` recovers ``WORK/weights.safetensors`` from an exported model directory (``recover.py``), so a
+shipped model can be trained further without the run that made it.
 
 Every stage optimises the model's own parameterisation (epsilon or v, from the size's scheduler
 config) with the loss weighted towards the masked region, keeps an EMA of what it trains where
@@ -55,9 +61,11 @@ from pva.weights import load_trained, load_weights, save_trained  # noqa: E402
 
 from models.train.data import FaceDataset, face_crops, latent_mask, random_masks, to_unit  # noqa: E402
 
-STAGES = ("vae", "face", "base", "pva1", "pva2")
+STAGES = ("vae", "face", "base", "pva1", "pva2", "decoder")
+#: What `run` trains without `--stages` (`decoder` is a later refinement, run when asked for).
+DEFAULT_STAGES = ("vae", "face", "base", "pva1", "pva2")
 #: Stages that only the small size trains (full size loads SD-2 and ArcFace weights instead).
-SMALL_ONLY = ("vae", "face", "base")
+SMALL_ONLY = ("vae", "face", "base", "decoder")
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,7 @@ DEFAULTS: dict[str, dict[str, Hyper]] = {
         "base": Hyper(steps=5000, batch=64, lr=1e-3, ema=0.995),
         "pva1": Hyper(steps=3000, batch=64, lr=5e-4, lr_token=1e-3, ema=0.995),
         "pva2": Hyper(steps=500, batch=32, lr=1e-4, lr_token=1e-4, lr_face=1e-4, ema=0.99),
+        "decoder": Hyper(steps=3000, batch=64, lr=1e-3, ema=0.995, warmup=50),
     },
     "tiny": {},
     "sd2": {
@@ -101,7 +110,7 @@ DEFAULTS["tiny"] = DEFAULTS["demo"]
 
 
 #: How a `--budget-minutes` run divides its time between the stages (renormalised over those it runs).
-BUDGET_SHARE = {"vae": 0.12, "face": 0.08, "base": 0.42, "pva1": 0.30, "pva2": 0.08}
+BUDGET_SHARE = {"vae": 0.12, "face": 0.08, "base": 0.42, "pva1": 0.30, "pva2": 0.08, "decoder": 0.12}
 #: Steps timed at the start of a budgeted stage before its step count is fixed.
 BUDGET_PROBE = (10, 30)
 
@@ -332,6 +341,39 @@ class Trainer:
         return StagePlan([{"params": list(vae.parameters()), "lr": hp.lr}], step, [vae], {"vae": vae},
                          ema=False, finish=finish)
 
+    def plan_decoder(self, hp: Hyper) -> StagePlan:
+        vae = self.stack.vae
+        params = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
+        for p in params:
+            p.requires_grad_(True)
+        channels = self.config.latent_channels
+        moments = self.moments()
+
+        def step(g: torch.Generator):
+            index = self.sample_index(hp.batch, g)
+            x = self.pixels(index)
+            m = moments[index.to(moments.device)]
+            mean, logvar = m[:, :channels], m[:, channels:].clamp(-30, 20)
+            z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=g).to(self.device)
+            with self.autocast():
+                recon = vae.decode(z, return_dict=False)[0]
+            rec = F.mse_loss(recon.float(), x) + 0.1 * F.l1_loss(recon.float(), x)
+            return rec, {"mse": float(F.mse_loss(recon.detach().float(), x))}
+
+        def finish() -> None:
+            vae.eval()
+
+        return StagePlan([{"params": params, "lr": hp.lr}], step, [vae.decoder], {"vae": vae}, finish=finish)
+
+    @torch.no_grad()
+    def moments(self) -> torch.Tensor:
+        """The frozen encoder's posterior moments [N, 2C, h, w] of every image (unscaled mean ; logvar)."""
+        vae = self.stack.vae
+        vae.eval()
+        chunks = [vae.quant_conv(vae.encoder(self.pixels(torch.arange(i, min(i + 256, len(self.data))))))
+                  for i in range(0, len(self.data), 256)]
+        return torch.cat(chunks)
+
     def plan_face(self, hp: Hyper) -> StagePlan:
         face = self.stack.face_embedder
         face.requires_grad_(True)
@@ -440,6 +482,7 @@ class Trainer:
         plan = {
             "vae": self.plan_vae, "face": self.plan_face, "base": self.plan_base,
             "pva1": lambda h: self.plan_pva(h, False), "pva2": lambda h: self.plan_pva(h, True),
+            "decoder": self.plan_decoder,
         }[name](hp)
         params = [p for group in plan.groups for p in group["params"]]
         optimiser = torch.optim.AdamW(plan.groups, lr=hp.lr, weight_decay=hp.weight_decay,
@@ -660,6 +703,26 @@ def export(size: str, work: Path, out: Path, adapter_step: bool = True) -> None:
     print(f"wrote {out}")
 
 
+def import_model(size: str, model: Path, work: Path, force: bool = False) -> None:
+    """`WORK/weights.safetensors` recovered from the graphs of `model` (see `recover.py`)."""
+    from models.train.recover import compare, recover
+
+    path = Path(work) / "weights.safetensors"
+    if path.exists() and not force:
+        raise SystemExit(f"{path} exists: training there would lose it (--force replaces it)")
+    start = time.perf_counter()
+    result = recover(model, size)
+    errors = compare(model, build_stack(size, weights=result.weights))
+    worst = max(errors.values())
+    if worst > 1e-4:
+        raise SystemExit(f"recovered weights do not reproduce {model}: relative errors {errors}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_trained(path, result.weights)
+    print(f"recovered {result.recovered} tensors from {model} ({len(result.folded)} BatchNorms folded into "
+          f"their layers came back as identity + shift; unrecoverable: {result.missing or 'none'}); "
+          f"graphs reproduced within {worst:.1e} (relative); wrote {path} in {time.perf_counter() - start:.0f} s")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -701,6 +764,11 @@ def main(argv: list[str] | None = None) -> None:
     exp.add_argument("--out", type=Path, required=True)
     exp.add_argument("--no-adapter-step", action="store_true",
                      help="leave out adapter_step.onnx (the worker edits but refuses to tune)")
+    imp = sub.add_parser("import", help="recover WORK/weights.safetensors from an exported model directory")
+    imp.add_argument("--size", choices=("demo", "tiny", "sd2"), default="demo")
+    imp.add_argument("--model", type=Path, required=True, help="a model directory (manifest.json + graphs)")
+    imp.add_argument("--work", type=Path, required=True)
+    imp.add_argument("--force", action="store_true", help="replace an existing WORK/weights.safetensors")
 
     args = parser.parse_args(argv)
     if args.command == "data":
@@ -710,7 +778,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "run":
         if args.threads:
             torch.set_num_threads(args.threads)
-        stages = STAGES if args.stages is None else tuple(s.strip() for s in args.stages.split(",") if s.strip())
+        stages = DEFAULT_STAGES if args.stages is None else tuple(s.strip() for s in args.stages.split(",") if s.strip())
         unknown = set(stages) - set(STAGES)
         if unknown:
             parser.error(f"unknown stages {sorted(unknown)}; expected some of {STAGES}")
@@ -725,6 +793,8 @@ def main(argv: list[str] | None = None) -> None:
                 trainer.run_stage(stage, hyper_for(args.size, stage, overrides), seconds)
         if args.export is not None:
             export(args.size, args.work, args.export)
+    elif args.command == "import":
+        import_model(args.size, args.model, args.work, args.force)
     else:
         export(args.size, args.work, args.out, adapter_step=not args.no_adapter_step)
 
