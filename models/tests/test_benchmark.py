@@ -152,11 +152,11 @@ def test_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     argv = ["--model", str(TINY_DIR), "--out", str(out), "--persons", "2", "--steps", "2", "--tune-steps", "2"]
     bench.main(argv)
     results = json.loads((out / "results.json").read_text())
-    assert list(results["summary"]) == ["a", "b", "c", "d", "e"]
+    assert list(results["summary"]) == ["a", "b", "c", "d", "e", "vae"]
     assert list(results["by_region"]) == ["lower_face", "eyebrows", "whole_face"]
     assert len(results["samples"]) == 2 * 3
     for sample in results["samples"]:
-        assert list(sample["conditions"]) == ["a", "b", "c", "d", "e"]
+        assert list(sample["conditions"]) == ["a", "b", "c", "d", "e", "vae"]
         for metrics in sample["conditions"].values():
             assert 0.0 <= metrics["masked_mse"] <= 1.0
             assert -1.0 <= metrics["identity_score"] <= 1.0
@@ -168,5 +168,9 @@ def test_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     assert {s["person"] for s in results["samples"]} == {100_000, 100_001}
     with Image.open(out / "grid.png") as grid:
         scale = bench.grid_scale(64)
-        assert grid.size == ((2 + 5 + 3) * 64 * scale, 2 * 3 * 64 * scale)
-    assert "| (e) right references, tuned |" in (out / "results.md").read_text()
+        assert grid.size == ((3 + 5 + 3) * 64 * scale, 2 * 3 * 64 * scale)
+    report = (out / "results.md").read_text()
+    assert "| (e) right references, tuned |" in report and "| (vae) ground truth through the VAE (floor) |" in report
+    # The floor is the same image in every region of a person: the region only changes what is scored.
+    floors = [s["conditions"]["vae"]["identity_score"] for s in results["samples"] if s["person"] == 100_000]
+    assert len(floors) == 3 and max(floors) - min(floors) < 1e-9

@@ -15,6 +15,10 @@ CelebAHQ-IDI) under five conditions:
 - ``e`` as ``a`` after ``--tune-steps`` steps of ``adapter_step.onnx`` on the person's references
   (``reference_tune``'s leave-one-out batches).
 
+A sixth row, ``vae``, is no edit: the ground truth encoded and decoded by the model's VAE, scored like
+the others. It is the floor of every image measure (a perfect latent still decodes to it), so it shows
+how much of an error is the autoencoder's.
+
 Edits run through ``reference.ReferencePipeline`` (ONNX Runtime); the same edit seed is used for all
 five conditions of one (person, region) sample. Metrics: masked MSE to the ground truth; colour error of
 the identity parts (skin, hair, eyes, eyebrows, nose) over the masked pixels, against the person's and
@@ -25,7 +29,8 @@ the other person's parameters; edit accuracy (nearest of the face's 8 attribute 
         [--seed 1000] [--steps 25] [--scheduler ddim] [--refs 3] [--tune-steps 40] [--guidance 1.0] [--threads 0]
 
 Writes ``OUT/results.json`` (every number, per region and per sample), ``OUT/results.md`` and
-``OUT/grid.png`` (a row per sample: ground truth | masked input | a | b | c | d | e | references).
+``OUT/grid.png`` (a row per sample: ground truth | through the VAE | masked input | a | b | c | d | e |
+references).
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ sys.path.insert(0, str(ROOT / "models" / "export"))
 sys.path.insert(0, str(ROOT))
 
 import reference_tune as rt  # noqa: E402
-from make_fixtures import REGIONS  # noqa: E402
+from pva.config import region_box  # noqa: E402
 from models.train.synthetic import (  # noqa: E402
     EditAttrs,
     IdentityParams,
@@ -76,6 +81,8 @@ CONDITIONS = {
     "d": "right references, flipped caption",
     "e": "right references, tuned",
 }
+#: The rows of every table: the conditions, then the VAE floor (the ground truth encoded and decoded).
+ROWS = {**CONDITIONS, "vae": "ground truth through the VAE (floor)"}
 #: The identity parts whose colour the person's parameters fix.
 IDENTITY_PARTS = {
     "skin": (Part.SKIN,),
@@ -98,13 +105,9 @@ MIN_EDIT_ACCURACY = 0.9
 
 
 def region_mask(region: str, size: int) -> np.ndarray:
-    """The named region as a bool [size, size] mask (True = repaint), bounds as the Rust worker's.
-
-    NOTE: ``src/pipeline/mask.rs`` rounds ``f * size`` half to even, as Python's ``round`` does;
-    ``make_fixtures.region_mask`` rounds halves up, which differs at sizes where a bound is a half
-    (e.g. ``eyebrows`` at 112). At 64 and 512 every bound is an integer.
-    """
-    x0, y0, x1, y1 = (round(f * size) for f in REGIONS[region])
+    """The named region as a bool [size, size] mask (True = repaint); bounds: `pva.config.region_box`,
+    which rounds as the Rust worker does."""
+    x0, y0, x1, y1 = region_box(region, size)
     mask = np.zeros((size, size), dtype=bool)
     mask[y0:y1, x0:x1] = True
     return mask
@@ -220,6 +223,13 @@ class BenchmarkPipeline(ReferencePipeline):
             inputs["id_switch"] = torch.zeros_like(inputs["id_switch"])
         return super().run_graph(name, **inputs)
 
+    def reconstruct(self, image: np.ndarray) -> np.ndarray:
+        """An HWC uint8 image encoded and decoded by the model's VAE (the floor of every edit)."""
+        from reference import to_bytes
+
+        latent = self.run_graph("vae_encoder", image=image_tensor(Image.fromarray(image)))
+        return to_bytes(self.run_graph("vae_decoder", latent=latent))
+
     def edit_without_identity(self, request: EditRequest) -> EditResult:
         """The edit with the identity keys removed from every row (the references are ignored)."""
         self.identity_on = False
@@ -289,9 +299,9 @@ def _nanmean(values: list[float]) -> float | None:
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per condition: the means over ``records`` (one per sample) of every metric."""
+    """Per row (condition or floor): the means over ``records`` (one per sample) of every metric."""
     summary = {}
-    for cond in CONDITIONS:
+    for cond in ROWS:
         rows = [r["conditions"][cond] for r in records]
         accuracy = {}
         for name in ATTRIBUTE_PARTS:
@@ -362,7 +372,7 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
         "| smile acc | beard acc | glasses acc |\n|---|---|---|---|---|---|---|---|"
     )
     rows = [header]
-    for cond, label in CONDITIONS.items():
+    for cond, label in ROWS.items():
         s = summary[cond]
         acc = [_fmt(s["accuracy"][n]["value"], 2) for n in ATTRIBUTE_PARTS]
         rows.append(
@@ -459,6 +469,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         renders = AttributeRenders.of(person.identity, target.nuisance, res)
         tuned = tune(pipeline, session, person, args.tune_steps, sub_seed(args.seed, person.number, 1))
+        through_vae = pipeline.reconstruct(target.rgb)
         for region_index, region in enumerate(BENCH_REGIONS):
             mask = masks[region]
             seed = sub_seed(args.seed, person.number, 0, region_index)
@@ -482,6 +493,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "c": pipeline.edit(request(other.faces, target.attrs)).image,
                 "d": pipeline.edit(request(person.faces, flip)).image,
                 "e": pipeline.edit(request(person.faces, target.attrs, tuned)).image,
+                "vae": through_vae,
             }
             crops = [Image.fromarray(o).resize((crop, crop), Image.Resampling.BILINEAR) for o in outputs.values()]
             output_embeddings = pipeline.embed(crops)
@@ -507,7 +519,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             masked_input = np.where(mask[:, :, None], 128, target.rgb).astype(np.uint8)
             grid_rows.append(
-                [target.rgb, masked_input, *outputs.values(), *(s.rgb for s in person.references)]
+                [target.rgb, through_vae, masked_input, *(outputs[c] for c in CONDITIONS),
+                 *(s.rgb for s in person.references)]
             )
 
     summary = summarise(records)
@@ -524,12 +537,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "first_person": FIRST_PERSON,
         "regions": list(BENCH_REGIONS),
         "conditions": CONDITIONS,
+        "rows": ROWS,
         "summary": summary,
         "by_region": by_region,
         "colour_error_reduction_a_vs_b_percent": reduction,
         "goals": goal_list,
         "samples": records,
-        "grid_columns": ["ground truth", "masked input", *CONDITIONS, *(f"reference {i}" for i in range(args.refs))],
+        "grid_columns": ["ground truth", "through the VAE", "masked input", *CONDITIONS,
+                         *(f"reference {i}" for i in range(args.refs))],
         "seconds": elapsed,
     }
 
