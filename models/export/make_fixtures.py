@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pva.config import REGIONS  # noqa: E402
+from pva.config import region_box  # noqa: E402
 from reference import EditRequest, ReferencePipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,8 +75,8 @@ def face_crop(faces: Path, spec: str, size: int) -> Image.Image:
 
 
 def region_mask(region: str, size: int) -> Image.Image:
-    """A binary mask image (255 = repaint) of a named region; bounds are `round(f * size)`."""
-    x0, y0, x1, y1 = (math.floor(f * size + 0.5) for f in REGIONS[region])
+    """A binary mask image (255 = repaint) of a named region (bounds: `pva.config.region_box`)."""
+    x0, y0, x1, y1 = region_box(region, size)
     mask = Image.new("L", (size, size), 0)
     mask.paste(255, (x0, y0, x1, y1))
     return mask

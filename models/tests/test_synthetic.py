@@ -25,6 +25,7 @@ from models.train.synthetic import (  # noqa: E402
     render,
     write_dataset,
 )
+from pva.config import region_box  # noqa: E402  (models/export is on the path: conftest.py)
 
 #: whole_face of models/CONTRACT.md as pixel bounds at 64: cols 12..52, rows 16..60.
 WHOLE_FACE_64 = (slice(16, 60), slice(12, 52))
@@ -117,16 +118,9 @@ def test_whole_face_region_holds_most_skin_of_an_unshifted_face(person: int) -> 
     assert (parts[WHOLE_FACE_64] == Part.BACKGROUND).mean() < 0.3
 
 
-#: The other named regions of models/CONTRACT.md as fractions [x0, y0, x1, y1).
-REGIONS = {
-    "lower_face": (0.1875, 0.5625, 0.8125, 0.9375),
-    "eyebrows": (0.21875, 0.28125, 0.78125, 0.40625),
-    "eyes": (0.21875, 0.375, 0.78125, 0.5),
-}
-
-
 def _region(name: str, size: int) -> np.ndarray:
-    x0, y0, x1, y1 = (round(f * size) for f in REGIONS[name])
+    """A named region of models/CONTRACT.md as a bool mask."""
+    x0, y0, x1, y1 = region_box(name, size)
     mask = np.zeros((size, size), dtype=bool)
     mask[y0:y1, x0:x1] = True
     return mask

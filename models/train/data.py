@@ -12,7 +12,6 @@ where the aligned crop expects it), plus the eyes and mouth regions that the wor
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
 
-from pva.config import REGIONS  # noqa: E402  (CONTRACT.md's named regions)
+from pva.config import region_box  # noqa: E402  (CONTRACT.md's named regions)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -88,11 +87,6 @@ def face_crops(images: torch.Tensor, crop_size: int) -> torch.Tensor:
     if images.shape[-1] == crop_size:
         return images
     return F.interpolate(images, size=(crop_size, crop_size), mode="bilinear", align_corners=False, antialias=True)
-
-
-def region_box(region: str, size: int) -> tuple[int, int, int, int]:
-    """Pixel bounds `round(f * size)` of a named region, as CONTRACT.md states them."""
-    return tuple(int(math.floor(f * size + 0.5)) for f in REGIONS[region])  # type: ignore[return-value]
 
 
 def region_mask(region: str, size: int) -> torch.Tensor:

@@ -22,6 +22,14 @@ REGIONS = {
 }
 
 
+def region_box(region: str, size: int) -> tuple[int, int, int, int]:
+    """Pixel bounds (x0, y0, x1, y1) of a named region at `size`: `round(f * size)` with halves to even,
+    as Python's `round` and the worker (`src/pipeline/mask.rs`, `round_ties_even`) both round. At 64
+    and 512 every bound is an integer; at 112 `eyebrows` has halves (24.5 -> 24, 87.5 -> 88)."""
+    x0, y0, x1, y1 = (round(f * size) for f in REGIONS[region])
+    return x0, y0, x1, y1
+
+
 @dataclass(frozen=True)
 class FaceConfig:
     """The iresnet face embedder (ArcFace-style)."""
