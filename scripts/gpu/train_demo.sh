@@ -11,6 +11,12 @@
 #   cat OUT/weights.safetensors.part-* > W/weights.safetensors
 #   .venv/bin/python models/train/train.py export --size demo --work W --out models/demo
 #
+# To train further from a shipped model instead of from scratch: recover its weights here first
+# (`train.py import --size demo --model models/demo --work W`, which needs onnx), carry W's file to the
+# device and name it in INIT_WEIGHTS, and pick the stages:
+#   INIT_WEIGHTS=W/weights.safetensors scripts/gpu/train_demo.sh OUT 8 --stages pva1,decoder --compile reduce-overhead
+# (the file is 17.5 MB; the device copies at most 64 MiB of working tree, so delete models/tiny and
+# models/demo from the checkout for that call and `git checkout models` afterwards).
 # Needs python3 with CUDA torch, transformers and safetensors, plus models/requirements.txt's diffusers
 # and open_clip_torch (scripts/gpu/python-env.sh installs them from carried wheels).
 # Environment: PYTHON (default python3), DEVICE (default cuda), PERSONS (default 2000), JOBS (default
@@ -25,6 +31,9 @@ device=${DEVICE:-cuda}
 work=${WORK:-/tmp/pva-demo-work}
 data=${DATA:-/tmp/pva-demo-faces}
 mkdir -p "$out" "$work"
+if [ -n "${INIT_WEIGHTS:-}" ] && [ ! -f "$work/weights.safetensors" ]; then
+  cp "$INIT_WEIGHTS" "$work/weights.safetensors"
+fi
 collect() {
   # weights.safetensors in 15 MB parts (a device run returns files of at most 16 MB); rejoin with
   #   cat OUT/weights.safetensors.part-* > WORK/weights.safetensors
@@ -44,4 +53,5 @@ fi
 timeout "${TRAIN_TIMEOUT:-540}" "$python" models/train/train.py run --size demo --data "$data" --work "$work" --device "$device" \
   --budget-minutes "$budget" --log-every 250 --save-seconds 60 \
   --set vae.batch=128 --set face.batch=256 --set base.batch=256 --set pva1.batch=256 --set pva2.batch=128 \
+  --set decoder.batch=256 \
   "$@" 2>&1 | tee -a "$out/train.log"
