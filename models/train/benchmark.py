@@ -68,7 +68,7 @@ from models.train.synthetic import (  # noqa: E402
     part_colours,
     render,
 )
-from reference import SCHEDULERS, EditRequest, EditResult, ReferencePipeline, image_tensor  # noqa: E402
+from reference import SCHEDULERS, EditRequest, EditResult, ReferencePipeline, image_tensor, to_bytes  # noqa: E402
 
 #: Held-out persons start here; training datasets use person numbers from 0.
 FIRST_PERSON = 100_000
@@ -225,8 +225,6 @@ class BenchmarkPipeline(ReferencePipeline):
 
     def reconstruct(self, image: np.ndarray) -> np.ndarray:
         """An HWC uint8 image encoded and decoded by the model's VAE (the floor of every edit)."""
-        from reference import to_bytes
-
         latent = self.run_graph("vae_encoder", image=image_tensor(Image.fromarray(image)))
         return to_bytes(self.run_graph("vae_decoder", latent=latent))
 

@@ -180,7 +180,7 @@ def recover(model_dir: Path, size: str) -> Recovery:
     model_dir = Path(model_dir)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     target = build_stack(size, seed=0)
-    if manifest["name"] != target.config.name and not (size == "tiny" and manifest["name"].startswith("pva-tiny")):
+    if manifest["name"] != target.config.name:
         print(f"note: {model_dir} is {manifest['name']!r}, read as size {size!r}", flush=True)
     probe = _probe_stack(size)
     result = Recovery(weights={})
@@ -191,10 +191,10 @@ def recover(model_dir: Path, size: str) -> Recovery:
 
     # The identity branch and <new1>: the adapter init, laid out as the manifest says.
     params = load_file(str(model_dir / manifest["adapter"]["file"]))[manifest["adapter"]["tensor"]]
-    visual, new1 = target.split_params(params)
     if params.numel() != target.initial_params.numel():
         raise ValueError(f"{model_dir}: adapter params have {params.numel()} values, expected "
                          f"{target.initial_params.numel()}")
+    visual, new1 = target.split_params(params)
     unet_modules = dict(target.unet.named_modules())
     with torch.no_grad():
         for entry in target.adapter_layout:
@@ -204,15 +204,12 @@ def recover(model_dir: Path, size: str) -> Recovery:
             weight.copy_(visual[entry.offset: entry.offset + entry.size].reshape(weight.shape))
             set_keys["unet"].add("unet." + entry.name)
 
-    for name in GRAPHS:
+    # The VAE is in two graphs (encoder, decoder) with one state ("vae." keys): count it once.
+    set_keys["vae_decoder"] |= set_keys.pop("vae_encoder")
+    for name, keys in set_keys.items():
         state = target.modules()[name].state_dict()
-        result.recovered += len(set_keys[name])
-        result.missing += [f"{name}: {k}" for k, v in state.items()
-                           if v.is_floating_point() and k not in set_keys[name]]
-    # The VAE appears in two graphs (encoder, decoder): a key missing from one is in the other.
-    vae_keys = set_keys["vae_encoder"] | set_keys["vae_decoder"]
-    result.missing = [m for m in result.missing
-                      if not (m.startswith("vae_") and m.split(": ", 1)[1] in vae_keys)]
+        result.recovered += len(keys)
+        result.missing += [f"{name}: {k}" for k, v in state.items() if v.is_floating_point() and k not in keys]
 
     result.weights = {
         "text_encoder": target.text_encoder.clip.state_dict(),

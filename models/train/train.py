@@ -257,13 +257,20 @@ class Trainer:
 
     @torch.no_grad()
     def latents(self) -> torch.Tensor:
-        """Scaled clean latents of every image (computed once per frozen VAE)."""
+        """Scaled clean latents of every image (computed once per frozen VAE): the posterior means, as
+        the `vae_encoder` graph and the pipeline produce them."""
         if self._latents is None:
-            self.stack.vae.eval()
-            chunks = [self.encode(self.pixels(torch.arange(i, min(i + 256, len(self.data)))))
-                      for i in range(0, len(self.data), 256)]
-            self._latents = torch.cat(chunks)
+            self._latents = self.moments()[:, : self.config.latent_channels] * self.scale
         return self._latents
+
+    @torch.no_grad()
+    def moments(self) -> torch.Tensor:
+        """The VAE encoder's posterior moments [N, 2C, h, w] of every image (unscaled mean ; logvar)."""
+        vae = self.stack.vae
+        vae.eval()
+        chunks = [vae.quant_conv(vae.encoder(self.pixels(torch.arange(i, min(i + 256, len(self.data))))))
+                  for i in range(0, len(self.data), 256)]
+        return torch.cat(chunks)
 
     @torch.no_grad()
     def embeddings(self) -> torch.Tensor:
@@ -324,14 +331,11 @@ class Trainer:
         def step(g: torch.Generator):
             x = self.pixels(self.sample_index(hp.batch, g))
             with self.autocast():
-                moments = vae.quant_conv(vae.encoder(x))
-                mean, logvar = moments[:, :channels], moments[:, channels:].clamp(-30, 20)
-                eps = torch.randn(mean.shape, generator=g).to(self.device)
-                z = mean + (0.5 * logvar).exp() * eps
+                mean, logvar, z = sample_posterior(vae.quant_conv(vae.encoder(x)), channels, g, self.device)
                 recon = vae.decode(z, return_dict=False)[0]
-            rec = F.mse_loss(recon.float(), x) + 0.1 * F.l1_loss(recon.float(), x)
+            rec, extra = reconstruction_loss(recon, x)
             kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).mean()
-            return rec + 1e-6 * kl, {"mse": float(F.mse_loss(recon.detach().float(), x))}
+            return rec + 1e-6 * kl, extra
 
         def finish() -> None:
             vae.eval()
@@ -351,28 +355,15 @@ class Trainer:
 
         def step(g: torch.Generator):
             index = self.sample_index(hp.batch, g)
-            x = self.pixels(index)
-            m = moments[index.to(moments.device)]
-            mean, logvar = m[:, :channels], m[:, channels:].clamp(-30, 20)
-            z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=g).to(self.device)
+            _, _, z = sample_posterior(moments[index.to(moments.device)], channels, g, self.device)
             with self.autocast():
                 recon = vae.decode(z, return_dict=False)[0]
-            rec = F.mse_loss(recon.float(), x) + 0.1 * F.l1_loss(recon.float(), x)
-            return rec, {"mse": float(F.mse_loss(recon.detach().float(), x))}
+            return reconstruction_loss(recon, self.pixels(index))
 
         def finish() -> None:
             vae.eval()
 
         return StagePlan([{"params": params, "lr": hp.lr}], step, [vae.decoder], {"vae": vae}, finish=finish)
-
-    @torch.no_grad()
-    def moments(self) -> torch.Tensor:
-        """The frozen encoder's posterior moments [N, 2C, h, w] of every image (unscaled mean ; logvar)."""
-        vae = self.stack.vae
-        vae.eval()
-        chunks = [vae.quant_conv(vae.encoder(self.pixels(torch.arange(i, min(i + 256, len(self.data))))))
-                  for i in range(0, len(self.data), 256)]
-        return torch.cat(chunks)
 
     def plan_face(self, hp: Hyper) -> StagePlan:
         face = self.stack.face_embedder
@@ -638,6 +629,20 @@ def copy_visual_from_text(unet: nn.Module) -> None:
                 module.to_visual_q.weight.copy_(module.to_q.weight)
                 module.to_visual_k.weight.copy_(module.to_k.weight)
                 module.to_visual_v.weight.copy_(module.to_v.weight)
+
+
+def sample_posterior(moments: torch.Tensor, channels: int, g: torch.Generator, device: torch.device,
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, clamped logvar, one sample z) of VAE moments [B, 2C, h, w] (mean ; logvar)."""
+    mean, logvar = moments[:, :channels], moments[:, channels:].clamp(-30, 20)
+    eps = torch.randn(mean.shape, generator=g).to(device)
+    return mean, logvar, mean + (0.5 * logvar).exp() * eps
+
+
+def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """The autoencoder stages' loss (MSE + 0.1 L1) and the MSE for the progress line."""
+    recon = recon.float()
+    return F.mse_loss(recon, x) + 0.1 * F.l1_loss(recon, x), {"mse": float(F.mse_loss(recon.detach(), x))}
 
 
 @torch.no_grad()
