@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import ROOT, TINY_DIR
@@ -115,6 +116,44 @@ def test_flipped_negates_every_attribute() -> None:
         assert (f.smile, f.beard, f.glasses) == (not attrs.smile, not attrs.beard, not attrs.glasses)
 
 
+def _row(colour: float, other: float, score: float, smile: float, glasses: float) -> dict:
+    accuracy = {"smile": smile, "beard": 1.0, "glasses": glasses}
+    return {
+        "own_colour_error": colour,
+        "other_colour_error": other,
+        "identity_score": score,
+        "accuracy": {k: {"value": v, "scored": 8} for k, v in accuracy.items()},
+    }
+
+
+def test_goals_say_when_the_autoencoder_floor_puts_a_goal_out_of_reach() -> None:
+    summary = {
+        "a": _row(26.0, 41.0, 0.28, 0.95, 0.95),
+        "b": _row(30.0, 41.0, 0.23, 0.95, 0.95),
+        "c": _row(29.0, 39.0, 0.23, 0.95, 0.95),
+        "d": _row(26.0, 40.0, 0.28, 0.95, 0.95),
+        "e": _row(25.0, 41.0, 0.29, 0.95, 0.95),
+        "vae": _row(22.0, 42.0, 0.33, 0.75, 0.50),
+    }
+    reduction, results = bench.goals(summary)
+    assert reduction == pytest.approx(100 * 4 / 30)
+    one, two, three, four = results
+    # A 30% cut of 30.0 needs (a) <= 21.0; the floor is 22.0: no edit can get there.
+    assert not one["pass"] and one["floor_passes"] is False and "needs (a) <= 21.00" in one["detail"]
+    assert two["pass"] and two["floor_passes"] is None
+    # (a) and (d) meet the accuracy goal although the floor does not: the goal passes, the floor is reported.
+    assert three["pass"] and three["floor_passes"] is False and "smile=0.75, glasses=0.50" in three["detail"]
+    assert four["pass"] and four["floor_passes"] is None
+    lines = bench.summary_lines({"colour_error_reduction_a_vs_b_percent": reduction, "goals": results})
+    assert lines.count("the VAE floor fails it too") == 2
+
+    summary["vae"] = _row(15.0, 42.0, 0.40, 1.0, 1.0)
+    summary["a"]["accuracy"]["glasses"]["value"] = 0.5
+    _, results = bench.goals(summary)
+    assert results[0]["floor_passes"] is True and not results[0]["pass"]
+    assert results[2]["floor_passes"] is True and not results[2]["pass"] and "floor" not in results[2]["detail"]
+
+
 def test_held_out_persons_are_deterministic_and_distinct() -> None:
     persons = bench.held_out_persons(SEED, 3, 3, SIZE, 112)
     again = bench.held_out_persons(SEED, 3, 3, SIZE, 112)
@@ -145,6 +184,23 @@ def test_condition_b_ignores_the_references_and_a_does_not() -> None:
     with_identity = [pipeline.edit(request(p)).tensors["decoded"] for p in persons]
     assert not np.array_equal(with_identity[0].numpy(), with_identity[1].numpy())
     assert not np.array_equal(with_identity[0].numpy(), without[0].numpy())
+
+
+def test_tuning_rates_override_the_manifests() -> None:
+    pipeline = bench.BenchmarkPipeline(TINY_DIR)
+    session = bench.rt.adapter_step_session(TINY_DIR)
+    person = bench.held_out_persons(SEED, 1, 2, SIZE, 112)[0]
+    initial = pipeline.params.clone()
+    # One step: both segments' updates then depend on the same gradient at the initial params.
+    default = bench.tune(pipeline, session, person, 1, 7)
+    frozen = bench.tune(pipeline, session, person, 1, 7, {"lr_visual": 0.0, "lr_token": 0.0})
+    faster = bench.tune(pipeline, session, person, 1, 7, {"lr_visual": 1e-3})
+    assert torch.equal(frozen, initial)  # AdamW at rate 0 moves nothing, weight decay included
+    assert not torch.equal(default, initial)
+    visual = pipeline.manifest["adapter"]["visual_length"]  # the visual segment comes first
+    moved = [(p - initial)[:visual].abs().max().item() for p in (default, faster)]
+    assert moved[1] > 10 * moved[0]  # 1e-3 instead of the manifest's 1e-5 for the visual projections
+    assert torch.equal(faster[visual:], default[visual:])  # lr_token left at the manifest's
 
 
 def test_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
