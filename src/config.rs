@@ -11,6 +11,11 @@ use serde::Deserialize;
 /// The embedded defaults (also the documented reference of every key).
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// The keys with no default: unset, the value comes from elsewhere (each field says where);
+/// `DEFAULT_TOML` documents them in comments only.
+pub const OPTIONAL_SETTINGS: [&str; 3] =
+    ["tuning.lr_visual", "tuning.lr_token", "tuning.weight_decay"];
+
 /// Why the settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -64,7 +69,9 @@ pub struct PrivacySettings {
 }
 
 /// Per-identity adapter tuning (PVA's 40-step tuning through `adapter_step.onnx`); the defaults are
-/// the paper's.
+/// the paper's. The optimiser's rates default to the model's own (its manifest's `tuning` section):
+/// the right rates depend on the model's weights (the paper's 1e-5 suits SD2's visual projections, the
+/// small demo model is benchmarked at 1e-3), so set them here only to override the model.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TuningSettings {
@@ -73,12 +80,12 @@ pub struct TuningSettings {
     /// Samples per step; must equal the model's `tuning.batch_size`, which `adapter_step.onnx` fixes
     /// (the paper's batch 1 x gradient accumulation 2 is one batch of 2).
     pub batch_size: usize,
-    /// AdamW learning rate of the `to_visual_q/k/v` projections.
-    pub lr_visual: f32,
-    /// AdamW learning rate of the `<new1>` token embedding.
-    pub lr_token: f32,
-    /// AdamW decoupled weight decay.
-    pub weight_decay: f32,
+    /// AdamW learning rate of the `to_visual_q/k/v` projections (unset: the model's).
+    pub lr_visual: Option<f32>,
+    /// AdamW learning rate of the `<new1>` token embedding (unset: the model's).
+    pub lr_token: Option<f32>,
+    /// AdamW decoupled weight decay (unset: the model's).
+    pub weight_decay: Option<f32>,
     /// Seed of the draws (targets, timesteps, noise): the same references and seed tune the same
     /// adapter.
     pub seed: u64,
@@ -430,7 +437,7 @@ impl Settings {
             ("tuning.lr_token", self.tuning.lr_token),
             ("tuning.weight_decay", self.tuning.weight_decay),
         ] {
-            if !(value.is_finite() && value >= 0.0) {
+            if value.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
                 return invalid(setting, "must be finite and >= 0");
             }
         }
@@ -524,6 +531,26 @@ mod tests {
         let debug = format!("{s:?}");
         for secret in ["hunter2", "AKIAEXAMPLE", "wJalrXUtnFEMI"] {
             assert!(!debug.contains(secret), "{secret} leaked into {debug}");
+        }
+    }
+
+    #[test]
+    fn optional_settings_are_unset_by_default_and_each_can_be_set() {
+        let tuning = |s: &Settings| [s.tuning.lr_visual, s.tuning.lr_token, s.tuning.weight_decay];
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(tuning(&s), [None; 3]);
+        for (i, key) in OPTIONAL_SETTINGS.iter().enumerate() {
+            assert!(
+                DEFAULT_TOML.contains(&format!("# {}", key.split('.').nth(1).unwrap())),
+                "{key}"
+            );
+            let var = format!("PVA__{}", key.to_uppercase().replace('.', "__"));
+            let s = Settings::load_with_env(None, vec![(var.clone(), "0.25".to_string())]).unwrap();
+            let mut want = [None; 3];
+            want[i] = Some(0.25);
+            assert_eq!(tuning(&s), want, "{var}");
+            let err = Settings::load_with_env(None, vec![(var, "-1".to_string())]).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
         }
     }
 

@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use pva_worker::config::{ExecutionProvider, Settings, DEFAULT_TOML};
+use pva_worker::config::{ExecutionProvider, Settings, DEFAULT_TOML, OPTIONAL_SETTINGS};
 use pva_worker::metrics::{Health, JobOutcome, Metrics, Stage};
 use serde_json::Value;
 
@@ -486,12 +486,14 @@ fn cpu_pool_values_reach_the_worker_settings() {
     assert_eq!(s.s3.output_buckets, ["pva-outputs", "pva-archive"]);
     assert!(s.s3.force_path_style);
     assert_eq!(s.tuning.steps, 20);
-    assert!((s.tuning.lr_token - 0.002).abs() < 1e-9);
+    assert!((s.tuning.lr_token.unwrap() - 0.002).abs() < 1e-9);
+    assert_eq!(s.tuning.lr_visual, None); // unset: the model's own rate
 }
 
 #[test]
 fn schema_config_keys_derived_keys_and_secrets_are_exactly_the_settings() {
-    let all: BTreeSet<String> = flatten(&toml_tables(DEFAULT_TOML)).into_keys().collect();
+    let mut all: BTreeSet<String> = flatten(&toml_tables(DEFAULT_TOML)).into_keys().collect();
+    all.extend(OPTIONAL_SETTINGS.iter().map(|k| k.to_string()));
     let schema: Value = serde_json::from_str(&read(format!("{CHART}/values.schema.json"))).unwrap();
     let config_schema = &schema["properties"]["config"];
     assert_eq!(config_schema["additionalProperties"], false);

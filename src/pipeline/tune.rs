@@ -108,10 +108,13 @@ impl TuneOptions {
         }
         let options = Self {
             steps: settings.steps,
+            // Unset rates are the model's own (its manifest's tuning section).
             hyper: TuningHyper {
-                lr_visual: settings.lr_visual,
-                lr_token: settings.lr_token,
-                weight_decay: settings.weight_decay,
+                lr_visual: settings.lr_visual.unwrap_or(manifest.tuning.lr_visual),
+                lr_token: settings.lr_token.unwrap_or(manifest.tuning.lr_token),
+                weight_decay: settings
+                    .weight_decay
+                    .unwrap_or(manifest.tuning.weight_decay),
             },
             seed: settings.seed,
         };
@@ -593,7 +596,7 @@ mod tests {
         let manifest = tiny_manifest();
         let settings = crate::config::Settings::load_with_env(None, Vec::new()).unwrap();
         let options = TuneOptions::from_settings(&settings.tuning, &manifest).unwrap();
-        // The defaults are the paper's, and the tiny model records the same.
+        // Unset rates are the model's: the tiny model records the paper's.
         assert_eq!(options, TuneOptions::from_manifest(&manifest, 0));
         assert_eq!(options.steps, 40);
         assert_eq!(
@@ -604,12 +607,32 @@ mod tests {
                 weight_decay: 0.01
             }
         );
+        // A model that records other rates gets them; a rate set in the settings overrides the model's.
+        let mut own = manifest.clone();
+        own.tuning.lr_visual = 1e-3;
+        let options = TuneOptions::from_settings(&settings.tuning, &own).unwrap();
+        assert_eq!(
+            (options.hyper.lr_visual, options.hyper.lr_token),
+            (1e-3, 1e-3)
+        );
+        let mut set = settings.tuning.clone();
+        set.lr_visual = Some(2e-4);
+        set.weight_decay = Some(0.0);
+        let options = TuneOptions::from_settings(&set, &own).unwrap();
+        assert_eq!(
+            options.hyper,
+            TuningHyper {
+                lr_visual: 2e-4,
+                lr_token: 1e-3,
+                weight_decay: 0.0
+            }
+        );
         let mut other = settings.tuning.clone();
         other.batch_size = 1;
         let err = TuneOptions::from_settings(&other, &manifest).unwrap_err();
         assert!(err.to_string().contains("batch 2"), "{err}");
         let mut bad = settings.tuning.clone();
-        bad.lr_token = f32::NAN;
+        bad.lr_token = Some(f32::NAN);
         assert!(TuneOptions::from_settings(&bad, &manifest).is_err());
         bad = settings.tuning.clone();
         bad.steps = 0;
