@@ -123,6 +123,25 @@ def test_latent_scale_calibration_keeps_decoding_and_gives_unit_std() -> None:
     assert torch.allclose(posterior.std, first.std * k, rtol=1e-4)
 
 
+def test_detail_weighting_charges_errors_on_edges_more_than_on_flat_areas() -> None:
+    x = torch.full((1, 3, 16, 16), -0.5)
+    x[:, :, 8, :] = 0.8  # a thin line, like a pair of glasses
+    weights = train.detail_weights(x, 10.0)
+    assert weights.shape == (1, 1, 16, 16)
+    assert weights[0, 0, 8, 5] > 5 * weights[0, 0, 2, 5] and torch.allclose(weights[0, 0, 2], torch.ones(16))
+    assert torch.equal(train.detail_weights(torch.zeros(1, 3, 4, 4), 10.0), torch.ones(1, 1, 4, 4))
+    on_line, on_flat = x.clone(), x.clone()
+    on_line[:, :, 8, 3] -= 0.5
+    on_flat[:, :, 2, 3] -= 0.5
+    plain = [train.reconstruction_loss(r, x)[0] for r in (on_line, on_flat)]
+    weighted = [train.reconstruction_loss(r, x, 10.0)[0] for r in (on_line, on_flat)]
+    assert torch.isclose(plain[0], plain[1])  # plain MSE + L1 cannot tell where the error is
+    assert weighted[0] > 5 * weighted[1]
+    # detail 0 is the plain loss; the progress line's MSE is unweighted either way
+    assert train.reconstruction_loss(on_line, x, 0.0)[0] == plain[0]
+    assert train.reconstruction_loss(on_line, x, 10.0)[1] == train.reconstruction_loss(on_line, x)[1]
+
+
 def test_trained_weights_round_trip(tmp_path) -> None:
     stack = build_stack("demo", seed=4)
     weights = {
