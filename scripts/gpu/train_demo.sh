@@ -15,6 +15,9 @@
 # (`train.py import --size demo --model models/demo --work W`, which needs onnx), carry W's file to the
 # device and name it in INIT_WEIGHTS, and pick the stages:
 #   INIT_WEIGHTS=W/weights.safetensors scripts/gpu/train_demo.sh OUT 8 --stages pva1,decoder --compile reduce-overhead
+# The next demo model (models/train/README.md, "What the latents carry"): retrain from the detail-weighted
+# VAE, keeping the face embedder and warm-starting the UNet and text encoder:
+#   INIT_WEIGHTS=W/weights.safetensors scripts/gpu/train_demo.sh OUT 8 --stages vae,base,pva1,pva2
 # (the file is 17.5 MB; the device copies at most 64 MiB of working tree, so delete models/tiny and
 # models/demo from the checkout for that call and `git checkout models` afterwards).
 # Needs python3 with CUDA torch, transformers and safetensors, plus models/requirements.txt's diffusers
