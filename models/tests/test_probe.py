@@ -12,6 +12,7 @@ sys.path.insert(0, str(ROOT))
 
 from models.train import probe  # noqa: E402
 from models.train.synthetic import EditAttrs, caption, write_dataset  # noqa: E402
+from models.train.train import stack_weights  # noqa: E402
 from pva import build_stack  # noqa: E402
 from pva.weights import save_trained  # noqa: E402
 
@@ -39,15 +40,7 @@ def test_the_probe_reads_what_the_latents_carry_and_only_that() -> None:
 def test_a_run_reports_probes_and_the_floor(tmp_path, capsys) -> None:
     data = tmp_path / "faces"
     write_dataset(data, seed=3, persons=6, images_per_person=4, size=64)
-    stack = build_stack("tiny", seed=1)
-    weights = {
-        "text_encoder": stack.text_encoder.clip.state_dict(),
-        "face_embedder": stack.face_embedder.state_dict(),
-        "id_former": stack.id_former.state_dict(),
-        "unet": stack.unet.state_dict(),
-        "vae": stack.vae.state_dict(),
-    }
-    save_trained(tmp_path / "w.safetensors", weights)
+    save_trained(tmp_path / "w.safetensors", stack_weights(build_stack("tiny", seed=1)))
     argv = ["--weights", str(tmp_path / "w.safetensors"), "--data", str(data), "--size", "tiny",
             "--images", "24", "--persons", "2", "--steps", "3"]
     result = probe.main(argv)

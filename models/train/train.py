@@ -214,15 +214,7 @@ class Trainer:
     # ---------------------------------------------------------------- shared pieces
     def weights(self) -> dict[str, Any]:
         """All current weights in `build_stack` form."""
-        s = self.stack
-        return {
-            "text_encoder": s.text_encoder.clip.state_dict(),
-            "face_embedder": s.face_embedder.state_dict(),
-            "id_former": s.id_former.state_dict(),
-            "unet": s.unet.state_dict(),
-            "vae": s.vae.state_dict(),
-            "new1_embedding": self.new1,
-        }
+        return stack_weights(self.stack, self.new1)
 
     def save_weights(self) -> None:
         path = self.work / "weights.safetensors"
@@ -630,6 +622,20 @@ def copy_visual_from_text(unet: nn.Module) -> None:
                 module.to_visual_q.weight.copy_(module.to_q.weight)
                 module.to_visual_k.weight.copy_(module.to_k.weight)
                 module.to_visual_v.weight.copy_(module.to_v.weight)
+
+
+def stack_weights(stack: PvaStack, new1: torch.Tensor | None = None) -> dict[str, Any]:
+    """A stack's weights in `build_stack(weights=...)` / `save_trained` form (`new1_embedding` if given)."""
+    weights: dict[str, Any] = {
+        "text_encoder": stack.text_encoder.clip.state_dict(),
+        "face_embedder": stack.face_embedder.state_dict(),
+        "id_former": stack.id_former.state_dict(),
+        "unet": stack.unet.state_dict(),
+        "vae": stack.vae.state_dict(),
+    }
+    if new1 is not None:
+        weights["new1_embedding"] = new1
+    return weights
 
 
 def sample_posterior(moments: torch.Tensor, channels: int, g: torch.Generator, device: torch.device,
