@@ -193,8 +193,9 @@ def test_tuning_rates_override_the_manifests() -> None:
     initial = pipeline.params.clone()
     # One step: both segments' updates then depend on the same gradient at the initial params.
     default = bench.tune(pipeline, session, person, 1, 7)
-    frozen = bench.tune(pipeline, session, person, 1, 7, {"lr_visual": 0.0, "lr_token": 0.0})
-    faster = bench.tune(pipeline, session, person, 1, 7, {"lr_visual": 1e-3})
+    frozen = bench.tune(pipeline, session, person, 1, 7,
+                        bench.tuning_hyper(pipeline.manifest, {"lr_visual": 0.0, "lr_token": 0.0}))
+    faster = bench.tune(pipeline, session, person, 1, 7, bench.tuning_hyper(pipeline.manifest, {"lr_visual": 1e-3}))
     assert torch.equal(frozen, initial)  # AdamW at rate 0 moves nothing, weight decay included
     assert not torch.equal(default, initial)
     visual = pipeline.manifest["adapter"]["visual_length"]  # the visual segment comes first

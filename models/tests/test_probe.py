@@ -12,7 +12,6 @@ sys.path.insert(0, str(ROOT))
 
 from models.train import probe  # noqa: E402
 from models.train.synthetic import EditAttrs, caption, write_dataset  # noqa: E402
-from models.train.train import stack_weights  # noqa: E402
 from pva import build_stack  # noqa: E402
 from pva.weights import save_trained  # noqa: E402
 
@@ -20,7 +19,7 @@ from pva.weights import save_trained  # noqa: E402
 def test_labels_read_each_attribute_from_the_caption_phrases() -> None:
     attrs = EditAttrs.all()
     got = probe.labels([caption(a) for a in attrs])
-    for name in probe.ATTRIBUTE_WORDS:
+    for name in probe.ATTRIBUTES:
         # "not smiling" contains "smiling": the phrases, not substrings, decide.
         assert got[name].tolist() == [float(getattr(a, name)) for a in attrs], name
 
@@ -40,7 +39,7 @@ def test_the_probe_reads_what_the_latents_carry_and_only_that() -> None:
 def test_a_run_reports_probes_and_the_floor(tmp_path, capsys) -> None:
     data = tmp_path / "faces"
     write_dataset(data, seed=3, persons=6, images_per_person=4, size=64)
-    save_trained(tmp_path / "w.safetensors", stack_weights(build_stack("tiny", seed=1)))
+    save_trained(tmp_path / "w.safetensors", build_stack("tiny", seed=1).weights())
     argv = ["--weights", str(tmp_path / "w.safetensors"), "--data", str(data), "--size", "tiny",
             "--images", "24", "--persons", "2", "--steps", "3"]
     result = probe.main(argv)

@@ -144,7 +144,7 @@ def test_detail_weighting_charges_errors_on_edges_more_than_on_flat_areas() -> N
 
 def test_trained_weights_round_trip(tmp_path) -> None:
     stack = build_stack("demo", seed=4)
-    weights = train.stack_weights(stack, torch.arange(32, dtype=torch.float32))
+    weights = stack.weights(torch.arange(32, dtype=torch.float32))
     save_trained(tmp_path / "w.safetensors", weights)
     loaded = load_trained(tmp_path / "w.safetensors")
     rebuilt = build_stack("demo", seed=99, weights=loaded)

@@ -278,18 +278,23 @@ def sub_seed(*words: int) -> int:
     return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1)[0])
 
 
+def tuning_hyper(manifest: dict[str, Any], rates: dict[str, float] | None = None) -> rt.Hyper:
+    """The manifest's tuning hyper-parameters with ``rates`` (some of ``TUNING_RATES``) replacing theirs."""
+    return replace(rt.Hyper.from_manifest(manifest), **(rates or {}))
+
+
 def tune(
     pipeline: BenchmarkPipeline,
     session: ort.InferenceSession,
     person: Person,
     steps: int,
     seed: int,
-    rates: dict[str, float] | None = None,
+    hyper: rt.Hyper | None = None,
 ) -> torch.Tensor:
     """The adapter params after ``steps`` steps of ``adapter_step.onnx`` on the person's references, at
-    the manifest's tuning hyper-parameters with ``rates`` (``lr_visual``, ``lr_token``) replacing theirs."""
+    ``hyper`` (default: the manifest's)."""
     manifest = pipeline.manifest
-    hyper = replace(rt.Hyper.from_manifest(manifest), **(rates or {}))
+    hyper = hyper or tuning_hyper(manifest)
     images = [Image.fromarray(s.rgb) for s in person.references]
     data = rt.LeaveOneOut.build(pipeline, images, person.faces)
     batches, _ = rt.make_batches(
@@ -354,11 +359,8 @@ def goals(summary: dict[str, dict[str, Any]]) -> tuple[float | None, list[dict[s
     # A 30% cut of (b)'s error needs (a) at or below `needed`; the floor says whether any edit can get there.
     needed = None if b["own_colour_error"] is None else b["own_colour_error"] * (1 - MIN_REDUCTION_PERCENT / 100)
     floor_colour = floor["own_colour_error"]
-    floor_low = [
-        f"{name}={_fmt(floor['accuracy'][name]['value'], 2)}"
-        for name in ATTRIBUTE_PARTS
-        if floor["accuracy"][name]["value"] is not None and floor["accuracy"][name]["value"] < MIN_EDIT_ACCURACY
-    ]
+    floor_accuracies = {name: floor["accuracy"][name]["value"] for name in ATTRIBUTE_PARTS}
+    floor_low = [f"{k}={_fmt(v, 2)}" for k, v in floor_accuracies.items() if v is not None and v < MIN_EDIT_ACCURACY]
     results = [
         {
             "goal": f"(a) lowers the identity-part colour error by >= {MIN_REDUCTION_PERCENT:.0f}% vs (b)",
@@ -483,7 +485,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"{args.model} has no adapter_step graph, which condition (e) needs: export the same "
                          "weights with it (models/train/train.py export without --no-adapter-step)")
     session = rt.adapter_step_session(args.model, args.threads)
-    rates = {k: getattr(args, k) for k in TUNING_RATES if getattr(args, k) is not None}
+    hyper = tuning_hyper(manifest, {k: getattr(args, k) for k in TUNING_RATES if getattr(args, k) is not None})
     persons = held_out_persons(args.seed, args.persons, args.refs, res, crop)
     embeddings = [pipeline.embed(p.faces).mean(axis=0) for p in persons]
     masks = {region: region_mask(region, res) for region in BENCH_REGIONS}
@@ -500,7 +502,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             target.person, target.image, person.identity, flip, target.nuisance, flip_rgb, flip_parts, caption(flip)
         )
         renders = AttributeRenders.of(person.identity, target.nuisance, res)
-        tuned = tune(pipeline, session, person, args.tune_steps, sub_seed(args.seed, person.number, 1), rates)
+        tuned = tune(pipeline, session, person, args.tune_steps, sub_seed(args.seed, person.number, 1), hyper)
         through_vae = pipeline.reconstruct(target.rgb)
         for region_index, region in enumerate(BENCH_REGIONS):
             mask = masks[region]
@@ -566,7 +568,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             k: getattr(args, k)
             for k in ("persons", "seed", "steps", "scheduler", "refs", "tune_steps", "guidance", "threads")
         },
-        "tuning_rates": {k: rates.get(k, manifest["tuning"][k]) for k in TUNING_RATES},
+        "tuning_rates": {k: getattr(hyper, k) for k in TUNING_RATES},
         "first_person": FIRST_PERSON,
         "regions": list(BENCH_REGIONS),
         "conditions": CONDITIONS,
@@ -648,7 +650,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.tune_steps < 1:
         parser.error("--steps and --tune-steps must be at least 1")
-    if any(v is not None and v < 0 for v in (args.lr_visual, args.lr_token)):
+    if any(getattr(args, k) is not None and getattr(args, k) < 0 for k in TUNING_RATES):
         parser.error("tuning rates must be >= 0")
     return args
 

@@ -34,28 +34,26 @@ sys.path.insert(0, str(ROOT / "models" / "export"))
 sys.path.insert(0, str(ROOT))
 
 from models.train import benchmark as bench  # noqa: E402
-from models.train.data import FaceDataset, to_unit  # noqa: E402
-from models.train.synthetic import dataset  # noqa: E402
+from models.train.data import FaceDataset  # noqa: E402
+from models.train.synthetic import EditAttrs, caption, dataset  # noqa: E402
+from models.train.train import posterior_moments  # noqa: E402
 from pva.config import get_config  # noqa: E402
 from pva.stack import build_stack  # noqa: E402
 from pva.weights import load_trained  # noqa: E402
 
-#: How each attribute's positive value reads in a caption (`synthetic.caption`).
-ATTRIBUTE_WORDS = {"smile": "smiling", "beard": "with a beard", "glasses": "wearing glasses"}
+#: The editable attributes the probes read (`synthetic.EditAttrs` fields).
+ATTRIBUTES = tuple(bench.ATTRIBUTE_PARTS)
+#: Each of the 8 captions `synthetic.caption` writes, and the attributes it names.
+CAPTIONED = {caption(a): a for a in EditAttrs.all()}
 
 
 def labels(captions: list[str]) -> dict[str, torch.Tensor]:
-    """Per attribute, float 0/1 labels from the captions' comma-separated phrases."""
-    phrases = [set(c.split(", ")) for c in captions]
-    return {name: torch.tensor([word in p for p in phrases], dtype=torch.float32)
-            for name, word in ATTRIBUTE_WORDS.items()}
-
-
-@torch.no_grad()
-def latent_means(vae: nn.Module, pixels: torch.Tensor, channels: int) -> torch.Tensor:
-    """Posterior means [N, C, h, w] of pixels [N, 3, H, W] in [-1, 1] (chunked)."""
-    return torch.cat([vae.quant_conv(vae.encoder(pixels[i : i + 256]))[:, :channels]
-                      for i in range(0, pixels.shape[0], 256)])
+    """Per attribute, float 0/1 labels of dataset captions (each one of `synthetic.caption`'s)."""
+    unknown = sorted({c for c in captions if c not in CAPTIONED})
+    if unknown:
+        raise ValueError(f"not captions of synthetic.caption: {unknown[:3]}")
+    return {name: torch.tensor([getattr(CAPTIONED[c], name) for c in captions], dtype=torch.float32)
+            for name in ATTRIBUTES}
 
 
 def probe_accuracy(latents: torch.Tensor, y: torch.Tensor, steps: int, seed: int = 0) -> float:
@@ -83,13 +81,13 @@ def probe_accuracy(latents: torch.Tensor, y: torch.Tensor, steps: int, seed: int
 def floor(vae: nn.Module, channels: int, persons: int, resolution: int, seed: int = 1000) -> dict[str, float]:
     """The benchmark's floor row: held-out targets encoded and decoded, scored as ``benchmark.py`` does."""
     samples = list(dataset(seed, persons, 1, resolution, first_person=bench.FIRST_PERSON))
-    pixels = to_unit(torch.from_numpy(np.stack([s.rgb for s in samples])).permute(0, 3, 1, 2))
-    decoded = vae.decode(latent_means(vae, pixels, channels), return_dict=False)[0]
-    images = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    images = torch.from_numpy(np.stack([s.rgb for s in samples])).permute(0, 3, 1, 2)
+    decoded = vae.decode(posterior_moments(vae, images, channels), return_dict=False)[0]
+    outputs = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     colour: list[float] = []
     parts: dict[str, list[float]] = {p: [] for p in bench.IDENTITY_PARTS}
     accuracy: dict[str, list[float]] = {a: [] for a in bench.ATTRIBUTE_PARTS}
-    for sample, image in zip(samples, images):
+    for sample, image in zip(samples, outputs):
         renders = bench.AttributeRenders.of(sample.identity, sample.nuisance, resolution)
         for region in bench.BENCH_REGIONS:
             mask = bench.region_mask(region, resolution)
@@ -115,8 +113,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     count = min(args.images, len(data))
     # Spread over the whole dataset (it is stored person by person).
     index = torch.linspace(0, len(data) - 1, count).round().long().unique()
-    latents = latent_means(vae, to_unit(data.images[index]), config.latent_channels)
-    targets = labels([data.captions[i] for i in index.tolist()])
+    latents = posterior_moments(vae, data.images[index], config.latent_channels)
+    try:
+        targets = labels([data.captions[i] for i in index.tolist()])
+    except ValueError as err:
+        raise SystemExit(f"{args.data}: the probes need synthetic captions ({err})") from None
     if any(len(set(y.tolist())) < 2 for y in targets.values()):
         raise SystemExit(f"{args.data}: the probes need captions that name every attribute both ways")
     result = {

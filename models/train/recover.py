@@ -211,14 +211,7 @@ def recover(model_dir: Path, size: str) -> Recovery:
         result.recovered += len(keys)
         result.missing += [f"{name}: {k}" for k, v in state.items() if v.is_floating_point() and k not in keys]
 
-    result.weights = {
-        "text_encoder": target.text_encoder.clip.state_dict(),
-        "face_embedder": target.face_embedder.state_dict(),
-        "id_former": target.id_former.state_dict(),
-        "unet": target.unet.state_dict(),
-        "vae": target.vae.state_dict(),
-        "new1_embedding": new1.clone(),
-    }
+    result.weights = target.weights(new1.clone())
     return result
 
 

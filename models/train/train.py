@@ -214,7 +214,7 @@ class Trainer:
     # ---------------------------------------------------------------- shared pieces
     def weights(self) -> dict[str, Any]:
         """All current weights in `build_stack` form."""
-        return stack_weights(self.stack, self.new1)
+        return self.stack.weights(self.new1)
 
     def save_weights(self) -> None:
         path = self.work / "weights.safetensors"
@@ -256,14 +256,9 @@ class Trainer:
             self._latents = self.moments()[:, : self.config.latent_channels] * self.scale
         return self._latents
 
-    @torch.no_grad()
     def moments(self) -> torch.Tensor:
         """The VAE encoder's posterior moments [N, 2C, h, w] of every image (unscaled mean ; logvar)."""
-        vae = self.stack.vae
-        vae.eval()
-        chunks = [vae.quant_conv(vae.encoder(self.pixels(torch.arange(i, min(i + 256, len(self.data))))))
-                  for i in range(0, len(self.data), 256)]
-        return torch.cat(chunks)
+        return posterior_moments(self.stack.vae, self.data.images)
 
     @torch.no_grad()
     def embeddings(self) -> torch.Tensor:
@@ -624,18 +619,15 @@ def copy_visual_from_text(unet: nn.Module) -> None:
                 module.to_visual_v.weight.copy_(module.to_v.weight)
 
 
-def stack_weights(stack: PvaStack, new1: torch.Tensor | None = None) -> dict[str, Any]:
-    """A stack's weights in `build_stack(weights=...)` / `save_trained` form (`new1_embedding` if given)."""
-    weights: dict[str, Any] = {
-        "text_encoder": stack.text_encoder.clip.state_dict(),
-        "face_embedder": stack.face_embedder.state_dict(),
-        "id_former": stack.id_former.state_dict(),
-        "unet": stack.unet.state_dict(),
-        "vae": stack.vae.state_dict(),
-    }
-    if new1 is not None:
-        weights["new1_embedding"] = new1
-    return weights
+@torch.no_grad()
+def posterior_moments(vae: nn.Module, images: torch.Tensor, channels: int | None = None, chunk: int = 256,
+                      ) -> torch.Tensor:
+    """The VAE encoder's posterior moments [N, 2C, h, w] (unscaled mean ; logvar) of uint8 images
+    [N, 3, H, W], in chunks (each converted with `to_unit` only when encoded); only the first `channels`
+    of each chunk (the means, [N, C, h, w]) when given."""
+    vae.eval()
+    return torch.cat([vae.quant_conv(vae.encoder(to_unit(images[i : i + chunk])))[:, :channels]
+                      for i in range(0, images.shape[0], chunk)])
 
 
 def sample_posterior(moments: torch.Tensor, channels: int, g: torch.Generator, device: torch.device,

@@ -88,6 +88,20 @@ class PvaStack:
         """`input_ids` [B, 77] -> hidden states [B, 77, D] (differentiable in `new1_embedding`)."""
         return self.text_encoder(input_ids, new1_embedding)
 
+    def weights(self, new1_embedding: torch.Tensor | None = None) -> dict[str, Any]:
+        """The modules' weights in the form `build_stack(weights=...)` loads (and `save_trained`
+        writes); with `new1_embedding` if given."""
+        weights: dict[str, Any] = {
+            "text_encoder": self.text_encoder.clip.state_dict(),
+            "face_embedder": self.face_embedder.state_dict(),
+            "id_former": self.id_former.state_dict(),
+            "unet": self.unet.state_dict(),
+            "vae": self.vae.state_dict(),
+        }
+        if new1_embedding is not None:
+            weights["new1_embedding"] = new1_embedding
+        return weights
+
     def modules(self) -> dict[str, nn.Module]:
         """The graph modules by CONTRACT.md graph name (all but `adapter_step`)."""
         return {
