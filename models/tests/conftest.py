@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import onnxruntime as ort
 import pytest
 
+from pva import PvaStack, build_stack
+
 ROOT = Path(__file__).resolve().parents[2]
-EXPORT_DIR = ROOT / "models" / "export"
 TINY_DIR = ROOT / "models" / "tiny"
 FIXTURES_DIR = ROOT / "tests" / "fixtures" / "edit"
-sys.path.insert(0, str(EXPORT_DIR))
-
-from pva import PvaStack, build_stack  # noqa: E402
 
 
 @pytest.fixture(scope="session")

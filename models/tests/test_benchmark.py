@@ -1,11 +1,10 @@
-"""The synthetic-face benchmark (models/train/benchmark.py): its masks, metrics, held-out data, the
+"""The synthetic-face benchmark (pva.train.benchmark): its masks, metrics, held-out data, the
 no-reference condition, and one short end-to-end run on the tiny model."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, TINY_DIR
-
-sys.path.insert(0, str(ROOT))
-
-from models.train import benchmark as bench  # noqa: E402
-from models.train.synthetic import EditAttrs, IdentityParams, Nuisance, render  # noqa: E402
+from conftest import TINY_DIR
+from pva.train import benchmark as bench
+from pva.train.synthetic import EditAttrs, IdentityParams, Nuisance, render
 
 SEED = 1000
 SIZE = 64

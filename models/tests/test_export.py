@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import TINY_DIR
-from export import export_all
+from pva.export import export_all
 from pva import build_stack
 
 # Scalars of the tuning step that must be in range (a step index is >= 1).

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from export import GRAPH_ORDER, example_inputs
 from pva.attention import ExplicitAttnProcessor
+from pva.export import GRAPH_ORDER, example_inputs
 
 TOLERANCE = 1e-4
 

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TINY_DIR
-from export import describe_graph, sha256
+from pva.export import describe_graph, sha256
 
 # Input and output names of each graph, as CONTRACT.md lists them.
 CONTRACT_IO = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export import example_inputs
 from pva import build_stack
+from pva.export import example_inputs
 from pva.tokenizer import word_id
 
 

@@ -1,19 +1,13 @@
-"""models/train/probe.py: attribute labels, the probe itself, and a run on a tiny weights file."""
+"""pva.train.probe: attribute labels, the probe itself, and a run on a tiny weights file."""
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT))
-
-from models.train import probe  # noqa: E402
-from models.train.synthetic import EditAttrs, caption, write_dataset  # noqa: E402
-from pva import build_stack  # noqa: E402
-from pva.weights import save_trained  # noqa: E402
+from pva import build_stack
+from pva.train import probe
+from pva.train.synthetic import EditAttrs, caption, write_dataset
+from pva.weights import save_trained
 
 
 def test_labels_read_each_attribute_from_the_caption_phrases() -> None:

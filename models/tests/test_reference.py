@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import FIXTURES_DIR, TINY_DIR
-from reference import EditRequest, ReferencePipeline
+from pva.reference.edit import EditRequest, ReferencePipeline
 
 CASES = sorted(p.name for p in FIXTURES_DIR.iterdir() if (p / "case.json").is_file())
 

@@ -1,9 +1,8 @@
-"""Tests of the deterministic synthetic-face generator (models/train/synthetic.py)."""
+"""Tests of the deterministic synthetic-face generator (pva.train.synthetic)."""
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -11,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from models.train.synthetic import (  # noqa: E402
+from pva.config import region_box
+from pva.train.synthetic import (
     EditAttrs,
     IdentityParams,
     Nuisance,
@@ -25,7 +23,6 @@ from models.train.synthetic import (  # noqa: E402
     render,
     write_dataset,
 )
-from pva.config import region_box  # noqa: E402  (models/export is on the path: conftest.py)
 
 #: whole_face of models/CONTRACT.md as pixel bounds at 64: cols 12..52, rows 16..60.
 WHOLE_FACE_64 = (slice(16, 60), slice(12, 52))

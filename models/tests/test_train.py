@@ -1,29 +1,25 @@
-"""The trainer (models/train/train.py, data.py): masks, reference sampling, prompts, the latent-scale
-calibration, the trained-weights file, an end-to-end micro run of every stage, and resume."""
+"""The trainer (pva.train: cli, trainer, stages, data): masks, reference sampling, prompts, the
+latent-scale calibration, the trained-weights file, an end-to-end micro run of every stage, and resume."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY_DIR
-
-sys.path.insert(0, str(ROOT))
-
-from models.train import data as train_data  # noqa: E402
-from models.train import train  # noqa: E402
-from models.train.synthetic import write_dataset  # noqa: E402
-from pva import build_stack  # noqa: E402
-from pva.config import get_config  # noqa: E402
-from pva.tokenizer import encode, render_prompt  # noqa: E402
-from pva.tuning import TuningBatch, TuningStep, alphas_cumprod  # noqa: E402
-from pva.weights import load_trained, save_trained  # noqa: E402
+from conftest import TINY_DIR
+from pva import build_stack
+from pva.config import get_config
+from pva.tokenizer import encode, render_prompt
+from pva.train import cli, stages, trainer
+from pva.train import data as train_data
+from pva.train.synthetic import write_dataset
+from pva.tuning import TuningBatch, TuningStep, alphas_cumprod
+from pva.weights import load_trained, save_trained
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +58,10 @@ def test_named_region_boxes_follow_the_contract() -> None:
 
 def _fake_trainer(person: list[int], captions: list[str] | None = None):
     """A Trainer with only what `references` and `prompts` read."""
-    t = train.Trainer.__new__(train.Trainer)
+    t = trainer.Trainer.__new__(trainer.Trainer)
     person_t = torch.tensor(person)
     t.data = SimpleNamespace(person=person_t, captions=captions or [""] * len(person))
-    t.group_table, t.group_sizes, t.slot = train.person_table(person_t)
+    t.group_table, t.group_sizes, t.slot = trainer.person_table(person_t)
     t.config = get_config("demo")
     t.device = torch.device("cpu")
     t._ids, t._prompt_tables = {}, {}
@@ -113,7 +109,7 @@ def test_latent_scale_calibration_keeps_decoding_and_gives_unit_std() -> None:
     with torch.no_grad():
         first = vae.encode(pixels).latent_dist
         before = vae.decode(first.mean).sample
-        k = train.calibrate_latent_scale(vae, pixels, 0.18215)
+        k = stages.calibrate_latent_scale(vae, pixels, 0.18215)
         posterior = vae.encode(pixels).latent_dist
         after = vae.decode(posterior.mean).sample
     assert k > 0 and not math.isclose(k, 1.0, rel_tol=1e-3)
@@ -126,20 +122,20 @@ def test_latent_scale_calibration_keeps_decoding_and_gives_unit_std() -> None:
 def test_detail_weighting_charges_errors_on_edges_more_than_on_flat_areas() -> None:
     x = torch.full((1, 3, 16, 16), -0.5)
     x[:, :, 8, :] = 0.8  # a thin line, like a pair of glasses
-    weights = train.detail_weights(x, 10.0)
+    weights = stages.detail_weights(x, 10.0)
     assert weights.shape == (1, 1, 16, 16)
     assert weights[0, 0, 8, 5] > 5 * weights[0, 0, 2, 5] and torch.allclose(weights[0, 0, 2], torch.ones(16))
-    assert torch.equal(train.detail_weights(torch.zeros(1, 3, 4, 4), 10.0), torch.ones(1, 1, 4, 4))
+    assert torch.equal(stages.detail_weights(torch.zeros(1, 3, 4, 4), 10.0), torch.ones(1, 1, 4, 4))
     on_line, on_flat = x.clone(), x.clone()
     on_line[:, :, 8, 3] -= 0.5
     on_flat[:, :, 2, 3] -= 0.5
-    plain = [train.reconstruction_loss(r, x)[0] for r in (on_line, on_flat)]
-    weighted = [train.reconstruction_loss(r, x, 10.0)[0] for r in (on_line, on_flat)]
+    plain = [stages.reconstruction_loss(r, x)[0] for r in (on_line, on_flat)]
+    weighted = [stages.reconstruction_loss(r, x, 10.0)[0] for r in (on_line, on_flat)]
     assert torch.isclose(plain[0], plain[1])  # plain MSE + L1 cannot tell where the error is
     assert weighted[0] > 5 * weighted[1]
     # detail 0 is the plain loss; the progress line's MSE is unweighted either way
-    assert train.reconstruction_loss(on_line, x, 0.0)[0] == plain[0]
-    assert train.reconstruction_loss(on_line, x, 10.0)[1] == train.reconstruction_loss(on_line, x)[1]
+    assert stages.reconstruction_loss(on_line, x, 0.0)[0] == plain[0]
+    assert stages.reconstruction_loss(on_line, x, 10.0)[1] == stages.reconstruction_loss(on_line, x)[1]
 
 
 def test_trained_weights_round_trip(tmp_path) -> None:
@@ -189,25 +185,25 @@ def test_v_prediction_tuning_loss_targets_the_velocity() -> None:
 
 
 def _run(faces, work, *extra: str) -> None:
-    train.main(["run", "--size", "demo", "--data", str(faces), "--work", str(work), "--threads", "1",
-                "--log-every", "1", "--save-seconds", "1e9", *extra])
+    cli.main(["run", "--size", "demo", "--data", str(faces), "--work", str(work), "--threads", "1",
+              "--log-every", "1", "--save-seconds", "1e9", *extra])
 
 
-SMALL = [f"--set={s}.batch=2" for s in train.STAGES] + [f"--set={s}.warmup=1" for s in train.STAGES]
+SMALL = [f"--set={s}.batch=2" for s in stages.STAGES] + [f"--set={s}.warmup=1" for s in stages.STAGES]
 
 
 def test_every_stage_trains_and_exports(faces, tmp_path, capsys) -> None:
     work = tmp_path / "work"
-    every = ("--stages", ",".join(train.STAGES), *[f"--set={s}.steps=2" for s in train.STAGES])
+    every = ("--stages", ",".join(stages.STAGES), *[f"--set={s}.steps=2" for s in stages.STAGES])
     _run(faces, work, *SMALL, *every)
     out = capsys.readouterr().out
     assert "data: 15 images of 5 persons at 64px" in out
-    for stage in train.STAGES:
+    for stage in stages.STAGES:
         assert f"[{stage}] finished 2 steps" in out
         state = torch.load(work / f"{stage}.pt", weights_only=False)
         assert state["done"] and state["step"] == 2
     log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
-    assert [(r["stage"], r["step"]) for r in log] == [(s, i) for s in train.STAGES for i in (1, 2)]
+    assert [(r["stage"], r["step"]) for r in log] == [(s, i) for s in stages.STAGES for i in (1, 2)]
     assert all(math.isfinite(r["loss"]) for r in log)
     weights = load_trained(work / "weights.safetensors")
     # base finished by copying the trained text projections into the identity branch
@@ -217,12 +213,12 @@ def test_every_stage_trains_and_exports(faces, tmp_path, capsys) -> None:
     # a rerun finds every stage done and changes nothing
     _run(faces, work, *SMALL, *every)
     out = capsys.readouterr().out
-    assert [f"[{s}] done earlier (2 steps); skipped" in out for s in train.STAGES] == [True] * len(train.STAGES)
+    assert [f"[{s}] done earlier (2 steps); skipped" in out for s in stages.STAGES] == [True] * len(stages.STAGES)
     for key, value in load_trained(work / "weights.safetensors")["unet"].items():
         assert torch.equal(value, unet[key]), key
     # export through the unchanged contract (without the slow tuning graph)
     model = tmp_path / "model"
-    train.main(["export", "--size", "demo", "--work", str(work), "--out", str(model), "--no-adapter-step"])
+    cli.main(["export", "--size", "demo", "--work", str(work), "--out", str(model), "--no-adapter-step"])
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["name"] == "pva-demo" and "adapter_step" not in manifest["graphs"]
     assert manifest["scheduler"]["prediction_type"] == "v_prediction"
@@ -249,10 +245,10 @@ def test_a_model_directory_imports_and_trains_its_decoder_for_the_frozen_encoder
     """`import` recovers weights that reproduce the tiny model's graphs; the `decoder` stage then moves
     the decoder only, so the latent space (encoder) that the UNet was trained in stays exactly as it was."""
     work = tmp_path / "work"
-    train.main(["import", "--size", "tiny", "--model", str(TINY_DIR), "--work", str(work)])
+    cli.main(["import", "--size", "tiny", "--model", str(TINY_DIR), "--work", str(work)])
     assert "graphs reproduced within" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="exists"):
-        train.main(["import", "--size", "tiny", "--model", str(TINY_DIR), "--work", str(work)])
+        cli.main(["import", "--size", "tiny", "--model", str(TINY_DIR), "--work", str(work)])
     before = load_trained(work / "weights.safetensors")
     _run(faces, work, *SMALL, "--size", "tiny", "--stages", "decoder", "--set=decoder.steps=3",
          "--set=decoder.batch=4")

@@ -13,10 +13,10 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 from torch.fx.experimental.proxy_tensor import make_fx
 
-import reference_tune as rt
 from conftest import ROOT, TINY_DIR
+from pva.reference import tune as rt
+from pva.reference.edit import ReferencePipeline
 from pva.tuning import INPUT_NAMES, OUTPUT_NAMES, TuningBatch, TuningStep, adamw_update, decompositions
-from reference import ReferencePipeline
 
 TUNE_DIR = ROOT / "tests" / "fixtures" / "tune"
 FACES_DIR = ROOT.parent / "shared" / "data" / "faces"

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Train the demo model (models/demo) from scratch on one GPU in about 10 minutes: the synthetic-face
 # dataset (2,000 persons x 8 images), then every stage (vae, face, base, pva1, pva2) fitted into a time
-# budget by models/train/train.py --budget-minutes, at batch sizes a GPU wants. Writes the trained
-# weights (weights.safetensors, what `train.py export` needs), the log and the training output to OUT
-# when it ends (also when training fails or runs past TRAIN_TIMEOUT seconds, default 540), so a partial
-# run still returns every finished stage.
+# budget by `python -m pva.train run --budget-minutes`, at batch sizes a GPU wants. Writes the trained
+# weights (weights.safetensors, what `python -m pva.train export` needs), the log and the training
+# output to OUT when it ends (also when training fails or runs past TRAIN_TIMEOUT seconds, default 540),
+# so a partial run still returns every finished stage.
 #
-#   scripts/gpu/train_demo.sh OUT [BUDGET_MINUTES, default 7.5] [more train.py run arguments]
+#   scripts/gpu/train_demo.sh OUT [BUDGET_MINUTES, default 7.5] [more `pva.train run` arguments]
 #   # then, on any machine with the repo's .venv:
 #   cat OUT/weights.safetensors.part-* > W/weights.safetensors
-#   .venv/bin/python models/train/train.py export --size demo --work W --out models/demo
+#   .venv/bin/python -m pva.train export --size demo --work W --out models/demo
 #
 # To train further from a shipped model instead of from scratch: recover its weights here first
-# (`train.py import --size demo --model models/demo --work W`, which needs onnx), carry W's file to the
-# device and name it in INIT_WEIGHTS, and pick the stages:
+# (`.venv/bin/python -m pva.train import --size demo --model models/demo --work W`, which needs onnx),
+# carry W's file to the device and name it in INIT_WEIGHTS, and pick the stages:
 #   INIT_WEIGHTS=W/weights.safetensors scripts/gpu/train_demo.sh OUT 8 --stages pva1,decoder --compile reduce-overhead
 # The next demo model (models/train/README.md, "What the latents carry"): retrain from the detail-weighted
 # VAE, keeping the face embedder and warm-starting the UNet and text encoder:
@@ -26,7 +26,7 @@
 # the CPU count) and WORK (checkpoints, default /tmp/pva-demo-work; rerunning with the same WORK resumes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-out=${1:?usage: scripts/gpu/train_demo.sh OUT [BUDGET_MINUTES] [train.py run arguments]}
+out=${1:?usage: scripts/gpu/train_demo.sh OUT [BUDGET_MINUTES] [pva.train run arguments]}
 budget=${2:-7.5}
 shift $(( $# >= 2 ? 2 : 1 ))
 source scripts/gpu/python-env.sh
@@ -51,9 +51,9 @@ trap collect EXIT
 export PYTHONUNBUFFERED=1
 "$python" -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
 if [ ! -d "$data" ]; then
-  "$python" models/train/train.py data --out "$data" --persons "${PERSONS:-2000}" --images 8 --jobs "${JOBS:-$(nproc)}"
+  "$python" -m pva.train data --out "$data" --persons "${PERSONS:-2000}" --images 8 --jobs "${JOBS:-$(nproc)}"
 fi
-timeout "${TRAIN_TIMEOUT:-540}" "$python" models/train/train.py run --size demo --data "$data" --work "$work" --device "$device" \
+timeout "${TRAIN_TIMEOUT:-540}" "$python" -m pva.train run --size demo --data "$data" --work "$work" --device "$device" \
   --budget-minutes "$budget" --log-every 250 --save-seconds 60 \
   --set vae.batch=128 --set face.batch=256 --set base.batch=256 --set pva1.batch=256 --set pva2.batch=128 \
   --set decoder.batch=256 \

@@ -13,12 +13,12 @@ source scripts/gpu/python-env.sh
 device=${DEVICE:-cuda}
 export PYTHONUNBUFFERED=1
 data=/tmp/pva-speed-faces
-"$python" models/train/train.py data --out "$data" --persons "${PERSONS:-500}" --images 8 --jobs "${JOBS:-$(nproc)}" || exit 1
+"$python" -m pva.train data --out "$data" --persons "${PERSONS:-500}" --images 8 --jobs "${JOBS:-$(nproc)}" || exit 1
 for mode in ${@:-off default reduce-overhead}; do
   work=/tmp/pva-speed-$mode
   rm -rf "$work"
   start=$(date +%s)
-  timeout "${MODE_TIMEOUT:-120}" "$python" models/train/train.py run --size demo --data "$data" --work "$work" \
+  timeout "${MODE_TIMEOUT:-120}" "$python" -m pva.train run --size demo --data "$data" --work "$work" \
     --device "$device" --stages base --set base.steps=300 --set base.batch="${BATCH:-256}" --log-every 100 \
     --save-seconds 1e9 --compile "$mode" ${EXTRA:-} > "$work.log" 2>&1
   rc=$?

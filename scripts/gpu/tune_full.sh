@@ -4,7 +4,7 @@
 # (batch 1 x accumulation 2) and the batched step. Meant to finish well under 10 minutes on one H100
 # (building the random 1.3B-parameter stack on the CPU is the slow part).
 #
-#   scripts/gpu/tune_full.sh [more models/export/tune_full.py arguments, e.g. --loops batched]
+#   scripts/gpu/tune_full.sh [more `python -m pva.bench.tune_full` arguments, e.g. --loops batched]
 #
 # Needs python3 with CUDA torch, transformers and safetensors, plus models/requirements.txt's
 # diffusers and open_clip_torch (scripts/gpu/python-env.sh installs them from carried wheels).
@@ -13,4 +13,4 @@ cd "$(dirname "$0")/../.."
 source scripts/gpu/python-env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 export PYTHONUNBUFFERED=1
-exec timeout 570 "$python" models/export/tune_full.py --size sd2 --device cuda --steps 40 "$@"
+exec timeout 570 "$python" -m pva.bench.tune_full --size sd2 --device cuda --steps 40 "$@"

@@ -4,13 +4,13 @@ The sd2 stack (SD-2-inpainting geometry, 512x512, latents 4x64x64) with random w
 well-formed batches of 2; `pva.tuning.TuningStep.loss` with `torch.optim.AdamW` on the visual and
 token groups (lr 1e-5 / 1e-3, weight decay 0.01), in two loops over the same batches:
 
-- `paper`: batch 1 x gradient accumulation 2 per step (as reference_tune.tune_torch does);
+- `paper`: batch 1 x gradient accumulation 2 per step (as pva.reference.tune.tune_torch does);
 - `batched`: the batch of 2 in one forward and backward (the same optimisation, fewer calls).
 
 Each loop runs one untimed warm-up step, then `--repeats` timed runs of `--steps` steps. Run by
 scripts/gpu/tune_full.sh; `--device cpu --steps 1 --latent-size 8` is a quick check that it runs.
 
-    python3 models/export/tune_full.py [--size sd2] [--device cuda] [--steps 40] [--loops paper,batched]
+    python3 -m pva.bench.tune_full [--size sd2] [--device cuda] [--steps 40] [--loops paper,batched]
 """
 
 from __future__ import annotations
@@ -18,16 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from pva import build_stack  # noqa: E402
-from pva.tuning import TuningBatch, TuningStep  # noqa: E402
+from pva import build_stack
+from pva.tuning import TuningBatch, TuningStep
 
 #: The paper's (and the manifests') tuning settings.
 LR_VISUAL, LR_TOKEN, WEIGHT_DECAY, BATCH = 1e-5, 1e-3, 0.01, 2
@@ -101,7 +97,8 @@ def timed(device: torch.device, fn) -> tuple[float, object]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m pva.bench.tune_full", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=("tiny", "sd2"), default="sd2")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")

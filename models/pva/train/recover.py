@@ -21,13 +21,12 @@ their seed-0 initial values; ``recover`` names them (for the tiny and demo sizes
 log-variance half of the VAE's ``quant_conv`` comes back, since the encoder graph holds the whole
 convolution and slices its output).
 
-    .venv/bin/python models/train/train.py import --model models/demo --size demo --work /tmp/pva-train
+    .venv/bin/python -m pva.train import --model models/demo --size demo --work /tmp/pva-train
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +39,7 @@ from onnx import numpy_helper
 from safetensors.torch import load_file
 from torch import nn
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[0] / "export"))
-
-from pva import PvaStack, build_stack  # noqa: E402
+from pva import PvaStack, build_stack
 
 #: The graphs that hold trainable weights, and the stack module each was exported from.
 GRAPHS = ("text_encoder", "face_embedder", "id_former", "unet", "vae_encoder", "vae_decoder")
@@ -104,7 +100,7 @@ def _bn_scale(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
 def _recover_graph(name: str, probe: PvaStack, target: PvaStack, model_dir: Path, tmp: Path,
                    result: Recovery) -> set[str]:
     """Set `target`'s tensors of one graph from the model's; returns the state keys it set."""
-    from export import export_graph  # models/export/export.py
+    from pva.export import export_graph
 
     probe_path = tmp / f"{name}.onnx"
     export_graph(probe, name, probe_path, external_data=False)
@@ -219,7 +215,7 @@ def compare(model_dir: Path, stack: PvaStack, batch: int = 2) -> dict[str, float
     """Per graph: the largest |torch - ONNX| of `stack`'s module against the model's graph, on the
     exporter's random example inputs, relative to the output's largest magnitude."""
     import onnxruntime as ort
-    from export import example_inputs  # models/export/export.py
+    from pva.export import example_inputs
 
     out: dict[str, float] = {}
     for name in GRAPHS:

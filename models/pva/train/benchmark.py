@@ -6,26 +6,26 @@ of CONTRACT.md's named regions (``lower_face``, ``eyebrows``, ``whole_face``, as
 CelebAHQ-IDI) under five conditions:
 
 - ``a`` the person's references, the true caption;
-- ``b`` no references: ``reference.py`` refuses an empty reference list, so the UNet's ``id_switch`` is
+- ``b`` no references: ``pva.reference.edit`` refuses an empty reference list, so the UNet's ``id_switch`` is
   forced to 0 in every row, which CONTRACT.md defines as removing the identity keys exactly (the
   paper's 77-token-only pass); the references passed along cannot change the output;
 - ``c`` the next person's references, the true caption;
 - ``d`` the person's references, every attribute of the caption negated (ground truth: the same face
   rendered with the negated attributes);
 - ``e`` as ``a`` after ``--tune-steps`` steps of ``adapter_step.onnx`` on the person's references
-  (``reference_tune``'s leave-one-out batches).
+  (``pva.reference.tune``'s leave-one-out batches).
 
 A sixth row, ``vae``, is no edit: the ground truth encoded and decoded by the model's VAE, scored like
 the others. It is the floor of every image measure (a perfect latent still decodes to it), so it shows
 how much of an error is the autoencoder's.
 
-Edits run through ``reference.ReferencePipeline`` (ONNX Runtime); the same edit seed is used for all
+Edits run through ``pva.reference.edit.ReferencePipeline`` (ONNX Runtime); the same edit seed is used for all
 five conditions of one (person, region) sample. Metrics: masked MSE to the ground truth; colour error of
 the identity parts (skin, hair, eyes, eyebrows, nose) over the masked pixels, against the person's and
 the other person's parameters; edit accuracy (nearest of the face's 8 attribute renders); identity score
 (CONTRACT.md: cosine of the output's face embedding with the mean reference embedding).
 
-    .venv/bin/python models/train/benchmark.py --model models/tiny --out out/bench [--persons 8] \
+    .venv/bin/python -m pva.train.benchmark --model models/tiny --out out/bench [--persons 8] \
         [--seed 1000] [--steps 25] [--scheduler ddim] [--refs 3] [--tune-steps 40] [--guidance 1.0] [--threads 0] \
         [--tune-lr-visual X] [--tune-lr-token Y]
 
@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -53,14 +52,10 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-sys.path.insert(0, str(ROOT / "models" / "export"))
-sys.path.insert(0, str(ROOT))
-
-import reference_tune as rt  # noqa: E402
-from pva.config import region_box  # noqa: E402
-from models.train.synthetic import (  # noqa: E402
+from pva.config import region_box
+from pva.reference import tune as rt
+from pva.reference.edit import SCHEDULERS, EditRequest, EditResult, ReferencePipeline, image_tensor, to_bytes
+from pva.train.synthetic import (
     EditAttrs,
     IdentityParams,
     Nuisance,
@@ -72,7 +67,6 @@ from models.train.synthetic import (  # noqa: E402
     part_colours,
     render,
 )
-from reference import SCHEDULERS, EditRequest, EditResult, ReferencePipeline, image_tensor, to_bytes  # noqa: E402
 
 #: Held-out persons start here; training datasets use person numbers from 0.
 FIRST_PERSON = 100_000
@@ -483,7 +477,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--persons must be at least 2 (condition c uses the next person's references)")
     if "adapter_step" not in manifest["graphs"]:
         raise SystemExit(f"{args.model} has no adapter_step graph, which condition (e) needs: export the same "
-                         "weights with it (models/train/train.py export without --no-adapter-step)")
+                         "weights with it (python -m pva.train export without --no-adapter-step)")
     session = rt.adapter_step_session(args.model, args.threads)
     hyper = tuning_hyper(manifest, {k: getattr(args, k) for k in TUNING_RATES if getattr(args, k) is not None})
     persons = held_out_persons(args.seed, args.persons, args.refs, res, crop)
@@ -633,7 +627,8 @@ def render_report(results: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m pva.train.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="a model directory (CONTRACT.md)")
     parser.add_argument("--out", type=Path, required=True, help="where results.json, results.md, grid.png go")
     parser.add_argument("--persons", type=int, default=8, help="held-out persons (>= 2)")

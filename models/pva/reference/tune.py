@@ -14,15 +14,14 @@ random timestep.
   parameter groups, one micro-batch of 1 at a time (the paper's loop); `tune_onnx` runs them through
   `adapter_step.onnx`, one batch of 2 per call.
 
-    .venv/bin/python models/export/reference_tune.py [--model models/tiny] [--seed 0]
-    .venv/bin/python models/export/reference_tune.py --fixtures tests/fixtures/tune   # rewrite them
+    .venv/bin/python -m pva.reference.tune [--model models/tiny] [--seed 0]
+    .venv/bin/python -m pva.reference.tune --fixtures tests/fixtures/tune   # rewrite them
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +31,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from pva.tokenizer import encode, render_prompt  # noqa: E402
-from pva.tuning import INPUT_NAMES, TuningBatch, TuningStep  # noqa: E402
-from reference import ReferencePipeline, image_tensor, mask_tensor  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
+from pva.paths import REPO_ROOT as ROOT
+from pva.reference.edit import ReferencePipeline, image_tensor, mask_tensor
+from pva.tokenizer import encode, render_prompt
+from pva.tuning import INPUT_NAMES, TuningBatch, TuningStep
 
 #: CONTRACT.md's `whole_face` region, [x0, y0, x1, y1) as fractions of the aligned crop.
 WHOLE_FACE = (0.1875, 0.25, 0.8125, 0.9375)
@@ -231,11 +227,11 @@ FIXTURE_PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg")
 
 def fixture_references(faces_dir: Path, manifest: dict) -> tuple[list[Image.Image], list[Image.Image]]:
     """The fixture identity's images (model resolution) and face crops, from the photos."""
-    import make_fixtures  # the hand-picked face boxes of the edit fixtures
+    from pva.reference import fixtures  # the hand-picked face boxes of the edit fixtures
 
     res, crop = manifest["resolution"], manifest["face"]["crop_size"]
-    images = [make_fixtures.face_crop(faces_dir, name, res) for name in FIXTURE_PHOTOS]
-    faces = [make_fixtures.face_crop(faces_dir, name, crop) for name in FIXTURE_PHOTOS]
+    images = [fixtures.face_crop(faces_dir, name, res) for name in FIXTURE_PHOTOS]
+    faces = [fixtures.face_crop(faces_dir, name, crop) for name in FIXTURE_PHOTOS]
     return images, faces
 
 
@@ -333,7 +329,8 @@ def write_fixtures(model_dir: Path, faces_dir: Path, out: Path, seed: int) -> Fi
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m pva.reference.tune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "tiny")
     parser.add_argument("--faces", type=Path, default=ROOT.parent / "shared" / "data" / "faces")
     parser.add_argument("--seed", type=int, default=0)

@@ -5,11 +5,11 @@ in one run, with the same thread count:
 - `torch step`: `TuningStep` in eager PyTorch (forward, `autograd.grad`, the graph's AdamW math),
   one batch of 2;
 - `torch paper loop`: the paper's loop, `torch.optim.AdamW` with two groups, batch 1 x gradient
-  accumulation 2 (`reference_tune.tune_torch`);
+  accumulation 2 (`pva.reference.tune.tune_torch`);
 - `onnx step`: one `adapter_step.onnx` call.
 Prints the median milliseconds per step and the ratio to the ONNX step. A benchmark, not a test.
 
-    .venv/bin/python models/export/bench_tune.py [--model models/tiny] [--steps 40] [--threads 2]
+    .venv/bin/python -m pva.bench.tune [--model models/tiny] [--steps 40] [--threads 2]
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,13 +25,10 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import reference_tune as rt  # noqa: E402
-from pva import build_stack  # noqa: E402
-from pva.tuning import TuningStep  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
+from pva import build_stack
+from pva.paths import REPO_ROOT as ROOT
+from pva.reference import tune as rt
+from pva.tuning import TuningStep
 
 
 def median_ms(run: Callable[[int], None], steps: int, warmup: int) -> float:
@@ -48,7 +44,8 @@ def median_ms(run: Callable[[int], None], steps: int, warmup: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m pva.bench.tune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "tiny")
     parser.add_argument("--fixtures", type=Path, default=ROOT / "tests" / "fixtures" / "tune")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per implementation")

@@ -1,4 +1,4 @@
-"""Time the Python reference edit (reference.py's ReferencePipeline on ONNX Runtime) stage by stage.
+"""Time the Python reference edit (pva.reference.edit's ReferencePipeline on ONNX Runtime) stage by stage.
 
 The Python half of `pva-bench edit`: the Rust benchmark decodes the job's photos, writes them as PNG
 (so both sides start from the same pixels) with the crop rectangles and the model-size mask it
@@ -18,7 +18,7 @@ per graph and per stage). A benchmark, not a test; `pva-bench edit` runs it in `
 edit per request, so that the two sides' repetitions alternate under the same machine load) and
 compares.
 
-    .venv/bin/python models/export/bench_edit.py --spec target/bench/edit/spec.json [--out python.json]
+    .venv/bin/python -m pva.bench.edit --spec target/bench/edit/spec.json [--out python.json]
 """
 
 from __future__ import annotations
@@ -36,9 +36,7 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reference import EditRequest, ReferencePipeline  # noqa: E402
+from pva.reference.edit import EditRequest, ReferencePipeline
 
 STAGES = ("preprocess", "encode", "denoise", "decode")
 
@@ -235,7 +233,8 @@ def run_once(pipe: TimedPipeline, inputs: Inputs, case: dict[str, Any]) -> Run:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m pva.bench.edit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", type=Path, required=True, help="spec JSON written by pva-bench edit")
     parser.add_argument("--out", type=Path, help="write the results JSON here (default: stdout)")
     parser.add_argument(

@@ -214,12 +214,12 @@ SD2 = PvaConfig(
 )
 
 # The trained demo model (models/demo): the tiny architecture, trained from scratch on synthetic faces
-# by models/train. Its noise parameterisation differs: v-prediction, because epsilon-prediction
+# by pva.train. Its noise parameterisation differs: v-prediction, because epsilon-prediction
 # is poor at high noise, where a small model must get the colours right. And its tuning rate of the
 # visual projections: at the paper's 1e-5 forty AdamW steps leave the small model's projections as they
 # were (benchmark: tuned = untuned to the fourth digit); 1e-3 was the largest rate that raised the
 # identity measures without costing more than 0.1 of caption accuracy on validation identities
-# (`benchmark.py --seed 2000 --persons 16 --tune-lr-visual ...`; models/train/README.md).
+# (`python -m pva.train.benchmark --seed 2000 --persons 16 --tune-lr-visual ...`; models/train/README.md).
 DEMO = replace(
     TINY,
     name="pva-demo",

@@ -4,14 +4,14 @@ An edit can only show what the VAE's latents carry: the diffusion model learns t
 caption cannot bring back an attribute the encoder dropped. Run this on a weights file after the `vae`
 stage, before spending a GPU on `base` and `pva*`:
 
-    .venv/bin/python models/train/probe.py --weights W/weights.safetensors --data /tmp/faces \
+    .venv/bin/python -m pva.train.probe --weights W/weights.safetensors --data /tmp/faces \
         [--size demo] [--images 12000] [--persons 48] [--steps 600]
 
 - **Probes.** For each editable attribute (smile, beard, glasses), a small conv net (2 conv layers, max
   pool, linear) learns to read it from the latent posterior means of the first 3/4 of ``--images``
   dataset images (captions give the labels) and is scored on the last 1/4. Near 1.0: the latents carry
   the attribute; near 0.5: they do not.
-- **Floor.** The benchmark's VAE row (``benchmark.py``) without the rest of the model: held-out persons
+- **Floor.** The benchmark's VAE row (``pva.train.benchmark``) without the rest of the model: held-out persons
   encoded and decoded, scored per identity part (colour error) and per attribute (nearest of the 8
   renders), over the benchmark's three regions.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-sys.path.insert(0, str(ROOT / "models" / "export"))
-sys.path.insert(0, str(ROOT))
-
-from models.train import benchmark as bench  # noqa: E402
-from models.train.data import FaceDataset  # noqa: E402
-from models.train.synthetic import EditAttrs, caption, dataset  # noqa: E402
-from models.train.train import posterior_moments  # noqa: E402
-from pva.config import get_config  # noqa: E402
-from pva.stack import build_stack  # noqa: E402
-from pva.weights import load_trained  # noqa: E402
+from pva.config import get_config
+from pva.stack import build_stack
+from pva.train import benchmark as bench
+from pva.train.data import FaceDataset
+from pva.train.stages import posterior_moments
+from pva.train.synthetic import EditAttrs, caption, dataset
+from pva.weights import load_trained
 
 #: The editable attributes the probes read (`synthetic.EditAttrs` fields).
 ATTRIBUTES = tuple(bench.ATTRIBUTE_PARTS)
@@ -79,7 +73,7 @@ def probe_accuracy(latents: torch.Tensor, y: torch.Tensor, steps: int, seed: int
 
 @torch.no_grad()
 def floor(vae: nn.Module, channels: int, persons: int, resolution: int, seed: int = 1000) -> dict[str, float]:
-    """The benchmark's floor row: held-out targets encoded and decoded, scored as ``benchmark.py`` does."""
+    """The benchmark's floor row: held-out targets encoded and decoded, scored as ``pva.train.benchmark`` does."""
     samples = list(dataset(seed, persons, 1, resolution, first_person=bench.FIRST_PERSON))
     images = torch.from_numpy(np.stack([s.rgb for s in samples])).permute(0, 3, 1, 2)
     decoded = vae.decode(posterior_moments(vae, images, channels), return_dict=False)[0]
@@ -131,9 +125,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", type=Path, required=True, help="a weights.safetensors (train.py run/import)")
-    parser.add_argument("--data", type=Path, required=True, help="a synthetic dataset (train.py data)")
+    parser = argparse.ArgumentParser(prog="python -m pva.train.probe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=Path, required=True, help="a weights.safetensors (pva.train run/import)")
+    parser.add_argument("--data", type=Path, required=True, help="a synthetic dataset (pva.train data)")
     parser.add_argument("--size", choices=("demo", "tiny"), default="demo")
     parser.add_argument("--images", type=int, default=12000, help="dataset images the probes use")
     parser.add_argument("--persons", type=int, default=48, help="held-out persons of the floor row")

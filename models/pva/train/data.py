@@ -12,7 +12,6 @@ where the aligned crop expects it), plus the eyes and mouth regions that the wor
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
-
-from pva.config import region_box  # noqa: E402  (CONTRACT.md's named regions)
+from pva.config import region_box  # CONTRACT.md's named regions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 

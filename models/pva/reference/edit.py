@@ -7,7 +7,7 @@ classifier-free guidance as ONE batched UNet call (uncond row id_switch 0) -> VA
 Images must already be at model size (target/mask at the model resolution, references at the face
 crop size): resampling is the caller's job, so nothing here can differ from the Rust side.
 
-    .venv/bin/python models/export/reference.py --model models/tiny --target t.png --mask m.png \
+    .venv/bin/python -m pva.reference.edit --model models/tiny --target t.png --mask m.png \
         --ref r0.png --ref r1.png --prompt "smiling" --scheduler ddim --steps 8 --out out.png
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from PIL import Image
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from pva.tokenizer import encode, render_prompt  # noqa: E402
+from pva.tokenizer import encode, render_prompt
 
 SCHEDULERS = ("ddim", "dpm")
 
@@ -210,7 +207,8 @@ class ReferencePipeline:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m pva.reference.edit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--target", type=Path, required=True)
     parser.add_argument("--mask", type=Path, required=True)

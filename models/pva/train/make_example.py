@@ -1,8 +1,8 @@
 """Write the README's example job for the demo model: a held-out synthetic person (never seen in
-training: another seed and person range than ``train.py data``), clean-shaven in the target, three
-reference renders of the same person, and a job that asks for a beard in the lower face.
+training: another seed and person range than ``python -m pva.train data``), clean-shaven in the
+target, three reference renders of the same person, and a job that asks for a beard in the lower face.
 
-    .venv/bin/python models/train/make_example.py [--out examples]
+    .venv/bin/python -m pva.train.make_example [--out examples]
 
 Writes ``OUT/synthetic/target.png``, ``OUT/synthetic/ref_{0,1,2}.png`` (64x64 renders, the demo
 model's resolution, enlarged 4x with nearest-neighbour so they are easy to look at; the worker
@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from models.train.synthetic import EditAttrs, IdentityParams, Nuisance, caption, render  # noqa: E402
+from pva.paths import REPO_ROOT as ROOT
+from pva.train.synthetic import EditAttrs, IdentityParams, Nuisance, caption, render
 
 SEED = 2026
 PERSON = 500_000
@@ -67,7 +64,8 @@ def write_example(out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m pva.train.make_example", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "examples")
     args = parser.parse_args(argv)
     job = write_example(args.out)

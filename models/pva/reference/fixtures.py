@@ -6,26 +6,22 @@ Each case holds its inputs already at model size (target.png and mask.png 64x64,
 edit settings and the timesteps used), tensors.safetensors (every intermediate of the reference
 pipeline, including the noise, so the Rust side can use the same numbers) and expected.png.
 
-    .venv/bin/python models/export/make_fixtures.py [--faces DIR] [--model models/tiny] [--out tests/fixtures/edit]
+    .venv/bin/python -m pva.reference.fixtures [--faces DIR] [--model models/tiny] [--out tests/fixtures/edit]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from pva.config import region_box  # noqa: E402
-from reference import EditRequest, ReferencePipeline  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
+from pva.config import region_box
+from pva.paths import REPO_ROOT as ROOT
+from pva.reference.edit import EditRequest, ReferencePipeline
 
 
 # Square face boxes (left, top, right, bottom) in the EXIF-oriented photos, picked by eye so the
@@ -131,7 +127,8 @@ def write_case(pipeline: ReferencePipeline, case: Case, faces: Path, out: Path) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m pva.reference.fixtures", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faces", type=Path, default=ROOT.parent / "shared" / "data" / "faces")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "tiny")
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "edit")

@@ -1,11 +1,11 @@
 """Export a PVA model directory: every graph of CONTRACT.md, `adapter_init.safetensors`, `manifest.json`.
 
-Run from the repository root:
+Run from the repository root (scripts/setup-python.sh installs `pva` into .venv):
 
-    .venv/bin/python models/export/export.py --size tiny --out models/tiny
-    .venv/bin/python models/export/export.py --size sd2 --random-weights --out /data/pva-sd2-random
-    .venv/bin/python models/export/export.py --size sd2 --base DIR --pva CKPT [--face R50] --out OUT
-    .venv/bin/python models/export/export.py --size demo --weights trained.safetensors --out models/demo
+    .venv/bin/python -m pva.export --size tiny --out models/tiny
+    .venv/bin/python -m pva.export --size sd2 --random-weights --out /data/pva-sd2-random
+    .venv/bin/python -m pva.export --size sd2 --base DIR --pva CKPT [--face R50] --out OUT
+    .venv/bin/python -m pva.export --size demo --weights trained.safetensors --out models/demo
 
 Graphs are exported with `torch.onnx.export(dynamo=True)`, opset 18, dynamic batch (and reference)
 axes. The manifest's input/output descriptions are read back from the written ONNX files.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,9 @@ import torch
 from safetensors.torch import save_file
 from torch.export import Dim
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from pva import PvaStack, build_stack  # noqa: E402
-from pva.weights import load_trained, load_weights  # noqa: E402
-from pva.config import get_config  # noqa: E402
+from pva import PvaStack, build_stack
+from pva.weights import load_trained, load_weights
+from pva.config import get_config
 
 OPSET = 18
 GRAPH_ORDER = ("text_encoder", "face_embedder", "id_former", "unet", "vae_encoder", "vae_decoder")
@@ -235,14 +232,15 @@ def export_all(stack: PvaStack, out: Path, external_data: bool = False, log=prin
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m pva.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=("tiny", "demo", "sd2"), required=True)
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
     parser.add_argument("--seed", type=int, default=0, help="random-init seed")
     parser.add_argument("--base", type=Path, help="local diffusers stable-diffusion-2-inpainting directory")
     parser.add_argument("--pva", type=Path, help="PVA checkpoint (visual projections, TransformNetwork, ...)")
     parser.add_argument("--face", type=Path, help="ArcFace iresnet50 state dict")
-    parser.add_argument("--weights", type=Path, help="trained weights from models/train (save_trained format)")
+    parser.add_argument("--weights", type=Path, help="trained weights from pva.train (save_trained format)")
     parser.add_argument("--random-weights", action="store_true", help="sd2 only: full size, random weights")
     parser.add_argument("--no-adapter-step", action="store_true",
                         help="leave out adapter_step.onnx (the worker edits but refuses to tune)")
