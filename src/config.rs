@@ -304,6 +304,63 @@ pub struct LoggingSettings {
     pub level: String,
 }
 
+impl From<&PipelineSettings> for crate::pipeline::inpaint::PipelineOptions {
+    fn from(p: &PipelineSettings) -> Self {
+        Self {
+            face_margin: p.face_margin,
+            feather_px: p.feather_px,
+        }
+    }
+}
+
+impl From<&TuningSettings> for crate::pipeline::tune::TuningRequest {
+    fn from(t: &TuningSettings) -> Self {
+        Self {
+            steps: t.steps,
+            batch_size: t.batch_size,
+            lr_visual: t.lr_visual,
+            lr_token: t.lr_token,
+            weight_decay: t.weight_decay,
+            seed: t.seed,
+        }
+    }
+}
+
+impl From<&LimitSettings> for crate::job::Limits {
+    fn from(l: &LimitSettings) -> Self {
+        Self {
+            max_image_bytes: l.max_image_bytes,
+            max_image_pixels: l.max_image_pixels,
+            max_steps: l.max_steps,
+            max_num_outputs: l.max_num_outputs,
+            max_prompt_chars: l.max_prompt_chars,
+        }
+    }
+}
+
+/// The job runner's options as `serve` uses them (S3 buckets); `worker_id` is left empty for the
+/// command to fill in.
+impl From<&Settings> for crate::job::RunnerOptions {
+    fn from(s: &Settings) -> Self {
+        Self {
+            limits: (&s.limits).into(),
+            rules: crate::job::JobRules {
+                require_prompt: s.pipeline.require_prompt,
+                require_consent: s.privacy.require_consent,
+            },
+            input_bucket: s.s3.input_bucket.clone(),
+            input_prefixes: s.s3.input_prefixes.clone(),
+            output_buckets: crate::job::OutputBuckets::Allowed(s.s3.output_buckets.clone()),
+            adapter_bucket: s.adapter_bucket().to_string(),
+            adapter_prefix: s.tuning.adapter_prefix.clone(),
+            adapter_cache_capacity: s.tuning.cache_capacity,
+            tuning_seed: s.tuning.seed,
+            min_identity_score: s.pipeline.min_identity_score,
+            worker_id: String::new(),
+        }
+    }
+}
+
 impl Settings {
     /// The bucket a job's outputs go to when it names none: the first of `s3.output_buckets`.
     pub fn default_output_bucket(&self) -> Option<&str> {

@@ -1,24 +1,20 @@
 //! pva-worker: personalized face inpainting (Parallel Visual Attention) as a service.
 //!
-//! The flow: a [`job`] (from the queue or a local file) is checked, its images are fetched from
-//! [`storage`], the [`pipeline`] prepares tensors and drives the ONNX graphs through the [`engine`],
-//! and [`worker`] turns the outcome into outputs and a result message. [`edit`] is the embedded
-//! default (one job on local files); [`config`] holds every setting.
+//! Layers, ground floor first; a module imports only its own floor or those below:
+//! [`model`] (plain shared types) -> [`engine`] (ONNX Runtime) -> [`pipeline`] (the edit and the
+//! tuning) -> [`provenance`] (marking outputs) -> [`job`] (wire types, failures, the store trait and
+//! the one job runner) -> [`storage`], [`queue`], [`metrics`] (infrastructure) -> [`config`] (every
+//! setting) -> [`service`] (model loading, inference threads, `serve`'s delivery policy) ->
+//! [`commands`] (the subcommands).
 
+pub mod commands;
 pub mod config;
-pub mod contact_sheet;
-pub mod edit;
 pub mod engine;
-pub mod enqueue;
-pub mod forget;
-pub mod inference;
 pub mod job;
 pub mod metrics;
+pub mod model;
 pub mod pipeline;
 pub mod provenance;
 pub mod queue;
-pub mod serve;
+pub mod service;
 pub mod storage;
-pub mod tune_cmd;
-pub mod verify_cmd;
-pub mod worker;

@@ -70,7 +70,7 @@ enum Command {
         /// Face box `x,y,w,h` of each reference in order, or `none` for an aligned square face;
         /// give one per reference or leave out for all-aligned references.
         #[arg(long = "face-box")]
-        face_boxes: Vec<pva_worker::tune_cmd::FaceBoxArg>,
+        face_boxes: Vec<pva_worker::commands::tune::FaceBoxArg>,
         /// Where the adapter file goes.
         #[arg(long)]
         out: PathBuf,
@@ -134,6 +134,16 @@ fn main() -> ExitCode {
 }
 
 fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
+    // The one tokio runtime; CPU-bound commands run on its blocking threads.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(dispatch(command, settings.clone()))
+}
+
+async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+    use pva_worker::commands;
+    let settings = &settings;
     match command {
         Command::Enqueue {
             job,
@@ -141,16 +151,13 @@ fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
             out,
             timeout,
         } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let options = pva_worker::enqueue::EnqueueOptions {
+            let options = commands::enqueue::EnqueueOptions {
                 job,
                 root,
                 out,
                 timeout: std::time::Duration::from_secs(timeout),
             };
-            let result = runtime.block_on(pva_worker::enqueue::run(settings, &options))?;
+            let result = commands::enqueue::run(settings, &options).await?;
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(match result.status {
                 JobStatus::Succeeded => ExitCode::SUCCESS,
@@ -158,13 +165,8 @@ fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Forget { identity } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let (bucket, removed) = runtime.block_on(async {
-                let store = pva_worker::storage::s3::S3Store::new(&settings.s3).await;
-                pva_worker::forget::forget(settings, &store, &identity).await
-            })?;
+            let store = pva_worker::storage::s3::S3Store::new(&settings.s3).await;
+            let (bucket, removed) = commands::forget::forget(settings, &store, &identity).await?;
             for key in &removed {
                 println!("removed {bucket}/{key}");
             }
@@ -175,13 +177,8 @@ fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let store = pva_worker::storage::s3::S3Store::new(&settings.s3).await;
-                pva_worker::serve::run(settings.clone(), store).await
-            })?;
+            let store = pva_worker::storage::s3::S3Store::new(&settings.s3).await;
+            pva_worker::service::run(settings.clone(), store).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tune {
@@ -192,7 +189,7 @@ fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
             steps,
             seed,
         } => {
-            let options = pva_worker::tune_cmd::TuneCmdOptions {
+            let options = commands::tune::TuneCmdOptions {
                 identity,
                 references,
                 face_boxes,
@@ -200,7 +197,11 @@ fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
                 steps,
                 seed,
             };
-            let report = pva_worker::tune_cmd::run(settings, &options, &mut std::io::stdout())?;
+            let settings = settings.clone();
+            let report = tokio::task::spawn_blocking(move || {
+                commands::tune::run(&settings, &options, &mut std::io::stdout())
+            })
+            .await??;
             for (stage, secs) in &report.timings {
                 println!("{stage:>12}: {secs:8.3} s");
             }
@@ -211,12 +212,12 @@ fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
             trust_anchors,
             json,
         } => {
-            let options = pva_worker::verify_cmd::VerifyOptions {
+            let options = commands::verify::VerifyOptions {
                 file,
                 trust_anchors,
                 json,
             };
-            let report = pva_worker::verify_cmd::run(&options, &mut std::io::stdout())?;
+            let report = commands::verify::run(&options, &mut std::io::stdout())?;
             // NOTE: 4, not 1: a file that is not valid is an answer, not a failure of the command.
             Ok(if report.valid {
                 ExitCode::SUCCESS
@@ -230,43 +231,64 @@ fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
             out,
             contact_sheet,
         } => {
-            let options = pva_worker::edit::EditOptions {
+            let options = commands::edit::EditOptions {
                 job,
                 root,
-                out: out.clone(),
+                out,
                 contact_sheet: contact_sheet.clone(),
             };
-            let result = pva_worker::edit::run(settings, &options)?;
-            for (stage, secs) in &result.timings {
-                println!("{stage:>12}: {:8.3} s", secs);
-            }
-            match result.status {
-                JobStatus::Succeeded => {
-                    for o in &result.outputs {
-                        println!(
-                            "wrote {} (identity score {:.3}{})",
-                            o.key,
-                            o.identity_score,
-                            if o.identity_check_passed {
-                                ""
-                            } else {
-                                ", below the minimum"
-                            }
-                        );
+            let report = commands::edit::run(settings, &options).await?;
+            print_edit(&report, contact_sheet.as_deref())
+        }
+    }
+}
+
+/// `edit`'s report on stdout; exit status 3 for a job that could not be done.
+fn print_edit(
+    report: &pva_worker::commands::edit::EditReport,
+    contact_sheet: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let result = &report.result;
+    println!("{:>12}: {:8.3} s", "model_load", report.model_load_secs);
+    for (stage, secs) in &result.timings {
+        println!("{stage:>12}: {secs:8.3} s");
+    }
+    if report.republished {
+        println!(
+            "job `{}` already has a stored result; answered from it (delete {} to run it again)",
+            result.job_id,
+            report.result_path.display()
+        );
+    }
+    match result.status {
+        JobStatus::Succeeded => {
+            for (o, path) in result.outputs.iter().zip(&report.output_paths) {
+                println!(
+                    "wrote {} (identity score {:.3}{})",
+                    path.display(),
+                    o.identity_score,
+                    if o.identity_check_passed {
+                        ""
+                    } else {
+                        ", below the minimum"
                     }
-                    if let Some(sheet) = contact_sheet {
-                        println!("wrote contact sheet {}", sheet.display());
-                    }
-                    println!("result: {}", out.join("result.json").display());
-                    Ok(ExitCode::SUCCESS)
-                }
-                JobStatus::Failed => {
-                    let e = result.error.expect("a failed result has an error");
-                    println!("job failed: {} ({})", e.message, e.code);
-                    println!("result: {}", out.join("result.json").display());
-                    Ok(ExitCode::from(3))
-                }
+                );
             }
+            match contact_sheet {
+                Some(sheet) if report.contact_sheet_written => {
+                    println!("wrote contact sheet {}", sheet.display())
+                }
+                Some(_) => println!("no contact sheet: the stored result has no images in memory"),
+                None => {}
+            }
+            println!("result: {}", report.result_path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        JobStatus::Failed => {
+            let e = result.error.as_ref().expect("a failed result has an error");
+            println!("job failed: {} ({})", e.message, e.code);
+            println!("result: {}", report.result_path.display());
+            Ok(ExitCode::from(3))
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Parity with the Python reference (models/export/reference.py): for every fixture case under
+//! Parity with the Python reference (`python -m pva.reference.edit`): for every fixture case under
 //! tests/fixtures/edit (the tiny model) and tests/fixtures/edit-demo (the trained demo model), the
 //! Rust pipeline reproduces the tokens, hidden states, identity tokens,
 //! latents after every denoising step (max abs <= 1e-4) and the final image (within 1/255 on >= 99.9%
@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 
 use common::{max_abs_diff, settings_for, Tensors};
 use ndarray::{Array1, Array2, Array4, Axis};
-use pva_worker::edit::load_pipeline;
 use pva_worker::engine::Engine;
 use pva_worker::pipeline::image::{decode, to_chw, DecodeLimits};
 use pva_worker::pipeline::inpaint::{denoise, Conditioning, EditInput, MaskInput};
 use pva_worker::pipeline::mask::{masked_image, Mask};
 use pva_worker::pipeline::noise::NoiseSource;
 use pva_worker::pipeline::scheduler::SchedulerKind;
+use pva_worker::service::load_pipeline;
 
 const TOL: f32 = 1e-4;
 

@@ -7,16 +7,17 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::{repo, settings};
-use pva_worker::edit::{load_pipeline, EditOptions};
+use pva_worker::commands::edit::EditOptions;
 use pva_worker::engine::{EngineError, OrtEngine};
 use pva_worker::job::JobStatus;
+use pva_worker::job::{flow, JobFailure, RunnerOptions};
 use pva_worker::pipeline::face::FaceBox;
 use pva_worker::pipeline::image::{decode, DecodeLimits};
 use pva_worker::pipeline::inpaint::{EditInput, MaskInput};
 use pva_worker::pipeline::mask::Region;
 use pva_worker::pipeline::noise::SeededNoise;
 use pva_worker::pipeline::scheduler::SchedulerKind;
-use pva_worker::worker;
+use pva_worker::service::load_pipeline;
 
 fn photo(name: &str) -> image::RgbImage {
     let limits = DecodeLimits {
@@ -161,9 +162,10 @@ fn failure_code(
     job: &[u8],
     objects: &BTreeMap<String, Vec<u8>>,
     s: &pva_worker::config::Settings,
-) -> Result<(), worker::JobFailure> {
-    let job = worker::parse(job, s)?;
-    let input = worker::prepare(&job, objects, s)?;
+) -> Result<(), JobFailure> {
+    let options = RunnerOptions::from(s);
+    let job = flow::parse(job, &options.limits, options.rules)?;
+    let input = flow::prepare(&job, objects, &options.limits)?;
     let mut pipeline = load_pipeline(s).unwrap();
     pipeline.edit(&input, &mut SeededNoise::new(0))?;
     Ok(())
@@ -195,7 +197,7 @@ fn each_bad_input_gets_its_own_clear_error() {
     let check =
         |what: &str, job: Vec<u8>, objects: BTreeMap<String, Vec<u8>>, code: &str, needle: &str| {
             let err = failure_code(&job, &objects, &s).expect_err(what);
-            assert_eq!(err.code, code, "{what}: {err}");
+            assert_eq!(err.code.as_str(), code, "{what}: {err}");
             assert!(
                 err.message.to_lowercase().contains(&needle.to_lowercase()),
                 "{what}: message `{}` should mention `{needle}`",
@@ -255,7 +257,7 @@ fn each_bad_input_gets_its_own_clear_error() {
     let mut tight = s.clone();
     tight.limits.max_image_pixels = 500_000;
     let err = failure_code(&job_json(|_| {}), &good, &tight).unwrap_err();
-    assert_eq!(err.code, "bad_image", "{err}");
+    assert_eq!(err.code.as_str(), "bad_image", "{err}");
     assert!(err.message.contains("pixels"), "{err}");
     check(
         "empty prompt",
@@ -271,6 +273,32 @@ fn each_bad_input_gets_its_own_clear_error() {
         "bad_input",
         "face_box",
     );
+    // u32::MAX + width overflowed a u32 add (a panic in debug builds) before the mask was mapped.
+    check(
+        "a mask box at the edge of u32",
+        job_json(|v| {
+            v["mask"] =
+                serde_json::json!({"box": {"x": u32::MAX, "y": 10, "width": 50, "height": 50}})
+        }),
+        good.clone(),
+        "bad_input",
+        "mask.box",
+    );
+}
+
+#[test]
+fn an_adapter_of_the_wrong_length_is_refused_not_a_panic() {
+    let s = settings();
+    let options = RunnerOptions::from(&s);
+    let job = flow::parse(&job_json(|_| {}), &options.limits, options.rules).unwrap();
+    let mut input = flow::prepare(&job, &example_objects(), &options.limits).unwrap();
+    input.adapter = Some(vec![0.0; 3]);
+    let mut pipeline = load_pipeline(&s).unwrap();
+    let err = pipeline
+        .edit(&input, &mut SeededNoise::new(0))
+        .expect_err("a 3-value adapter");
+    assert!(err.to_string().contains("adapter"), "{err}");
+    assert_eq!(JobFailure::from(err).code.as_str(), "bad_input");
 }
 
 fn copy_model(to: &Path) {
@@ -355,7 +383,7 @@ fn the_edit_command_runs_the_bundled_example() {
     s.engine.intra_threads = 2;
     let job = out.path().join("job.json");
     std::fs::write(&job, job_json(|v| v["num_outputs"] = 2.into())).unwrap();
-    let result = pva_worker::edit::run(
+    let report = common::run_edit(
         &s,
         &EditOptions {
             job,
@@ -363,19 +391,25 @@ fn the_edit_command_runs_the_bundled_example() {
             out: out.path().to_path_buf(),
             contact_sheet: Some(sheet.clone()),
         },
-    )
-    .unwrap();
+    );
+    let result = &report.result;
     assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
     assert_eq!(result.outputs.len(), 2);
-    for o in &result.outputs {
-        let img = image::open(&o.key).unwrap();
+    for (o, path) in result.outputs.iter().zip(&report.output_paths) {
+        assert_eq!(path, &out.path().join(&o.key));
+        let img = image::open(path).unwrap();
         assert_eq!((img.width(), img.height()), (910, 1137));
         assert!(o.identity_score.is_finite() && o.identity_score.abs() <= 1.0);
     }
     assert!(out.path().join("example/example-beard/0.png").is_file());
     let written: pva_worker::job::JobResult =
-        serde_json::from_slice(&std::fs::read(out.path().join("result.json")).unwrap()).unwrap();
-    assert_eq!(written, result);
+        serde_json::from_slice(&std::fs::read(&report.result_path).unwrap()).unwrap();
+    assert_eq!(
+        report.result_path,
+        out.path().join("example/example-beard/result.json"),
+        "where serve puts it"
+    );
+    assert_eq!(&written, result);
     for stage in [
         "fetch",
         "preprocess",

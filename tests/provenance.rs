@@ -436,16 +436,16 @@ fn measure_what_signing_adds_to_a_tiny_model_output() {
     let mut s = settings();
     s.engine.intra_threads = 2;
     let t = Instant::now();
-    let result = pva_worker::edit::run(
+    let report = common::run_edit(
         &s,
-        &pva_worker::edit::EditOptions {
+        &pva_worker::commands::edit::EditOptions {
             job: job_path,
             root: Some(repo().join("examples")),
             out: out.path().to_path_buf(),
             contact_sheet: None,
         },
-    )
-    .unwrap();
+    );
+    let result = &report.result;
     let wall_secs = t.elapsed().as_secs_f64();
     assert_eq!(
         result.status,
@@ -453,15 +453,10 @@ fn measure_what_signing_adds_to_a_tiny_model_output() {
         "{result:?}"
     );
     // The job itself: every stage but loading the model (done once per worker).
-    let job_secs: f64 = result
-        .timings
-        .iter()
-        .filter(|(stage, _)| stage.as_str() != "model_load")
-        .map(|(_, secs)| secs)
-        .sum();
+    let job_secs: f64 = result.timings.values().sum();
     // Re-encode the pixels so the measurement starts from bare encoder output, whatever the
     // edit command already wrote around them.
-    let img = image::open(&result.outputs[0].key).unwrap().to_rgb8();
+    let img = image::open(&report.output_paths[0]).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (910, 1137));
 
     let ca = TestCa::new(KeyType::P256);

@@ -41,6 +41,8 @@ struct Env {
     channel: Channel,
     results: lapin::Consumer,
     workers: Vec<(Child, u16)>,
+    /// Whether workers sign their outputs (C2PA, required); off, they write the XMP mark only.
+    signing: bool,
 }
 
 fn free_port() -> u16 {
@@ -106,6 +108,7 @@ impl Env {
             channel,
             results,
             workers: Vec::new(),
+            signing: true,
         }
     }
 
@@ -145,11 +148,7 @@ max_attempts = 2
 sse = "none"
 [metrics]
 listen = "127.0.0.1:{port}"
-[provenance]
-signing_key = "{key}"
-certificate_chain = "{chain}"
-algorithm = "es256"
-require_signing = true
+{provenance}
 [logging]
 format = "json"
 level = "info,ort=warn"
@@ -171,8 +170,16 @@ level = "info,ort=warn"
             sk = self.s3.secret_key(),
             ib = s.s3.input_bucket,
             ob = s.s3.output_buckets[0],
-            key = self.ca.settings(true).signing_key.display(),
-            chain = self.ca.settings(true).certificate_chain.display(),
+            provenance = if self.signing {
+                format!(
+                    "[provenance]\nsigning_key = \"{}\"\ncertificate_chain = \"{}\"\n\
+                     algorithm = \"es256\"\nrequire_signing = true",
+                    self.ca.settings(true).signing_key.display(),
+                    self.ca.settings(true).certificate_chain.display(),
+                )
+            } else {
+                String::new()
+            },
         );
         let path = self.dir.path().join(format!("{worker}.toml"));
         std::fs::write(&path, toml).unwrap();
@@ -1109,4 +1116,109 @@ async fn tuning_policies_cache_adapters_per_identity_and_forget_removes_them() {
     );
     wait_metric(port, "pva_tuning_duration_seconds_count 2").await;
     env.assert_logs_clean();
+}
+
+/// A result with what differs between two runs of one job by design (worker id, timings) blanked.
+fn comparable(result: &JobResult) -> JobResult {
+    JobResult {
+        worker_id: String::new(),
+        timings: BTreeMap::new(),
+        ..result.clone()
+    }
+}
+
+/// `edit` runs the job runner `serve` runs: the same job gives the same `result.json` (worker id and
+/// timings aside), stored at the same key, and byte-identical outputs; a past deadline fails in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edit_and_serve_run_one_job_flow_with_the_same_results() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::new("one-flow").await;
+    env.signing = false;
+    env.start_worker().await;
+    let late = |v: &mut serde_json::Value| v["deadline"] = "2020-01-01T00:00:00Z".into();
+    let jobs = [
+        ("one-flow", env.job("one-flow", |_| {})),
+        ("one-flow-late", env.job("one-flow-late", late)),
+    ];
+    for (_, body) in &jobs {
+        env.publish(body).await;
+    }
+    let served = env
+        .results_for(&["one-flow", "one-flow-late"], Duration::from_secs(180))
+        .await;
+
+    let out = env.dir.path().join("edit-out");
+    let mut settings = env.settings.clone();
+    settings.engine.intra_threads = 1;
+    for (id, body) in &jobs {
+        let job_file = env.dir.path().join(format!("{id}.json"));
+        std::fs::write(&job_file, body).unwrap();
+        let options = pva_worker::commands::edit::EditOptions {
+            job: job_file,
+            root: Some(repo().join("examples")),
+            out: out.clone(),
+            contact_sheet: None,
+        };
+        let edited = pva_worker::commands::edit::run(&settings, &options)
+            .await
+            .unwrap();
+        let by_serve = &served[*id][0];
+        assert_eq!(comparable(&edited.result), comparable(by_serve), "{id}");
+        if *id == "one-flow-late" {
+            assert_eq!(edited.result.status, JobStatus::Failed);
+            let code = &edited.result.error.as_ref().unwrap().code;
+            assert_eq!(code, "deadline_exceeded");
+            continue;
+        }
+        assert_eq!(
+            edited.result.status,
+            JobStatus::Succeeded,
+            "{:?}",
+            edited.result
+        );
+        let key = "edits/one-flow/result.json";
+        assert_eq!(edited.result_path, out.join(key));
+        let stored = env
+            .store
+            .get(&env.settings.s3.output_buckets[0], key, 1 << 20)
+            .await
+            .unwrap();
+        let stored: JobResult = serde_json::from_slice(&stored).unwrap();
+        let local: JobResult =
+            serde_json::from_slice(&std::fs::read(&edited.result_path).unwrap()).unwrap();
+        assert_eq!(comparable(&local), comparable(&stored));
+        assert_eq!(
+            std::fs::read(out.join("edits/one-flow/0.png")).unwrap(),
+            output_png(&env, "one-flow").await,
+            "the outputs are byte-identical"
+        );
+    }
+}
+
+/// A request that panics in its inference thread fails that job (`model_error`, not retried), the
+/// thread goes on, the next job succeeds and `/readyz` stays ready. (The hook exists in debug builds.)
+#[cfg(debug_assertions)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_an_inference_thread_fails_that_job_only() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::new("panic").await;
+    let index = env.start_worker().await;
+    let port = env.workers[index].1;
+    let probe = pva_worker::service::pool::PANIC_PROBE_PROMPT;
+    env.publish(&env.job("panics", |v| v["prompt"] = probe.into()))
+        .await;
+    let failed = env.results_for(&["panics"], Duration::from_secs(120)).await;
+    let error = failed["panics"][0].error.clone().expect("a failed result");
+    assert_eq!(error.code, "model_error", "{error:?}");
+    assert!(error.message.contains("panicked"), "{error:?}");
+    assert!(!error.retryable);
+    assert_eq!(http_status(port, "/readyz").await, Some(200));
+
+    env.publish(&env.job("after-panic", |_| {})).await;
+    let next = env
+        .results_for(&["after-panic"], Duration::from_secs(120))
+        .await;
+    assert_eq!(next["after-panic"][0].status, JobStatus::Succeeded);
+    assert_eq!(http_status(port, "/readyz").await, Some(200));
+    assert!(env.log(index).contains("panicked in its inference thread"));
 }

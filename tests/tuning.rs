@@ -1,11 +1,11 @@
-//! Per-identity adapter tuning (issue 5) against the Python reference (models/export/reference_tune.py)
+//! Per-identity adapter tuning (issue 5) against the Python reference (`python -m pva.reference.tune`)
 //! and its committed fixtures (tests/fixtures/tune).
 
 mod common;
 
 use common::{max_abs_diff, settings, Tensors};
 use ndarray::{ArrayView1, ArrayView2, ArrayView3, ArrayView4};
-use pva_worker::edit::load_pipeline;
+use pva_worker::commands::tune::{self as tune_cmd, TuneCmdOptions};
 use pva_worker::engine::{Engine, OrtEngine, TuningBatch, TuningHyper};
 use pva_worker::pipeline::adapter::{self, ModelRef, StoredAdapter};
 use pva_worker::pipeline::inpaint::{EditInput, MaskInput, Pipeline};
@@ -17,7 +17,7 @@ use pva_worker::pipeline::tune::{
     self, Draw, DrawSource, LeaveOneOut, ReferenceCrop, SeededDraws, StepBatch, TuneError,
     TuneOptions, Tuned,
 };
-use pva_worker::tune_cmd::{self, TuneCmdOptions};
+use pva_worker::service::load_pipeline;
 
 fn tune_dir() -> std::path::PathBuf {
     common::repo().join("tests/fixtures/tune")
@@ -135,7 +135,7 @@ fn load_png(path: &std::path::Path) -> image::RgbImage {
         .to_rgb8()
 }
 
-/// The fixture identity's crops, as reference_tune.py stored them.
+/// The fixture identity's crops, as `pva.reference.tune` stored them.
 fn fixture_crops() -> Vec<ReferenceCrop> {
     (0..3)
         .map(|i| ReferenceCrop {
@@ -502,7 +502,8 @@ fn tune_command_writes_an_adapter_that_decodes_under_its_key() {
             .iter()
             .map(|r| adapter::sha256_hex(&std::fs::read(tune_dir().join(r)).unwrap()))
             .collect();
-        adapter::storage_key(&s.tuning.adapter_prefix, "obama", &model, &digests).unwrap()
+        pva_worker::job::adapters::storage_key(&s.tuning.adapter_prefix, "obama", &model, &digests)
+            .unwrap()
     };
     assert_eq!(
         report.key,
@@ -588,5 +589,94 @@ fn a_tuning_graph_that_disagrees_with_the_manifest_is_refused_at_load() {
     assert!(
         err.to_string().contains("`id_tokens`") && err.to_string().contains("[2, 9, 32]"),
         "{err}"
+    );
+}
+
+/// `pva-worker edit` honours the job's tuning policy as `serve` does: `auto` tunes the identity and
+/// stores its adapter under `tuning.adapter_prefix` in the output directory; an `if_cached` job for
+/// the same references then uses it without tuning; `never` ignores it.
+#[test]
+fn edit_tunes_with_policy_auto_and_reuses_the_adapter_when_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings();
+    s.tuning.steps = 3;
+    // NOTE: rates high enough that three steps visibly move the tiny model's adapter.
+    s.tuning.lr_visual = Some(1e-2);
+    s.tuning.lr_token = Some(1e-2);
+    let job = |id: &str, policy: &str| {
+        let mut v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(common::repo().join("examples/job.json")).unwrap(),
+        )
+        .unwrap();
+        v["job_id"] = id.into();
+        v["steps"] = 2.into();
+        v["num_outputs"] = 1.into();
+        v["tuning"] = policy.into();
+        let path = dir.path().join(format!("{id}.json"));
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        path
+    };
+    let out = dir.path().join("out");
+    let run = |job| {
+        common::run_edit(
+            &s,
+            &pva_worker::commands::edit::EditOptions {
+                job,
+                root: Some(common::repo().join("examples")),
+                out: out.clone(),
+                contact_sheet: None,
+            },
+        )
+    };
+    let adapters = || -> Vec<std::path::PathBuf> {
+        let root = out.join("adapters/example-person");
+        let mut found = Vec::new();
+        let mut dirs = vec![root];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    found.push(e.path());
+                }
+            }
+        }
+        found
+    };
+
+    let tuned = run(job("tuned", "auto"));
+    assert_eq!(
+        tuned.result.status,
+        pva_worker::job::JobStatus::Succeeded,
+        "{:?}",
+        tuned.result
+    );
+    assert!(tuned.result.timings.contains_key("tune"), "auto tuned");
+    let stored = adapters();
+    assert_eq!(stored.len(), 1, "one adapter stored: {stored:?}");
+    let model = ModelRef::of(&pva_worker::engine::Manifest::load(&s.engine.model_dir).unwrap());
+    let decoded = adapter::decode(&std::fs::read(&stored[0]).unwrap(), &model).unwrap();
+    assert_eq!(
+        (decoded.identity_id.as_str(), decoded.steps),
+        ("example-person", 3)
+    );
+
+    let cached = run(job("cached", "if_cached"));
+    assert!(
+        !cached.result.timings.contains_key("tune"),
+        "the stored adapter was used"
+    );
+    let untuned = run(job("untuned", "never"));
+    let png =
+        |r: &pva_worker::commands::edit::EditReport| std::fs::read(&r.output_paths[0]).unwrap();
+    assert_eq!(
+        png(&cached),
+        png(&tuned),
+        "the same adapter, seed and job give the same image"
+    );
+    assert_ne!(
+        png(&untuned),
+        png(&tuned),
+        "the tuned adapter changes the edit"
     );
 }

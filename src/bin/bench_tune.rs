@@ -7,7 +7,7 @@
 //!     [--python .venv/bin/python] [--no-python] [--loss-study]
 //! ```
 //!
-//! The PyTorch side is models/export/bench_tune.py (run as a subprocess; its "ms/step" lines are
+//! The PyTorch side is `python -m pva.bench.tune` (run as a subprocess; its "ms/step" lines are
 //! parsed). `--loss-study` also prints how the training loss moves on the random tiny model for a
 //! few learning-rate scales and step counts (the numbers tests/tuning.rs's choices rest on).
 
@@ -18,10 +18,10 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use ndarray::{ArrayView1, ArrayView2, ArrayView3, ArrayView4};
 use pva_worker::config::Settings;
-use pva_worker::edit::load_pipeline;
 use pva_worker::engine::{Engine, OrtEngine, TuningBatch, TuningHyper};
 use pva_worker::pipeline::inpaint::Pipeline;
 use pva_worker::pipeline::tune::{self, LeaveOneOut, ReferenceCrop, SeededDraws, TuneOptions};
+use pva_worker::service::load_pipeline;
 
 struct Args {
     threads: usize,
@@ -136,10 +136,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The PyTorch side: models/export/bench_tune.py's "name  ms ms/step" lines.
+/// The PyTorch side: `python -m pva.bench.tune`'s "name  ms ms/step" lines.
 fn python_side(args: &Args) -> anyhow::Result<Vec<(String, f64)>> {
     let out = Command::new(&args.python)
-        .args(["models/export/bench_tune.py", "--steps"])
+        .args(["-m", "pva.bench.tune", "--steps"])
         .arg(args.steps.to_string())
         .arg("--threads")
         .arg(args.threads.to_string())
@@ -148,7 +148,7 @@ fn python_side(args: &Args) -> anyhow::Result<Vec<(String, f64)>> {
     let text = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(
         out.status.success(),
-        "bench_tune.py failed: {}{}",
+        "pva.bench.tune failed: {}{}",
         text,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -304,7 +304,7 @@ fn main() -> anyhow::Result<()> {
     if args.run_python {
         let rows = python_side(&args)?;
         println!(
-            "PyTorch {} (models/export/bench_tune.py, same batches, {} threads, median ms/step):",
+            "PyTorch {} (`python -m pva.bench.tune`, same batches, {} threads, median ms/step):",
             torch_version(&args.python),
             args.threads
         );

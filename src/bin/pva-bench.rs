@@ -2,7 +2,7 @@
 //! are printed, never asserted).
 //!
 //! - `pva-bench edit`: the library's [`Pipeline::edit`] in process against the Python reference
-//!   (`models/export/bench_edit.py`, reference.py's pipeline on the same model directory) on the same
+//!   (`python -m pva.bench.edit`, `pva.reference.edit`'s pipeline on the same model directory) on the same
 //!   decoded inputs, steps, guidance and number of outputs, with the same ONNX Runtime intra-op
 //!   threads, in one run: per-stage medians for both, the Rust/Python ratio of the whole edit, and
 //!   the share of the Rust edit spent outside the engine's graph runs (timed by [`TimedEngine`], a
@@ -24,28 +24,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use clap::{Parser, Subcommand};
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
 use ndarray::{Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4};
+use pva_worker::commands::edit::local_runner;
 use pva_worker::config::Settings;
-use pva_worker::edit::load_base_adapter;
 use pva_worker::engine::{
     DenoiseInputs, Denoiser, Engine, EngineError, Manifest, OrtEngine, Tuner, TuningHyper,
 };
-use pva_worker::job::{JobResult, JobStatus};
+use pva_worker::job::{flow, JobResult, JobStatus, Runner, RunnerOptions};
 use pva_worker::pipeline::face;
 use pva_worker::pipeline::inpaint::{EditInput, Pipeline};
 use pva_worker::pipeline::noise::SeededNoise;
 use pva_worker::pipeline::scheduler::SchedulerKind;
+use pva_worker::queue::{JobClient, Results, ResultsQueue};
+use pva_worker::service::{load_base_adapter, InferencePool};
 use pva_worker::storage::local::LocalStore;
 use pva_worker::storage::s3::S3Store;
 use pva_worker::storage::ObjectStore;
-use pva_worker::worker;
 use rand::distr::{Alphanumeric, SampleString};
 
 #[derive(Debug, Parser)]
@@ -209,7 +203,11 @@ impl GraphTimes {
 
     /// Seconds per stage: each call counts for the stage it started in; `stages` are the edit's
     /// consecutive stages from `start`.
-    fn by_stage(&self, start: Instant, stages: &[(&'static str, f64)]) -> BTreeMap<String, f64> {
+    fn by_stage(
+        &self,
+        start: Instant,
+        stages: &[(pva_worker::model::Stage, f64)],
+    ) -> BTreeMap<String, f64> {
         let mut out: BTreeMap<String, f64> =
             stages.iter().map(|(s, _)| (s.to_string(), 0.0)).collect();
         for (_, at, d) in &self.calls {
@@ -428,17 +426,19 @@ fn decode_job(
     root: &Path,
     settings: &Settings,
 ) -> anyhow::Result<(pva_worker::job::CheckedJob, EditInput)> {
-    let job = worker::parse(bytes, settings).map_err(|f| anyhow::anyhow!("the job: {f}"))?;
+    let rules = RunnerOptions::from(settings);
+    let job = flow::parse(bytes, &rules.limits, rules.rules)
+        .map_err(|f| anyhow::anyhow!("the job: {f}"))?;
     let store = LocalStore::new(root);
     let mut objects = BTreeMap::new();
-    for (_, key) in worker::input_keys(&job) {
+    for (_, key) in flow::input_keys(&job) {
         let data = store
             .get(&key, settings.limits.max_image_bytes as u64)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         objects.insert(key, data);
     }
-    let input =
-        worker::prepare(&job, &objects, settings).map_err(|f| anyhow::anyhow!("the job: {f}"))?;
+    let input = flow::prepare(&job, &objects, &rules.limits)
+        .map_err(|f| anyhow::anyhow!("the job: {f}"))?;
     Ok((job, input))
 }
 
@@ -464,7 +464,7 @@ fn photo_entry(name: &str, rect: face::CropRect) -> serde_json::Value {
     serde_json::json!({"image": name, "crop": {"x": rect.x, "y": rect.y, "size": rect.size}})
 }
 
-/// The scheduler as reference.py names it, with DDIM's eta.
+/// The scheduler as `pva.reference.edit` names it, with DDIM's eta.
 fn python_scheduler(kind: SchedulerKind) -> (&'static str, f32) {
     match kind {
         SchedulerKind::Ddim { eta } => ("ddim", eta),
@@ -491,15 +491,19 @@ fn bench_edit(mut settings: Settings, opts: &EditBench) -> anyhow::Result<()> {
                 .map(move |&guidance| Case { steps, guidance })
         })
         .collect();
-    // NOTE: one output per edit: reference.py's pipeline makes one image per call.
+    // NOTE: one output per edit: `pva.reference.edit`'s pipeline makes one image per call.
     let base = job_json(&opts.job, |v| v["num_outputs"] = 1.into())?;
     let root = job_root(&opts.job);
     let (job, input) = decode_job(&serde_json::to_vec(&base)?, &root, &settings)?;
 
     let engine = OrtEngine::load(&settings.engine)?;
-    let adapter = load_base_adapter(&settings.engine.model_dir, &engine)?;
+    let adapter = load_base_adapter(&settings.engine.model_dir, engine.manifest())?;
     let manifest = engine.manifest().clone();
-    let mut pipeline = Pipeline::new(TimedEngine::new(engine), adapter, settings.pipeline.clone());
+    let mut pipeline = Pipeline::new(
+        TimedEngine::new(engine),
+        adapter,
+        (&settings.pipeline).into(),
+    );
 
     // The decoded inputs for the Python side: the same pixels, crops and model-size mask.
     std::fs::create_dir_all(&opts.work)?;
@@ -638,7 +642,7 @@ fn rust_run(
     })
 }
 
-/// `bench_edit.py --serve`: the Python reference loaded once, one edit per request line.
+/// `python -m pva.bench.edit --serve`: the Python reference loaded once, one edit per request line.
 struct PythonSide {
     child: Child,
     stdin: Option<std::process::ChildStdin>,
@@ -649,7 +653,7 @@ impl PythonSide {
     /// Starts the script and waits for its `ready` line (the sessions are loaded then).
     fn start(python: &Path, spec: &Path) -> anyhow::Result<Self> {
         let mut child = Command::new(python)
-            .arg("models/export/bench_edit.py")
+            .args(["-m", "pva.bench.edit"])
             .arg("--spec")
             .arg(spec)
             .arg("--serve")
@@ -667,7 +671,7 @@ impl PythonSide {
         let ready = side.read_line()?;
         ensure!(
             ready["ready"].as_bool() == Some(true),
-            "bench_edit.py did not say ready: {ready}"
+            "pva.bench.edit did not say ready: {ready}"
         );
         Ok(side)
     }
@@ -677,9 +681,9 @@ impl PythonSide {
         let mut line = String::new();
         if self.stdout.read_line(&mut line)? == 0 {
             let status = self.child.wait()?;
-            bail!("bench_edit.py ended ({status}); its error is above");
+            bail!("pva.bench.edit ended ({status}); its error is above");
         }
-        serde_json::from_str(&line).with_context(|| format!("bench_edit.py said {line:?}"))
+        serde_json::from_str(&line).with_context(|| format!("pva.bench.edit said {line:?}"))
     }
 
     /// One Python edit of `case` (`{steps, guidance, scheduler, eta, seed}`).
@@ -687,7 +691,7 @@ impl PythonSide {
         let stdin = self
             .stdin
             .as_mut()
-            .context("bench_edit.py's stdin is closed")?;
+            .context("pva.bench.edit's stdin is closed")?;
         writeln!(stdin, "{case}")?;
         stdin.flush()?;
         let run = self.read_line()?;
@@ -704,7 +708,7 @@ impl PythonSide {
             stages: seconds(&run["stages"]),
             total: run["total"]
                 .as_f64()
-                .with_context(|| format!("bench_edit.py: no `total` in {run}"))?,
+                .with_context(|| format!("pva.bench.edit: no `total` in {run}"))?,
             ort: seconds(&run["ort"]),
             ort_by_stage: seconds(&run["ort_by_stage"]),
         })
@@ -714,7 +718,7 @@ impl PythonSide {
     fn finish(mut self) -> anyhow::Result<()> {
         self.stdin.take();
         let status = self.child.wait()?;
-        ensure!(status.success(), "bench_edit.py exited with {status}");
+        ensure!(status.success(), "pva.bench.edit exited with {status}");
         Ok(())
     }
 }
@@ -1124,12 +1128,10 @@ fn run_throughput(settings: &Settings, opts: &ThroughputBench, work: &Path) -> a
     let root = job_root(&opts.job);
     let input_keys: Vec<String> = {
         let (_, body) = &job_bodies(opts, "keys", 1)?[0];
-        let job =
-            worker::parse(body, &bench_settings).map_err(|f| anyhow::anyhow!("the job: {f}"))?;
-        worker::input_keys(&job)
-            .into_iter()
-            .map(|(_, k)| k)
-            .collect()
+        let rules = RunnerOptions::from(&bench_settings);
+        let job = flow::parse(body, &rules.limits, rules.rules)
+            .map_err(|f| anyhow::anyhow!("the job: {f}"))?;
+        flow::input_keys(&job).into_iter().map(|(_, k)| k).collect()
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -1175,16 +1177,16 @@ fn run_throughput(settings: &Settings, opts: &ThroughputBench, work: &Path) -> a
         http_status(metrics_port, "/readyz") == Some(200)
     })?;
 
-    let measured = runtime.block_on(QueueSide::connect(&opts.amqp_url, &bench_settings, &names));
+    let measured = runtime.block_on(QueueSide::connect(&bench_settings, &names));
     let outcome = measured.and_then(|mut queue| {
-        let mut local = LocalSide::load(&bench_settings, &root, work)?;
+        let mut local = LocalSide::load(&runtime, &bench_settings, &root, work)?;
         let rounds = measure_rounds(opts, &runtime, &mut queue, &mut local);
         runtime.block_on(queue.close());
         rounds
     });
     children.stop("worker", Duration::from_secs(30));
     children.stop("s3s-fs", Duration::from_secs(5));
-    runtime.block_on(delete_topology(&opts.amqp_url, &names));
+    runtime.block_on(delete_topology(&bench_settings, &names));
     let rounds = outcome.with_context(|| {
         format!(
             "the throughput run failed; worker log:\n{}",
@@ -1210,16 +1212,16 @@ fn measure_rounds(
 ) -> anyhow::Result<Vec<Round>> {
     let warm = job_bodies(opts, "warm", 1)?;
     runtime.block_on(queue.run(&warm))?;
-    local.run(&warm)?;
+    local.run(runtime, &warm)?;
     let mut rounds = Vec::new();
     for round in 0..opts.rounds {
         let queue_jobs = job_bodies(opts, &format!("q{round}"), opts.jobs)?;
         let local_jobs = job_bodies(opts, &format!("l{round}"), opts.jobs)?;
         let (q, l) = if round % 2 == 0 {
             let q = runtime.block_on(queue.run(&queue_jobs))?;
-            (q, local.run(&local_jobs)?)
+            (q, local.run(runtime, &local_jobs)?)
         } else {
-            let l = local.run(&local_jobs)?;
+            let l = local.run(runtime, &local_jobs)?;
             (runtime.block_on(queue.run(&queue_jobs))?, l)
         };
         rounds.push(Round { queue: q, local: l });
@@ -1294,57 +1296,29 @@ fn print_throughput(opts: &ThroughputBench, rounds: &[Round]) -> anyhow::Result<
     Ok(())
 }
 
-/// The bench's side of the broker: a channel to publish jobs on and a consumer of every result.
+/// The bench's side of the broker: a client publishing jobs and a queue of every result.
 struct QueueSide {
-    connection: Connection,
-    channel: lapin::Channel,
-    results: lapin::Consumer,
+    client: JobClient,
+    results: Results,
     queue: String,
 }
 
 impl QueueSide {
     /// Connects, declares the worker's topology (idempotent) and binds a queue to the results.
-    async fn connect(url: &str, settings: &Settings, names: &Names) -> anyhow::Result<Self> {
-        let connection = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .context("connecting to RabbitMQ")?;
-        let channel = connection.create_channel().await?;
-        pva_worker::queue::declare_topology(
-            &channel,
-            &settings.amqp,
-            settings.worker.delivery_limit,
-        )
-        .await?;
-        channel
-            .queue_declare(
-                names.observed.as_str().into(),
-                QueueDeclareOptions {
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                names.observed.as_str().into(),
-                names.results.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let results = channel
-            .basic_consume(
-                names.observed.as_str().into(),
-                "pva-bench".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+    async fn connect(settings: &Settings, names: &Names) -> anyhow::Result<Self> {
+        let client =
+            JobClient::connect(&settings.amqp, settings.worker.delivery_limit, "pva-bench")
+                .await
+                .context("connecting to RabbitMQ")?;
+        let results = client
+            .results(ResultsQueue::Bound {
+                queue: &names.observed,
+                exchange: &names.results,
+                routing_key: "#",
+            })
             .await?;
         Ok(Self {
-            connection,
-            channel,
+            client,
             results,
             queue: names.jobs.clone(),
         })
@@ -1355,31 +1329,17 @@ impl QueueSide {
     async fn run(&mut self, bodies: &[(String, Vec<u8>)]) -> anyhow::Result<(f64, StageSums)> {
         let t = Instant::now();
         for (_, body) in bodies {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
-            self.channel
-                .basic_publish(
-                    "".into(),
-                    self.queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_timestamp(now),
-                )
-                .await?
+            self.client
+                .publish_job(&self.queue, body, None, None)
                 .await?;
         }
         let mut sums = StageSums::default();
         while sums.jobs < bodies.len() {
-            let delivery = tokio::time::timeout(Duration::from_secs(600), self.results.next())
+            let body = tokio::time::timeout(Duration::from_secs(600), self.results.next())
                 .await
                 .context("no result within 10 minutes")?
                 .context("the result consumer ended")??;
-            delivery.ack(BasicAckOptions::default()).await?;
-            let result: JobResult = serde_json::from_slice(&delivery.data)?;
+            let result: JobResult = serde_json::from_slice(&body)?;
             if result.status != JobStatus::Succeeded {
                 bail!("job {} failed: {:?}", result.job_id, result.error);
             }
@@ -1389,97 +1349,68 @@ impl QueueSide {
     }
 
     async fn close(self) {
-        let _ = self.connection.close(200, "done".into()).await;
+        self.client.close().await;
     }
 }
 
 /// Deletes this run's queues and exchanges (best effort: the bench's numbers are already taken).
-async fn delete_topology(url: &str, names: &Names) {
-    let Ok(connection) = Connection::connect(url, ConnectionProperties::default()).await else {
+async fn delete_topology(settings: &Settings, names: &Names) {
+    let Ok(client) =
+        JobClient::connect(&settings.amqp, settings.worker.delivery_limit, "pva-bench").await
+    else {
         return;
     };
-    if let Ok(channel) = connection.create_channel().await {
-        for queue in [&names.jobs, &names.dead, &names.observed] {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in [&names.dlx, &names.results] {
-            let _ = channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
-    }
-    let _ = connection.close(200, "done".into()).await;
+    client
+        .delete(
+            &[&names.jobs, &names.dead, &names.observed],
+            &[&names.dlx, &names.results],
+        )
+        .await;
+    client.close().await;
 }
 
-/// The in-process `edit` path, as `pva-worker edit` runs a job but with the model loaded once: read
-/// the job and its photos from local files, decode, edit, encode (with the same provenance marking),
-/// write the outputs and `result.json`.
-struct LocalSide<'a> {
-    settings: &'a Settings,
-    pipeline: Pipeline<OrtEngine>,
-    signer: Option<pva_worker::provenance::Signer>,
-    inputs: LocalStore,
-    outputs: LocalStore,
+/// The in-process `edit` path: `pva-worker edit`'s job runner (local files, the same provenance
+/// marking, outputs and `result.json` written) with the model loaded once.
+struct LocalSide {
+    runner: Runner<LocalStore, InferencePool>,
     jobs_dir: PathBuf,
 }
 
-impl<'a> LocalSide<'a> {
-    fn load(settings: &'a Settings, root: &Path, work: &Path) -> anyhow::Result<Self> {
+impl LocalSide {
+    fn load(
+        runtime: &tokio::runtime::Runtime,
+        settings: &Settings,
+        root: &Path,
+        work: &Path,
+    ) -> anyhow::Result<Self> {
         let jobs_dir = work.join("local-jobs");
         std::fs::create_dir_all(&jobs_dir)?;
-        Ok(Self {
-            settings,
-            pipeline: pva_worker::edit::load_pipeline(settings)?,
-            signer: pva_worker::provenance::Signer::from_settings(&settings.provenance)?,
-            inputs: LocalStore::new(root),
-            outputs: LocalStore::new(work.join("local-out")),
-            jobs_dir,
-        })
+        // A stored result would be answered without running the job: start from an empty store.
+        let out = work.join("local-out");
+        let _ = std::fs::remove_dir_all(&out);
+        let (runner, _) = runtime.block_on(local_runner(settings, root, &out))?;
+        Ok(Self { runner, jobs_dir })
     }
 
     /// Writes the job files, then runs them one after the other. Returns the seconds for all of
     /// them (from reading the first job file) and their timings.
-    fn run(&mut self, bodies: &[(String, Vec<u8>)]) -> anyhow::Result<(f64, StageSums)> {
+    fn run(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        bodies: &[(String, Vec<u8>)],
+    ) -> anyhow::Result<(f64, StageSums)> {
         for (id, body) in bodies {
             std::fs::write(self.jobs_dir.join(format!("{id}.json")), body)?;
         }
         let mut sums = StageSums::default();
         let t = Instant::now();
         for (id, _) in bodies {
-            sums.add(&self.job(id)?);
+            let bytes = std::fs::read(self.jobs_dir.join(format!("{id}.json")))?;
+            let done = runtime
+                .block_on(self.runner.run(&bytes))
+                .map_err(|f| anyhow::anyhow!("job {id}: {f}"))?;
+            sums.add(&done.result.timings);
         }
         Ok((t.elapsed().as_secs_f64(), sums))
-    }
-
-    fn job(&mut self, id: &str) -> anyhow::Result<BTreeMap<String, f64>> {
-        let settings = self.settings;
-        let bytes = std::fs::read(self.jobs_dir.join(format!("{id}.json")))?;
-        let failed = |f: worker::JobFailure| anyhow::anyhow!("job {id}: {f}");
-        let job = worker::parse(&bytes, settings).map_err(failed)?;
-        let run = pva_worker::edit::run_local(
-            &mut self.pipeline,
-            self.signer.as_ref(),
-            settings,
-            &job,
-            &self.inputs,
-            &self.outputs,
-        )
-        .map_err(failed)?;
-        let model = self.pipeline.manifest();
-        let result = worker::result(
-            (&model.name, &model.version),
-            id,
-            job.request.consent.clone(),
-            "pva-bench",
-            Ok((run.outputs, &run.edited.timings)),
-            &[("fetch", run.fetch_secs), ("upload", run.upload_secs)],
-        );
-        let key = format!("bench/{id}/result.json");
-        self.outputs
-            .put(&key, &serde_json::to_vec(&result)?)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(result.timings)
     }
 }

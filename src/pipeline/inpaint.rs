@@ -16,8 +16,8 @@ use super::mask::{Mask, PixelBox, Region};
 use super::noise::NoiseSource;
 use super::scheduler::{Scheduler, SchedulerKind};
 use super::tokenizer::PromptTokenizer;
-use crate::config::PipelineSettings;
 use crate::engine::{DenoiseInputs, Engine, EngineError};
+use crate::model::Stage;
 
 /// Why an edit could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -105,11 +105,11 @@ pub struct EditedImage {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Timings {
     /// Stage name and seconds, in order.
-    pub stages: Vec<(&'static str, f64)>,
+    pub stages: Vec<(Stage, f64)>,
 }
 
 impl Timings {
-    fn record(&mut self, stage: &'static str, since: Instant) -> Instant {
+    fn record(&mut self, stage: Stage, since: Instant) -> Instant {
         let now = Instant::now();
         self.stages.push((stage, (now - since).as_secs_f64()));
         now
@@ -151,6 +151,15 @@ pub struct Conditioning {
     pub masked_latents: Array4<f32>,
 }
 
+/// How the pipeline crops and pastes back (from the worker's `[pipeline]` settings).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PipelineOptions {
+    /// Margin around a face box on each side, as a fraction of the box side, for the square crop.
+    pub face_margin: f32,
+    /// Width in pixels (of the original image) of the blend band when pasting the edit back.
+    pub feather_px: u32,
+}
+
 /// The bounded cache of unconditional (negative prompt) text embeddings.
 const UNCOND_CACHE_ENTRIES: usize = 16;
 
@@ -158,14 +167,14 @@ const UNCOND_CACHE_ENTRIES: usize = 16;
 pub struct Pipeline<E: Engine> {
     engine: E,
     tokenizer: PromptTokenizer,
-    settings: PipelineSettings,
+    settings: PipelineOptions,
     base_adapter: Vec<f32>,
     uncond_cache: HashMap<String, Array3<f32>>,
 }
 
 impl<E: Engine> Pipeline<E> {
     /// Wraps an engine; `base_adapter` is the model's untuned adapter (visual + token).
-    pub fn new(engine: E, base_adapter: Vec<f32>, settings: PipelineSettings) -> Self {
+    pub fn new(engine: E, base_adapter: Vec<f32>, settings: PipelineOptions) -> Self {
         let tokenizer = PromptTokenizer::new(engine.manifest().tokenizer.clone());
         Self {
             engine,
@@ -297,10 +306,11 @@ impl<E: Engine> Pipeline<E> {
                 let scale = res as f64 / rect.size as f64;
                 let x0 = ((b.x as f64 - rect.x as f64) * scale).floor().max(0.0);
                 let y0 = ((b.y as f64 - rect.y as f64) * scale).floor().max(0.0);
-                let x1 = (((b.x + b.width) as f64 - rect.x as f64) * scale)
+                // NOTE: in u64: a box at x = u32::MAX with any width must not overflow.
+                let x1 = (((b.x as u64 + b.width as u64) as f64 - rect.x as f64) * scale)
                     .ceil()
                     .min(res as f64);
-                let y1 = (((b.y + b.height) as f64 - rect.y as f64) * scale)
+                let y1 = (((b.y as u64 + b.height as u64) as f64 - rect.y as f64) * scale)
                     .ceil()
                     .min(res as f64);
                 if x1 <= x0 || y1 <= y0 {
@@ -362,13 +372,20 @@ impl<E: Engine> Pipeline<E> {
         let h = m.latent.size;
         let mask_latent = Array4::from_shape_vec((1, 1, h, h), mask.downsample_nearest(h as u32))
             .expect("latent mask shape");
-        let t = timings.record("preprocess", t);
+        let t = timings.record(Stage::Preprocess, t);
 
         let adapter = input
             .adapter
             .as_deref()
             .unwrap_or(&self.base_adapter)
             .to_vec();
+        let layout = m.adapter.visual_length + m.adapter.token_length;
+        if adapter.len() != layout {
+            return Err(PipelineError::Input {
+                what: "adapter".into(),
+                problem: format!("has {} values, the model's layout {layout}", adapter.len()),
+            });
+        }
         let (visual, token) = adapter.split_at(m.adapter.visual_length);
         let hidden_cond = self.text(self.prompt_ids(&input.prompt)?, token)?;
         let hidden_uncond = if input.guidance > 1.0 {
@@ -389,7 +406,7 @@ impl<E: Engine> Pipeline<E> {
             mask_latent,
             masked_latents,
         };
-        let t = timings.record("encode", t);
+        let t = timings.record(Stage::Encode, t);
 
         let latents = denoise(
             &mut self.engine,
@@ -401,7 +418,7 @@ impl<E: Engine> Pipeline<E> {
             noise,
             &mut |_, _| {},
         )?;
-        let t = timings.record("denoise", t);
+        let t = timings.record(Stage::Denoise, t);
 
         let n = input.num_outputs;
         let latents = Array4::from_shape_vec((n, m.latent.channels, h, h), latents)
@@ -458,7 +475,7 @@ impl<E: Engine> Pipeline<E> {
                 crop,
             })
             .collect();
-        timings.record("decode", t);
+        timings.record(Stage::Decode, t);
         Ok(EditOutput {
             images,
             crop_rect: rect,

@@ -1,7 +1,7 @@
 //! Per-identity adapter tuning: PVA's "lightweight adapter-tuning step" (the paper's 40 AdamW steps on
 //! the `to_visual_q/k/v` projections and the `<new1>` token) driven through `adapter_step.onnx`.
 //!
-//! The data is the identity's own references, leave-one-out (models/export/reference_tune.py does the
+//! The data is the identity's own references, leave-one-out (`python -m pva.reference.tune` does the
 //! same in Python): each sample picks one reference as the inpainting target, its `whole_face` region
 //! masked, and the other references as the identity; the loss is the noise-prediction MSE at a random
 //! timestep. [`LeaveOneOut::build`] encodes every reference once (VAE latents of the image and of the
@@ -22,7 +22,6 @@ use super::face::{self, CropRect, FaceBox};
 use super::image as img;
 use super::inpaint::{Pipeline, PipelineError};
 use super::mask::{masked_image, Mask, MaskError, Region};
-use crate::config::TuningSettings;
 use crate::engine::{Engine, EngineError, Manifest, TuningBatch, TuningHyper};
 
 /// Why an identity could not be tuned.
@@ -77,6 +76,23 @@ pub struct TuneOptions {
     pub seed: u64,
 }
 
+/// The tuning a worker asks for (its `[tuning]` settings): unset rates are the model's own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TuningRequest {
+    /// Optimisation steps.
+    pub steps: usize,
+    /// Samples per step (must equal the model's, which its tuning graph fixes).
+    pub batch_size: usize,
+    /// Learning rate of the visual projections; `None`: the model's.
+    pub lr_visual: Option<f32>,
+    /// Learning rate of the `<new1>` token; `None`: the model's.
+    pub lr_token: Option<f32>,
+    /// AdamW weight decay; `None`: the model's.
+    pub weight_decay: Option<f32>,
+    /// Seed of the draws.
+    pub seed: u64,
+}
+
 impl TuneOptions {
     /// The manifest's tuning defaults (the paper's values for the committed models).
     pub fn from_manifest(manifest: &Manifest, seed: u64) -> Self {
@@ -93,10 +109,7 @@ impl TuneOptions {
     }
 
     /// The worker's `[tuning]` settings, checked against the model (its graph fixes the batch size).
-    pub fn from_settings(
-        settings: &TuningSettings,
-        manifest: &Manifest,
-    ) -> Result<Self, TuneError> {
+    pub fn from_settings(settings: &TuningRequest, manifest: &Manifest) -> Result<Self, TuneError> {
         if settings.batch_size != manifest.tuning.batch_size {
             return Err(TuneError::Settings(format!(
                 "tuning.batch_size is {}, but model `{}` tunes with batch {} (fixed in its {} graph)",
@@ -215,7 +228,7 @@ impl LeaveOneOut {
     /// is the manifest's template with an empty prompt ("a <new1> person").
     ///
     /// With a single reference its mirror image is the second one (`references` are never enough
-    /// for leave-one-out otherwise); reference_tune.py asks for at least two.
+    /// for leave-one-out otherwise); `pva.reference.tune` asks for at least two.
     pub fn build<E: Engine>(
         pipeline: &mut Pipeline<E>,
         references: &[ReferenceCrop],
@@ -407,7 +420,7 @@ pub trait DrawSource {
 }
 
 /// Reproducible draws: one ChaCha8 stream seeded with the run's seed, read in step order (each
-/// step: the targets, then the timesteps, then the noise, as reference_tune.py orders its draws).
+/// step: the targets, then the timesteps, then the noise, as `pva.reference.tune` orders its draws).
 #[derive(Debug, Clone)]
 pub struct SeededDraws {
     rng: ChaCha8Rng,
@@ -595,7 +608,8 @@ mod tests {
     fn settings_become_options_only_when_they_fit_the_model() {
         let manifest = tiny_manifest();
         let settings = crate::config::Settings::load_with_env(None, Vec::new()).unwrap();
-        let options = TuneOptions::from_settings(&settings.tuning, &manifest).unwrap();
+        let tuning = TuningRequest::from(&settings.tuning);
+        let options = TuneOptions::from_settings(&tuning, &manifest).unwrap();
         // Unset rates are the model's: the tiny model records the paper's.
         assert_eq!(options, TuneOptions::from_manifest(&manifest, 0));
         assert_eq!(options.steps, 40);
@@ -610,12 +624,12 @@ mod tests {
         // A model that records other rates gets them; a rate set in the settings overrides the model's.
         let mut own = manifest.clone();
         own.tuning.lr_visual = 1e-3;
-        let options = TuneOptions::from_settings(&settings.tuning, &own).unwrap();
+        let options = TuneOptions::from_settings(&tuning, &own).unwrap();
         assert_eq!(
             (options.hyper.lr_visual, options.hyper.lr_token),
             (1e-3, 1e-3)
         );
-        let mut set = settings.tuning.clone();
+        let mut set = tuning;
         set.lr_visual = Some(2e-4);
         set.weight_decay = Some(0.0);
         let options = TuneOptions::from_settings(&set, &own).unwrap();
@@ -627,14 +641,14 @@ mod tests {
                 weight_decay: 0.0
             }
         );
-        let mut other = settings.tuning.clone();
+        let mut other = tuning;
         other.batch_size = 1;
         let err = TuneOptions::from_settings(&other, &manifest).unwrap_err();
         assert!(err.to_string().contains("batch 2"), "{err}");
-        let mut bad = settings.tuning.clone();
+        let mut bad = tuning;
         bad.lr_token = Some(f32::NAN);
         assert!(TuneOptions::from_settings(&bad, &manifest).is_err());
-        bad = settings.tuning.clone();
+        bad = tuning;
         bad.steps = 0;
         assert!(TuneOptions::from_settings(&bad, &manifest).is_err());
     }

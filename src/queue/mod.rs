@@ -13,7 +13,9 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 
 use crate::config::AmqpSettings;
 
-pub use lapin::message::Delivery;
+mod client;
+
+pub use client::{JobClient, Results, ResultsQueue};
 
 /// Why a broker operation failed. Messages never contain the connection URL (it holds a password).
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +47,101 @@ fn broker(what: &'static str) -> impl FnOnce(lapin::Error) -> QueueError {
 
 /// A connection with one channel for consuming and one (in confirm mode) for publishing.
 pub struct Broker {
-    /// The connection.
-    pub connection: Connection,
+    connection: Connection,
     /// Channel the job consumer runs on.
-    pub consume: Channel,
+    consume: Channel,
     /// Channel results and dead letters are published on, with publisher confirms.
-    pub publish: Channel,
+    publish: Channel,
+}
+
+/// A job message as delivered, answered with [`Delivery::ack`] or [`Delivery::requeue`].
+pub struct Delivery(lapin::message::Delivery);
+
+/// The job queue's deliveries as they arrive.
+pub struct Jobs(Consumer);
+
+/// Publishes results and dead letters with confirms; cheap to clone (one channel).
+#[derive(Clone)]
+pub struct Publisher(Channel);
+
+impl Jobs {
+    /// The next delivery; `None` when the broker cancelled the consumer.
+    pub async fn next(&mut self) -> Option<Result<Delivery, QueueError>> {
+        use futures_util::StreamExt;
+        Some(
+            self.0
+                .next()
+                .await?
+                .map(Delivery)
+                .map_err(broker("receiving a job")),
+        )
+    }
+}
+
+impl Delivery {
+    /// The message body (the job JSON).
+    pub fn body(&self) -> &[u8] {
+        &self.0.data
+    }
+
+    /// Acknowledges the message: the broker forgets it.
+    pub async fn ack(&self) -> Result<(), QueueError> {
+        self.0
+            .acker
+            .ack(lapin::options::BasicAckOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(broker("acknowledging a job"))
+    }
+
+    /// Returns the message to the queue for another delivery.
+    pub async fn requeue(&self) -> Result<(), QueueError> {
+        let options = lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        self.0
+            .acker
+            .nack(options)
+            .await
+            .map(|_| ())
+            .map_err(broker("requeueing a job"))
+    }
+
+    /// How many times this message was delivered before (0 on the first delivery), from the quorum
+    /// queue's `x-delivery-count` header.
+    pub fn previous_deliveries(&self) -> u32 {
+        previous_deliveries(&self.0)
+    }
+
+    /// When the message was published, from its `timestamp` property.
+    pub fn published_at(&self) -> Option<SystemTime> {
+        self.0
+            .properties
+            .timestamp()
+            .map(|ts| UNIX_EPOCH + Duration::from_secs(ts))
+    }
+
+    /// The AMQP `reply_to` and `correlation_id` of a request, when present.
+    pub fn reply_to(&self) -> (Option<String>, Option<String>) {
+        let p = &self.0.properties;
+        (
+            p.reply_to().as_ref().map(|s| s.as_str().to_string()),
+            p.correlation_id().as_ref().map(|s| s.as_str().to_string()),
+        )
+    }
+}
+
+impl Publisher {
+    /// Publishes persistently and waits for the broker's confirm.
+    pub async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Outgoing,
+    ) -> Result<(), QueueError> {
+        publish_confirmed(&self.0, exchange, routing_key, message).await
+    }
 }
 
 impl Broker {
@@ -91,7 +182,7 @@ impl Broker {
         &self,
         settings: &AmqpSettings,
         tag: &str,
-    ) -> Result<Consumer, QueueError> {
+    ) -> Result<Jobs, QueueError> {
         self.consume
             .basic_consume(
                 settings.job_queue.as_str().into(),
@@ -100,7 +191,21 @@ impl Broker {
                 FieldTable::default(),
             )
             .await
+            .map(Jobs)
             .map_err(broker("starting the consumer"))
+    }
+
+    /// The publisher on this connection's confirm channel.
+    pub fn publisher(&self) -> Publisher {
+        Publisher(self.publish.clone())
+    }
+
+    /// Stops the job consumer `tag` (in-flight deliveries stay with this worker until answered).
+    pub async fn cancel(&self, tag: &str) {
+        let _ = self
+            .consume
+            .basic_cancel(tag.into(), lapin::options::BasicCancelOptions::default())
+            .await;
     }
 
     /// Closes channels and connection politely (errors ignored: the connection may be gone).
@@ -227,7 +332,7 @@ pub struct Outgoing {
 }
 
 /// Publishes persistently and waits for the broker's confirm.
-pub async fn publish_confirmed(
+async fn publish_confirmed(
     channel: &Channel,
     exchange: &str,
     routing_key: &str,
@@ -276,7 +381,7 @@ pub async fn publish_confirmed(
 
 /// How many times this message was delivered before (0 on the first delivery), from the quorum
 /// queue's `x-delivery-count` header.
-pub fn previous_deliveries(delivery: &Delivery) -> u32 {
+fn previous_deliveries(delivery: &lapin::message::Delivery) -> u32 {
     delivery
         .properties
         .headers()
@@ -290,28 +395,4 @@ pub fn previous_deliveries(delivery: &Delivery) -> u32 {
             _ => None,
         })
         .unwrap_or(0)
-}
-
-/// Time the message spent queued, from its `timestamp` property (seconds since the epoch).
-pub fn published_at(delivery: &Delivery) -> Option<SystemTime> {
-    delivery
-        .properties
-        .timestamp()
-        .map(|ts| UNIX_EPOCH + Duration::from_secs(ts))
-}
-
-/// The AMQP `reply_to` and `correlation_id` of a request, when present.
-pub fn reply_to(delivery: &Delivery) -> (Option<String>, Option<String>) {
-    (
-        delivery
-            .properties
-            .reply_to()
-            .as_ref()
-            .map(|s| s.as_str().to_string()),
-        delivery
-            .properties
-            .correlation_id()
-            .as_ref()
-            .map(|s| s.as_str().to_string()),
-    )
 }

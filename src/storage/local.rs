@@ -9,12 +9,23 @@ use super::{ObjectStore, StorageError};
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    /// Buckets that are directories of their own rather than sub-directories of the root.
+    named: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl LocalStore {
     /// A store rooted at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            named: Default::default(),
+        }
+    }
+
+    /// The same store with bucket `name` at `dir` (e.g. `edit`'s inputs beside its output directory).
+    pub fn with_bucket(mut self, name: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        self.named.insert(name.into(), dir.into());
+        self
     }
 
     /// The root directory.
@@ -153,7 +164,10 @@ impl LocalStore {
     /// The store of one bucket (an empty bucket name is the root itself).
     fn bucket(&self, bucket: &str) -> Result<LocalStore, StorageError> {
         if bucket.is_empty() {
-            return Ok(self.clone());
+            return Ok(LocalStore::new(&self.root));
+        }
+        if let Some(dir) = self.named.get(bucket) {
+            return Ok(LocalStore::new(dir));
         }
         Ok(LocalStore::new(self.path(bucket)?))
     }

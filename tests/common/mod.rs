@@ -98,3 +98,16 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Runs `pva-worker edit`'s job flow (the library's async command) to its report.
+pub fn run_edit(
+    settings: &Settings,
+    options: &pva_worker::commands::edit::EditOptions,
+) -> pva_worker::commands::edit::EditReport {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(pva_worker::commands::edit::run(settings, options))
+        .expect("edit runs")
+}

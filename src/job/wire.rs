@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::LimitSettings;
 use crate::pipeline::face::FaceBox;
 use crate::pipeline::image::OutputFormat;
 use crate::pipeline::mask::{PixelBox, Region};
@@ -225,6 +224,21 @@ pub struct CheckedJob {
     pub scheduler: SchedulerKind,
 }
 
+/// The worker's input limits (from `[limits]`), checked before any decoding or inference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Largest encoded image accepted, in bytes (checked before decoding).
+    pub max_image_bytes: usize,
+    /// Largest image accepted, in pixels (checked from the header, before decoding).
+    pub max_image_pixels: u64,
+    /// Most denoising steps a job may ask for.
+    pub max_steps: u32,
+    /// Most outputs one job may ask for.
+    pub max_num_outputs: u32,
+    /// Longest prompt or negative prompt, in characters.
+    pub max_prompt_chars: usize,
+}
+
 /// Rules from the worker's settings that a job must satisfy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobRules {
@@ -254,7 +268,7 @@ impl JobRequest {
     }
 
     /// Checks ranges and consistency against the worker's limits.
-    pub fn check(self, limits: &LimitSettings, rules: JobRules) -> Result<CheckedJob, JobError> {
+    pub fn check(self, limits: &Limits, rules: JobRules) -> Result<CheckedJob, JobError> {
         if self.schema_version != SCHEMA_VERSION {
             return Err(bad(
                 "schema_version",
@@ -549,8 +563,8 @@ mod tests {
         require_consent: true,
     };
 
-    fn limits() -> LimitSettings {
-        Settings::load_with_env(None, Vec::new()).unwrap().limits
+    fn limits() -> Limits {
+        (&Settings::load_with_env(None, Vec::new()).unwrap().limits).into()
     }
 
     fn patched(patch: impl FnOnce(&mut serde_json::Value)) -> Result<CheckedJob, JobError> {

@@ -3,22 +3,16 @@
 //! for the result and downloads the outputs.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use lapin::BasicProperties;
 
 use crate::config::Settings;
+use crate::job::flow;
 use crate::job::{JobResult, JobStatus};
+use crate::queue::{JobClient, ResultsQueue};
 use crate::storage::s3::S3Store;
 use crate::storage::ObjectStore;
-use crate::worker;
 
 /// What `enqueue` was asked to do.
 #[derive(Debug, Clone)]
@@ -37,7 +31,9 @@ pub struct EnqueueOptions {
 pub async fn run(settings: &Settings, options: &EnqueueOptions) -> anyhow::Result<JobResult> {
     let body = std::fs::read(&options.job)
         .with_context(|| format!("reading {}", options.job.display()))?;
-    let job = worker::parse(&body, settings).map_err(|f| anyhow::anyhow!("{}", f.message))?;
+    let rules = crate::job::RunnerOptions::from(settings);
+    let job = flow::parse(&body, &rules.limits, rules.rules)
+        .map_err(|f| anyhow::anyhow!("{}", f.message))?;
     let root = options.root.clone().unwrap_or_else(|| {
         options
             .job
@@ -47,7 +43,7 @@ pub async fn run(settings: &Settings, options: &EnqueueOptions) -> anyhow::Resul
     });
     let store = S3Store::new(&settings.s3).await;
     let input_bucket = &settings.s3.input_bucket;
-    for (field, key) in worker::input_keys(&job) {
+    for (field, key) in flow::input_keys(&job) {
         let path = root.join(&key);
         let bytes =
             std::fs::read(&path).with_context(|| format!("{field}: reading {}", path.display()))?;
@@ -58,63 +54,30 @@ pub async fn run(settings: &Settings, options: &EnqueueOptions) -> anyhow::Resul
         println!("uploaded {} -> {input_bucket}/{key}", path.display());
     }
 
-    let connection = crate::queue::connect(&settings.amqp, "pva-worker enqueue").await?;
-    let channel = connection.create_channel().await?;
-    crate::queue::declare_topology(&channel, &settings.amqp, settings.worker.delivery_limit)
-        .await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let reply = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut replies = channel
-        .basic_consume(
-            reply.name().clone(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let client = JobClient::connect(
+        &settings.amqp,
+        settings.worker.delivery_limit,
+        "pva-worker enqueue",
+    )
+    .await?;
+    let mut replies = client.results(ResultsQueue::Private).await?;
     let job_id = job.request.job_id.clone();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            settings.amqp.job_queue.as_str().into(),
-            BasicPublishOptions::default(),
+    client
+        .publish_job(
+            &settings.amqp.job_queue,
             &body,
-            BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into())
-                .with_timestamp(now)
-                .with_correlation_id(job_id.as_str().into())
-                .with_reply_to(reply.name().clone()),
+            Some(&job_id),
+            Some(replies.name()),
         )
-        .await?
         .await?;
-    anyhow::ensure!(!confirm.is_nack(), "the broker refused the job");
     println!(
         "published job {job_id} to {}; waiting for its result",
         settings.amqp.job_queue
     );
 
     let result = tokio::time::timeout(options.timeout, async {
-        while let Some(delivery) = replies.next().await {
-            let delivery = delivery?;
-            delivery.ack(BasicAckOptions::default()).await?;
-            let result: JobResult = serde_json::from_slice(&delivery.data)?;
+        while let Some(body) = replies.next().await {
+            let result: JobResult = serde_json::from_slice(&body?)?;
             if result.job_id == job_id {
                 return anyhow::Ok(result);
             }
@@ -123,7 +86,7 @@ pub async fn run(settings: &Settings, options: &EnqueueOptions) -> anyhow::Resul
     })
     .await
     .with_context(|| format!("no result within {:?}", options.timeout))??;
-    let _ = connection.close(200, "done".into()).await;
+    client.close().await;
 
     if result.status == JobStatus::Succeeded {
         let bucket = if job.request.output.bucket.is_empty() {

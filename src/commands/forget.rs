@@ -4,7 +4,7 @@
 //! are dropped on next use.
 
 use crate::config::Settings;
-use crate::pipeline::adapter;
+use crate::job::adapters;
 use crate::storage::ObjectStore;
 
 /// Deletes every adapter stored for `identity_id`; returns the removed keys (bucket-relative).
@@ -14,7 +14,7 @@ pub async fn forget<S: ObjectStore>(
     identity_id: &str,
 ) -> anyhow::Result<(String, Vec<String>)> {
     let bucket = settings.adapter_bucket().to_string();
-    let prefix = adapter::identity_prefix(&settings.tuning.adapter_prefix, identity_id)?;
+    let prefix = adapters::identity_prefix(&settings.tuning.adapter_prefix, identity_id)?;
     let keys = store.list(&bucket, &prefix).await?;
     for key in &keys {
         store.delete(&bucket, key).await?;

@@ -10,11 +10,11 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::config::Settings;
-use crate::edit::load_pipeline;
 use crate::pipeline::adapter::{self, ModelRef, StoredAdapter};
 use crate::pipeline::face::FaceBox;
 use crate::pipeline::image::{decode, DecodeLimits};
 use crate::pipeline::tune::{tune_identity, ReferenceCrop, TuneOptions};
+use crate::service::load_pipeline;
 
 /// A `--face-box` argument: `x,y,w,h` in the reference's pixels, or `none` for a reference that is
 /// already an aligned square face.
@@ -120,7 +120,7 @@ pub fn run(
     let mut pipeline = load_pipeline(settings)?;
     timings.push(("model_load", t.elapsed().as_secs_f64()));
     let manifest = pipeline.manifest().clone();
-    let mut tuning = TuneOptions::from_settings(&settings.tuning, &manifest)?;
+    let mut tuning = TuneOptions::from_settings(&(&settings.tuning).into(), &manifest)?;
     if let Some(steps) = options.steps {
         anyhow::ensure!(steps > 0, "--steps must be >= 1");
         tuning.steps = steps;
@@ -149,7 +149,7 @@ pub fn run(
         )?);
     }
     let model = ModelRef::of(&manifest);
-    let key = adapter::storage_key(
+    let key = crate::job::adapters::storage_key(
         &settings.tuning.adapter_prefix,
         &options.identity,
         &model,

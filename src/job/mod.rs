@@ -1,0 +1,15 @@
+//! Jobs: the wire types and their validation ([`wire`]), why a job failed ([`failure`]), the store
+//! it reads and writes ([`store`]) and where tuned adapters live in it ([`adapters`]), the steps without I/O ([`flow`]) and the one job flow of every
+//! command ([`runner`]).
+
+pub mod adapters;
+pub mod failure;
+pub mod flow;
+pub mod runner;
+pub mod store;
+pub mod wire;
+
+pub use failure::{Disposition, FailureCode, JobFailure};
+pub use runner::{Done, Inference, NoObserver, Observer, OutputBuckets, Runner, RunnerOptions};
+pub use store::{ObjectStore, StorageError};
+pub use wire::*;

@@ -1,0 +1,209 @@
+//! [`JobClient`]: the publishing side of the job queue, as a CMS uses it (`pva-worker enqueue`, the
+//! throughput benchmark): jobs published persistently with confirms, results received on a queue of
+//! the client's own.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+
+use super::{broker, connect, declare_topology, QueueError};
+use crate::config::AmqpSettings;
+
+/// A connection with one channel in confirm mode, after declaring the worker's topology.
+pub struct JobClient {
+    connection: Connection,
+    channel: Channel,
+}
+
+/// Where a client's results arrive.
+#[derive(Debug, Clone, Copy)]
+pub enum ResultsQueue<'a> {
+    /// A server-named queue only this connection uses (for `reply_to`), deleted with it.
+    Private,
+    /// A named queue, deleted when its consumer goes, bound to `exchange` with `routing_key`.
+    Bound {
+        /// The queue's name.
+        queue: &'a str,
+        /// The result exchange.
+        exchange: &'a str,
+        /// The binding's routing key (`#` for every result).
+        routing_key: &'a str,
+    },
+}
+
+/// Results as they arrive (each is acknowledged when taken).
+pub struct Results {
+    name: String,
+    consumer: Consumer,
+}
+
+impl JobClient {
+    /// Connects and declares the topology (idempotent: the same declarations the worker makes).
+    pub async fn connect(
+        settings: &AmqpSettings,
+        delivery_limit: u32,
+        name: &str,
+    ) -> Result<Self, QueueError> {
+        let connection = connect(settings, name).await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(broker("opening a channel"))?;
+        declare_topology(&channel, settings, delivery_limit).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker("enabling publisher confirms"))?;
+        Ok(Self {
+            connection,
+            channel,
+        })
+    }
+
+    /// Declares a results queue and starts consuming it.
+    pub async fn results(&self, queue: ResultsQueue<'_>) -> Result<Results, QueueError> {
+        let (name, options) = match queue {
+            ResultsQueue::Private => (
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+            ),
+            ResultsQueue::Bound { queue, .. } => (
+                queue,
+                QueueDeclareOptions {
+                    auto_delete: true,
+                    ..Default::default()
+                },
+            ),
+        };
+        let declared = self
+            .channel
+            .queue_declare(name.into(), options, FieldTable::default())
+            .await
+            .map_err(broker("declaring the results queue"))?;
+        if let ResultsQueue::Bound {
+            queue,
+            exchange,
+            routing_key,
+        } = queue
+        {
+            self.channel
+                .queue_bind(
+                    queue.into(),
+                    exchange.into(),
+                    routing_key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(broker("binding the results queue"))?;
+        }
+        let consumer = self
+            .channel
+            .basic_consume(
+                declared.name().clone(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker("consuming the results queue"))?;
+        Ok(Results {
+            name: declared.name().as_str().to_string(),
+            consumer,
+        })
+    }
+
+    /// Publishes a job persistently to `queue` and waits for the broker's confirm.
+    pub async fn publish_job(
+        &self,
+        queue: &str,
+        body: &[u8],
+        correlation_id: Option<&str>,
+        reply_to: Option<&str>,
+    ) -> Result<(), QueueError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_timestamp(now);
+        if let Some(id) = correlation_id {
+            properties = properties.with_correlation_id(id.into());
+        }
+        if let Some(reply_to) = reply_to {
+            properties = properties.with_reply_to(reply_to.into());
+        }
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .map_err(broker("publishing a job"))?
+            .await
+            .map_err(broker("waiting for the publisher confirm"))?;
+        if confirm.is_nack() {
+            return Err(QueueError::Nacked {
+                exchange: String::new(),
+                routing_key: queue.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Deletes queues and exchanges, best effort (e.g. a benchmark's own topology).
+    pub async fn delete(&self, queues: &[&str], exchanges: &[&str]) {
+        for queue in queues {
+            let _ = self
+                .channel
+                .queue_delete((*queue).into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in exchanges {
+            let _ = self
+                .channel
+                .exchange_delete((*exchange).into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+
+    /// Closes the connection (errors ignored: it may be gone).
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+impl Results {
+    /// The queue's name (the `reply_to` of a private queue).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The next result's body, acknowledged; `None` when the consumer ended.
+    pub async fn next(&mut self) -> Option<Result<Vec<u8>, QueueError>> {
+        let delivery = match self.consumer.next().await? {
+            Ok(d) => d,
+            Err(e) => return Some(Err(broker("receiving a result")(e))),
+        };
+        if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+            return Some(Err(broker("acknowledging a result")(e)));
+        }
+        Some(Ok(delivery.data))
+    }
+}

@@ -1,0 +1,408 @@
+//! `pva-worker serve`: jobs from RabbitMQ, images from S3, results back to S3 and to the result
+//! exchange. Nothing is lost and nothing loops:
+//!
+//! - a delivery is acked only after its outputs (and the job's `result.json`) are in the store and its
+//!   result message is confirmed by the broker;
+//! - a job that cannot be done (invalid, missing or corrupt input, deadline passed) gets a `failed`
+//!   result and is dead-lettered at once, with its reason in `x-pva-error-*` headers;
+//! - a transient failure (store timeout, 5xx, model run failure) is retried with backoff by requeueing
+//!   it, until `worker.delivery_limit` deliveries, then dead-lettered with the reason; the quorum
+//!   queue's own delivery limit catches deliveries the worker never answered (killed mid-job);
+//! - output keys are deterministic, and a redelivered job whose `result.json` exists is answered by
+//!   republishing it instead of recomputing;
+//! - SIGTERM/SIGINT cancels the consumer, lets in-flight jobs finish within
+//!   `worker.shutdown_deadline_secs`, and closes the connection (unfinished jobs return to the queue);
+//! - a lost connection is re-established with backoff; in-flight deliveries are redelivered by the
+//!   broker and their outputs overwrite the same keys.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::config::Settings;
+use crate::job::flow;
+use crate::job::{JobResult, ObjectStore, Observer, Runner};
+use crate::metrics::{serve_http, Health, JobOutcome, Metrics};
+use crate::model::Stage;
+use crate::provenance::Signer;
+use crate::queue::{self, Broker, Delivery, Outgoing, Publisher};
+use crate::service::pool::InferencePool;
+
+/// Everything a delivery handler needs; shared by all in-flight jobs.
+pub struct Service<S: ObjectStore> {
+    settings: Settings,
+    runner: Runner<S, InferencePool>,
+    metrics: Arc<Metrics>,
+}
+
+/// The job runner's reports, as metrics.
+struct MetricsObserver(Arc<Metrics>);
+
+impl Observer for MetricsObserver {
+    fn stage(&self, stage: Stage, secs: f64) {
+        if let Ok(stage) = stage.as_str().parse() {
+            self.0.observe_stage(stage, secs);
+        }
+    }
+    fn adapter_lookup(&self, hit: bool) {
+        if hit {
+            self.0.adapter_cache_hit()
+        } else {
+            self.0.adapter_cache_miss()
+        }
+    }
+    fn tuned(&self, secs: f64, final_loss: f64) {
+        self.0.tuning_finished(secs, final_loss);
+    }
+}
+
+/// The name this worker reports: `worker.id`, else the host name.
+pub fn worker_id(settings: &Settings) -> String {
+    if !settings.worker.id.is_empty() {
+        return settings.worker.id.clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pva-worker".into())
+}
+
+impl<S: ObjectStore> Service<S> {
+    /// A service over a loaded inference pool and a store.
+    pub fn new(
+        settings: Settings,
+        store: S,
+        pool: InferencePool,
+        metrics: Arc<Metrics>,
+        signer: Option<Signer>,
+    ) -> Self {
+        let mut options = crate::job::RunnerOptions::from(&settings);
+        options.worker_id = worker_id(&settings);
+        let observer = Arc::new(MetricsObserver(Arc::clone(&metrics)));
+        Self {
+            runner: Runner::new(store, pool, options, signer, observer),
+            metrics,
+            settings,
+        }
+    }
+
+    /// Stops the inference threads (after the last job).
+    pub fn shutdown(self) {
+        self.runner.into_model().shutdown();
+    }
+
+    fn worker_id(&self) -> &str {
+        &self.runner.options().worker_id
+    }
+
+    /// Publishes a result to the result exchange and, when the request asked, to its reply queue.
+    async fn publish_result(
+        &self,
+        publisher: &Publisher,
+        result: &JobResult,
+        delivery: &Delivery,
+    ) -> Result<(), queue::QueueError> {
+        let body = serde_json::to_vec(result).expect("a result serialises");
+        let (reply_to, correlation) = delivery.reply_to();
+        let message = Outgoing {
+            body,
+            correlation_id: Some(correlation.unwrap_or_else(|| result.job_id.clone())),
+            headers: vec![(
+                "x-pva-status".into(),
+                format!("{:?}", result.status).to_lowercase(),
+            )],
+        };
+        let amqp = &self.settings.amqp;
+        publisher
+            .publish_confirmed(&amqp.result_exchange, &amqp.result_routing_key, &message)
+            .await?;
+        if let Some(reply_to) = reply_to {
+            publisher.publish_confirmed("", &reply_to, &message).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles one delivery end to end: process, publish, then ack / requeue / dead-letter.
+    pub async fn handle(self: Arc<Self>, delivery: Delivery, publish: Publisher) {
+        let previous = delivery.previous_deliveries();
+        let job_id = flow::job_id_hint(delivery.body());
+        let consent = flow::consent_hint(delivery.body());
+        let span = tracing::info_span!(
+            "job",
+            job_id = %job_id,
+            delivery = previous + 1,
+            consent_id = consent.as_ref().map(|c| c.id.as_str()).unwrap_or("none"),
+            consent_version = consent.as_ref().map(|c| c.version.as_str()).unwrap_or("none"),
+        );
+        async move {
+            let _in_flight = self.metrics.in_flight_guard();
+            if let Some(published) = delivery.published_at() {
+                self.metrics.observe_queue_wait_since(published);
+            }
+            let started = Instant::now();
+            match self.runner.run(delivery.body()).await {
+                Ok(done) => {
+                    let outcome = if done.republished() {
+                        JobOutcome::Republished
+                    } else {
+                        JobOutcome::Succeeded
+                    };
+                    let crate::job::Done { result, artefacts, .. } = done;
+                    drop(artefacts);
+                    if let Err(e) = self.publish_result(&publish, &result, &delivery).await {
+                        // Not acked: the broker redelivers, and the stored result is republished.
+                        tracing::warn!(error = %e, "result not confirmed; the job will be redelivered");
+                        return;
+                    }
+                    ack(&delivery).await;
+                    self.metrics.job_finished(outcome);
+                    tracing::info!(seconds = started.elapsed().as_secs_f64(), outcome = outcome.label(), "job done");
+                }
+                Err(failure) if failure.retryable && previous + 1 < self.settings.worker.delivery_limit => {
+                    let delay = backoff(
+                        self.settings.worker.retry_initial_ms,
+                        self.settings.worker.retry_max_ms,
+                        previous,
+                    );
+                    tracing::warn!(code = failure.code.as_str(), error = %failure.message, retry_in_ms = delay.as_millis() as u64, "transient failure; requeueing");
+                    tokio::time::sleep(delay).await;
+                    if let Err(e) = delivery.requeue().await {
+                        tracing::warn!(error = %e, "nack failed; the broker will redeliver");
+                    }
+                    self.metrics.job_finished(JobOutcome::Retried { reason: failure.code.as_str() });
+                }
+                Err(failure) => {
+                    tracing::warn!(code = failure.code.as_str(), error = %failure.message, "job failed; dead-lettering");
+                    // The dead letter goes first: a caller who sees the failed result finds the job
+                    // in the dead-letter queue.
+                    let amqp = &self.settings.amqp;
+                    let dead = Outgoing {
+                        body: delivery.body().to_vec(),
+                        correlation_id: Some(job_id.clone()),
+                        headers: vec![
+                            ("x-pva-error-code".into(), failure.code.to_string()),
+                            ("x-pva-error-message".into(), failure.message.clone()),
+                            ("x-pva-deliveries".into(), (previous + 1).to_string()),
+                        ],
+                    };
+                    if let Err(e) = publish.publish_confirmed(&amqp.dead_letter_exchange, &amqp.job_queue, &dead).await {
+                        tracing::warn!(error = %e, "dead letter not confirmed; the job will be redelivered");
+                        return;
+                    }
+                    let code = failure.code;
+                    let result = self.runner.failed_result(delivery.body(), failure);
+                    if let Err(e) = self.publish_result(&publish, &result, &delivery).await {
+                        tracing::warn!(error = %e, "failed result not confirmed; the job will be redelivered");
+                        return;
+                    }
+                    ack(&delivery).await;
+                    self.metrics.job_finished(JobOutcome::Failed);
+                    self.metrics.job_finished(JobOutcome::DeadLettered { reason: code.as_str() });
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.ack().await {
+        // The channel is gone: the broker redelivers, and the stored result answers it.
+        tracing::warn!(error = %e, "ack failed; the job will be redelivered");
+    }
+}
+
+/// Retry delay before delivery `previous + 1`: `initial * 2^previous`, capped.
+pub fn backoff(initial_ms: u64, max_ms: u64, previous: u32) -> Duration {
+    let factor = 1u64.checked_shl(previous.min(30)).unwrap_or(u64::MAX);
+    Duration::from_millis(initial_ms.saturating_mul(factor).min(max_ms))
+}
+
+/// Why the consume loop ended.
+enum Ended {
+    /// Shutdown was requested.
+    Shutdown,
+    /// The connection or channel failed.
+    Lost(String),
+}
+
+/// Consumes until shutdown or connection loss.
+async fn consume<S: ObjectStore>(
+    service: &Arc<Service<S>>,
+    broker: &Broker,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Ended {
+    let settings = &service.settings;
+    let tag = format!("{}-{}", service.worker_id(), std::process::id());
+    let mut consumer = match broker.consume_jobs(&settings.amqp, &tag).await {
+        Ok(c) => c,
+        Err(e) => return Ended::Lost(e.to_string()),
+    };
+    tracing::info!(queue = %settings.amqp.job_queue, "consuming jobs");
+    let mut tasks = JoinSet::new();
+    let ended = loop {
+        tokio::select! {
+            _ = shutdown.changed() => break Ended::Shutdown,
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    tasks.spawn(Arc::clone(service).handle(delivery, broker.publisher()));
+                }
+                Some(Err(e)) => break Ended::Lost(e.to_string()),
+                None => break Ended::Lost("the consumer was cancelled by the broker".into()),
+            },
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = joined {
+                    tracing::error!(error = %e, "a job task failed");
+                }
+            }
+        }
+    };
+    match ended {
+        Ended::Shutdown => {
+            broker.cancel(&tag).await;
+            let deadline = Duration::from_secs(settings.worker.shutdown_deadline_secs);
+            tracing::info!(
+                in_flight = tasks.len(),
+                deadline_secs = deadline.as_secs(),
+                "shutting down: finishing in-flight jobs"
+            );
+            let drained = tokio::time::timeout(deadline, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    unfinished = tasks.len(),
+                    "shutdown deadline passed; unfinished jobs return to the queue"
+                );
+                tasks.abort_all();
+            }
+        }
+        // Deliveries of a lost connection are redelivered by the broker; stop working on them.
+        Ended::Lost(_) => tasks.abort_all(),
+    }
+    while tasks.join_next().await.is_some() {}
+    ended
+}
+
+/// Resolves when shutdown is requested (SIGTERM or SIGINT).
+async fn shutdown_signal(tx: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    let _ = tx.send(true);
+}
+
+/// Runs the service until SIGTERM/SIGINT.
+pub async fn run<S: ObjectStore>(settings: Settings, store: S) -> anyhow::Result<()> {
+    // Refuse to start with bad signing credentials (or none, when signing is required).
+    let signer = Signer::from_settings(&settings.provenance)?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Health::new(&metrics);
+    let (shutdown_tx, mut shutdown) = watch::channel(false);
+    tokio::spawn(shutdown_signal(shutdown_tx));
+    let mut http_shutdown = shutdown.clone();
+    let (addr, http) = serve_http(
+        settings.metrics.listen.as_str(),
+        Arc::clone(&metrics),
+        health.clone(),
+        async move {
+            let _ = http_shutdown.wait_for(|stop| *stop).await;
+        },
+    )
+    .await?;
+    tracing::info!(%addr, "metrics listening");
+
+    let load_settings = settings.clone();
+    let (pool, load_secs) = tokio::task::spawn_blocking(move || {
+        InferencePool::start(&load_settings, load_settings.worker.concurrency)
+    })
+    .await??;
+    metrics.model_loaded(&pool.model.name, &pool.model.version, load_secs);
+    health.set_model_loaded(true);
+    tracing::info!(model = %pool.model.name, version = %pool.model.version, seconds = load_secs, threads = settings.worker.concurrency, "model loaded");
+
+    let service = Arc::new(Service::new(
+        settings.clone(),
+        store,
+        pool,
+        Arc::clone(&metrics),
+        signer,
+    ));
+    let name = format!("pva-worker {}", service.worker_id());
+    let mut delay = Duration::from_millis(settings.amqp.reconnect_initial_ms);
+    let max_delay = Duration::from_millis(settings.amqp.reconnect_max_ms);
+    // NOTE: one delivery more than there are inference threads, so the next job's S3 fetch overlaps
+    // the current job's inference (it then waits for a free thread).
+    let prefetch = (settings.worker.concurrency + 1).min(u16::MAX as usize) as u16;
+    let mut connected_before = false;
+    while !*shutdown.borrow() {
+        match Broker::connect(
+            &settings.amqp,
+            prefetch,
+            settings.worker.delivery_limit,
+            &name,
+        )
+        .await
+        {
+            Ok(broker) => {
+                if connected_before {
+                    metrics.broker_reconnected();
+                }
+                connected_before = true;
+                health.set_broker_connected(true);
+                delay = Duration::from_millis(settings.amqp.reconnect_initial_ms);
+                let ended = consume(&service, &broker, &mut shutdown).await;
+                health.set_broker_connected(false);
+                broker.close().await;
+                match ended {
+                    Ended::Shutdown => break,
+                    Ended::Lost(reason) => {
+                        tracing::warn!(%reason, "broker connection lost; reconnecting")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach the broker");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+                delay = (delay * 2).min(max_delay);
+            }
+        }
+    }
+    // Every job task has been joined, so this is the last reference.
+    match Arc::try_unwrap(service) {
+        Ok(service) => tokio::task::spawn_blocking(move || service.shutdown()).await?,
+        Err(_) => tracing::warn!(
+            "a job task still holds the service; inference threads end with the process"
+        ),
+    }
+    let _ = http.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(100, 1000, 0), Duration::from_millis(100));
+        assert_eq!(backoff(100, 1000, 1), Duration::from_millis(200));
+        assert_eq!(backoff(100, 1000, 3), Duration::from_millis(800));
+        assert_eq!(backoff(100, 1000, 4), Duration::from_millis(1000));
+        assert_eq!(backoff(100, 1000, 200), Duration::from_millis(1000));
+    }
+}

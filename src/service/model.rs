@@ -1,0 +1,78 @@
+//! Loading the model a worker runs: the engine's graphs, the model's untuned adapter and the pipeline
+//! around them, from the settings, with a [`LoadError`] that names the part that failed.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Settings;
+use crate::engine::{EngineError, Manifest, OrtEngine};
+use crate::pipeline::inpaint::Pipeline;
+
+/// Why the model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The model directory or its graphs were refused.
+    #[error("loading the model from `{dir}` (paths are relative to the working directory; set engine.model_dir or PVA__ENGINE__MODEL_DIR): {source}")]
+    Engine {
+        /// The model directory.
+        dir: PathBuf,
+        /// Why.
+        source: EngineError,
+    },
+    /// The model's adapter file is missing or does not match the manifest's layout.
+    #[error("the model's adapter `{file}`: {problem}")]
+    Adapter {
+        /// The adapter file.
+        file: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// An inference thread could not start or died while loading.
+    #[error("inference threads: {0}")]
+    Thread(String),
+}
+
+/// Loads the model's untuned adapter (visual + token) from the model directory.
+pub fn load_base_adapter(model_dir: &Path, manifest: &Manifest) -> Result<Vec<f32>, LoadError> {
+    let spec = &manifest.adapter;
+    let file = model_dir.join(&spec.file);
+    let bad = |problem: String| LoadError::Adapter {
+        file: file.clone(),
+        problem,
+    };
+    let bytes = std::fs::read(&file).map_err(|e| bad(e.to_string()))?;
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let view = tensors
+        .tensor(&spec.tensor)
+        .map_err(|e| bad(format!("tensor `{}`: {e}", spec.tensor)))?;
+    if view.dtype() != safetensors::Dtype::F32 {
+        return Err(bad(format!(
+            "tensor `{}` is {:?}, expected F32",
+            spec.tensor,
+            view.dtype()
+        )));
+    }
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if values.len() != spec.visual_length + spec.token_length {
+        return Err(bad(format!(
+            "has {} values, the manifest's layout {}",
+            values.len(),
+            spec.visual_length + spec.token_length
+        )));
+    }
+    Ok(values)
+}
+
+/// Loads the engine and the pipeline from the settings.
+pub fn load_pipeline(settings: &Settings) -> Result<Pipeline<OrtEngine>, LoadError> {
+    let dir = &settings.engine.model_dir;
+    let engine = OrtEngine::load(&settings.engine).map_err(|source| LoadError::Engine {
+        dir: dir.clone(),
+        source,
+    })?;
+    let adapter = load_base_adapter(dir, crate::engine::Engine::manifest(&engine))?;
+    Ok(Pipeline::new(engine, adapter, (&settings.pipeline).into()))
+}

@@ -1,0 +1,263 @@
+//! Inference off the async runtime: a pool of OS threads, each owning its own pipeline (its own ONNX
+//! Runtime sessions), fed over a channel. Each request carries a oneshot reply and the caller's
+//! tracing span, so a job's logs stay in its span while the tokio threads keep AMQP heartbeats and
+//! the metrics endpoint responsive during long inference.
+//!
+//! A request that panics becomes a `model_error` failure of that job and the thread goes on; the
+//! number of live threads is kept, and the service is not ready when none is left.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+
+use image::RgbImage;
+use tokio::sync::oneshot;
+
+use crate::config::Settings;
+use crate::engine::{Engine, OrtEngine};
+use crate::job::{FailureCode, Inference, JobFailure};
+use crate::pipeline::adapter::ModelRef;
+use crate::pipeline::face::FaceBox;
+use crate::pipeline::inpaint::{EditInput, EditOutput, Pipeline};
+use crate::pipeline::noise::SeededNoise;
+use crate::pipeline::tune::{tune_identity, ReferenceCrop, TuneError, TuneOptions, Tuned};
+use crate::service::model::{load_pipeline, LoadError};
+
+/// In debug builds (the tests' binaries), an edit with exactly this prompt panics in its inference
+/// thread: the test hook for the pool's panic handling. Release builds have no such prompt.
+#[cfg(debug_assertions)]
+pub const PANIC_PROBE_PROMPT: &str = "__pva_test_panic_in_inference__";
+
+/// Work for an inference thread, with the caller's span.
+struct Request {
+    work: Work,
+    span: tracing::Span,
+}
+
+enum Work {
+    /// One edit.
+    Edit {
+        input: Arc<EditInput>,
+        seed: u64,
+        reply: oneshot::Sender<Result<EditOutput, JobFailure>>,
+    },
+    /// One identity's adapter tuning from its reference photos.
+    Tune {
+        references: Vec<(RgbImage, Option<FaceBox>)>,
+        reply: oneshot::Sender<Result<Tuned, JobFailure>>,
+    },
+}
+
+fn tune<E: Engine>(
+    pipeline: &mut Pipeline<E>,
+    settings: &Settings,
+    references: &[(RgbImage, Option<FaceBox>)],
+) -> Result<Tuned, TuneError> {
+    let manifest = pipeline.manifest().clone();
+    let options = TuneOptions::from_settings(&(&settings.tuning).into(), &manifest)?;
+    let crops = references
+        .iter()
+        .enumerate()
+        .map(|(i, (photo, face_box))| {
+            ReferenceCrop::from_photo(
+                &format!("identity.references[{i}]"),
+                photo,
+                *face_box,
+                settings.pipeline.face_margin,
+                &manifest,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    tune_identity(pipeline, &crops, &options, &mut |_, _| {})
+}
+
+fn edit<E: Engine>(
+    pipeline: &mut Pipeline<E>,
+    input: &EditInput,
+    seed: u64,
+) -> Result<EditOutput, JobFailure> {
+    #[cfg(debug_assertions)]
+    if input.prompt == PANIC_PROBE_PROMPT {
+        panic!("the test hook's prompt");
+    }
+    Ok(pipeline.edit(input, &mut SeededNoise::new(seed))?)
+}
+
+/// Runs one request's work, turning a panic into a failure of that job.
+fn run_caught<T>(
+    what: &str,
+    work: impl FnOnce() -> Result<T, JobFailure>,
+) -> Result<T, JobFailure> {
+    catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        tracing::error!(%reason, "the {what} panicked in its inference thread");
+        // NOTE: not retryable: a panic is a bug that the same job would hit again.
+        Err(JobFailure::new(
+            FailureCode::ModelError,
+            format!("internal error: the {what} panicked ({reason})"),
+        ))
+    })
+}
+
+/// Counts a thread as alive from its start to its end, however it ends.
+struct Alive(Arc<AtomicUsize>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        let left = self.0.fetch_sub(1, Ordering::AcqRel) - 1;
+        tracing::error!(alive = left, "an inference thread ended");
+    }
+}
+
+/// Handles to the inference threads.
+pub struct InferencePool {
+    sender: Option<mpsc::Sender<Request>>,
+    threads: Vec<JoinHandle<()>>,
+    alive: Arc<AtomicUsize>,
+    /// The loaded model (name, version, adapter layout).
+    pub model: ModelRef,
+}
+
+impl InferencePool {
+    /// Starts `threads` threads and waits until every one has loaded the model. Returns the load
+    /// time of the slowest.
+    pub fn start(settings: &Settings, threads: usize) -> Result<(Self, f64), LoadError> {
+        let (sender, receiver) = mpsc::channel::<Request>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        let alive = Arc::new(AtomicUsize::new(0));
+        let mut handles = Vec::new();
+        let mut ready = Vec::new();
+        for i in 0..threads {
+            let (ready_tx, ready_rx) = mpsc::channel::<Result<(ModelRef, f64), LoadError>>();
+            ready.push(ready_rx);
+            let settings = settings.clone();
+            let receiver = Arc::clone(&receiver);
+            let alive = Arc::clone(&alive);
+            let thread = std::thread::Builder::new()
+                .name(format!("inference-{i}"))
+                .spawn(move || {
+                    let t = std::time::Instant::now();
+                    let mut pipeline = match load_pipeline(&settings) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    alive.fetch_add(1, Ordering::AcqRel);
+                    let _alive = Alive(alive);
+                    let model = ModelRef::of(pipeline.manifest());
+                    let _ = ready_tx.send(Ok((model, t.elapsed().as_secs_f64())));
+                    serve_requests(&mut pipeline, &settings, &receiver);
+                })
+                .map_err(|e| LoadError::Thread(e.to_string()))?;
+            handles.push(thread);
+        }
+        let mut model = None;
+        let mut slowest = 0f64;
+        for rx in ready {
+            let (model_ref, secs) = rx.recv().map_err(|_| {
+                LoadError::Thread("an inference thread died while loading the model".into())
+            })??;
+            model = Some(model_ref);
+            slowest = slowest.max(secs);
+        }
+        Ok((
+            Self {
+                sender: Some(sender),
+                threads: handles,
+                alive,
+                model: model
+                    .ok_or_else(|| LoadError::Thread("no inference thread (0 asked)".into()))?,
+            },
+            slowest,
+        ))
+    }
+
+    /// How many inference threads are running (0 after a failed start or when all have ended).
+    pub fn alive(&self) -> usize {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// A handle that reads the number of running threads from anywhere (e.g. `/readyz`).
+    pub fn alive_counter(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.alive)
+    }
+
+    fn send(&self, work: Work) -> Result<(), JobFailure> {
+        let request = Request {
+            work,
+            span: tracing::Span::current(),
+        };
+        self.sender
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(request)
+            .map_err(|_| stopped())
+    }
+
+    /// Stops taking requests and joins the threads once they finish their current one.
+    pub fn shutdown(mut self) {
+        self.sender.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn stopped() -> JobFailure {
+    JobFailure::new(FailureCode::WorkerStopping, "the worker is shutting down")
+}
+
+/// An inference thread's loop: one request at a time until the pool's sender is dropped.
+fn serve_requests(
+    pipeline: &mut Pipeline<OrtEngine>,
+    settings: &Settings,
+    receiver: &Mutex<mpsc::Receiver<Request>>,
+) {
+    loop {
+        // NOTE: the lock is held only while waiting for the next request.
+        let request = match receiver.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(request) = request else { return };
+        let _enter = request.span.enter();
+        // The caller may have given up (shutdown deadline); nothing to do then.
+        match request.work {
+            Work::Edit { input, seed, reply } => {
+                let _ = reply.send(run_caught("edit", || edit(pipeline, &input, seed)));
+            }
+            Work::Tune { references, reply } => {
+                let tuned = run_caught("tuning", || Ok(tune(pipeline, settings, &references)?));
+                let _ = reply.send(tuned);
+            }
+        }
+    }
+}
+
+impl Inference for InferencePool {
+    fn model(&self) -> &ModelRef {
+        &self.model
+    }
+
+    async fn edit(&self, input: Arc<EditInput>, seed: u64) -> Result<EditOutput, JobFailure> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Work::Edit { input, seed, reply })?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    async fn tune(
+        &self,
+        references: Vec<(RgbImage, Option<FaceBox>)>,
+    ) -> Result<Tuned, JobFailure> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Work::Tune { references, reply })?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
