@@ -423,3 +423,14 @@ fn the_edit_command_runs_the_bundled_example() {
     let sheet = image::open(&sheet).unwrap();
     assert!(sheet.width() > sheet.height(), "a row of tiles");
 }
+
+/// The pool counts its live inference threads (what `/readyz` follows): all of them after a start,
+/// none once they have ended.
+#[test]
+fn the_inference_pool_counts_its_live_threads() {
+    let (pool, _) = pva_worker::service::InferencePool::start(&settings(), 2).unwrap();
+    let alive = pool.alive_counter();
+    assert_eq!(pool.alive(), 2);
+    pool.shutdown();
+    assert_eq!(alive.load(std::sync::atomic::Ordering::Acquire), 0);
+}

@@ -1,6 +1,6 @@
 //! The inference engine: the model directory's graphs behind a small trait.
 //!
-//! [`Engine`] speaks ndarray and plain slices; [`OrtEngine`] (in `runtime.rs`) is the only place
+//! [`Engine`] speaks ndarray and plain slices; [`OrtEngine`] (in `runtime/`) is the only place
 //! that touches `ort` types. An engine is synchronous and owned by one thread: callers that live on an
 //! async runtime hand work to a dedicated inference thread (see `worker`), never run it on a tokio
 //! worker thread.

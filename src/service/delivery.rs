@@ -43,9 +43,7 @@ struct MetricsObserver(Arc<Metrics>);
 
 impl Observer for MetricsObserver {
     fn stage(&self, stage: Stage, secs: f64) {
-        if let Ok(stage) = stage.as_str().parse() {
-            self.0.observe_stage(stage, secs);
-        }
+        self.0.observe_stage(stage, secs);
     }
     fn adapter_lookup(&self, hit: bool) {
         if hit {
@@ -328,6 +326,7 @@ pub async fn run<S: ObjectStore>(settings: Settings, store: S) -> anyhow::Result
     })
     .await??;
     metrics.model_loaded(&pool.model.name, &pool.model.version, load_secs);
+    health.watch_inference_threads(pool.alive_counter());
     health.set_model_loaded(true);
     tracing::info!(model = %pool.model.name, version = %pool.model.version, seconds = load_secs, threads = settings.worker.concurrency, "model loaded");
 

@@ -1,162 +1,14 @@
-//! Every metric of the worker, and the HTTP endpoints that expose them and the worker's health.
-//!
-//! [`Metrics`] owns a private Prometheus [`Registry`] and each metric in it; names, help texts, label
-//! sets and buckets are defined here and nowhere else. Callers record through typed methods
-//! ([`Metrics::job_finished`], [`Metrics::observe_stage`], [`Metrics::in_flight_guard`], ...), so no
-//! other module formats a metric name or picks a label value. [`Health`] holds the two facts readiness
-//! depends on (model loaded, broker connected). [`serve_http`] answers `GET /metrics`, `/healthz` and
-//! `/readyz`. The metrics are described for dashboard authors in `docs/metrics.md`.
+//! The [`Metrics`] registry: every metric's name, help text, labels and buckets, and the typed
+//! methods that record them.
 
-use std::future::Future;
-use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tokio::net::{TcpListener, ToSocketAddrs};
-use tokio::task::JoinHandle;
 
-/// Buckets of `pva_stage_duration_seconds`, in seconds: 10 ms (a fetch from a nearby store) to
-/// 10 min (tuning or a long denoise of the full-size model on CPU), about three per decade.
-pub const STAGE_BUCKETS: &[f64] = &[
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0, 600.0,
-];
-
-/// Buckets of `pva_queue_wait_seconds`, in seconds: a job picked up at once to a backlog of two hours.
-// NOTE: the AMQP `timestamp` property has whole-second resolution, so the sub-second buckets only say
-// "picked up within the second it was published".
-pub const QUEUE_WAIT_BUCKETS: &[f64] = &[
-    0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
-];
-
-/// Buckets of `pva_tuning_duration_seconds`, in seconds: the 40-step adapter tuning takes seconds on a
-/// GPU and minutes on CPU.
-pub const TUNING_BUCKETS: &[f64] = &[
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0, 600.0,
-];
-
-/// What the worker did with a delivery of a job (`pva_jobs_total{outcome}`).
-///
-/// A job that cannot succeed is both `Failed` (its failure result is published) and `DeadLettered`
-/// (its message is moved to the dead-letter queue) when the worker does both; throughput is
-/// `succeeded + failed + republished`.
-///
-/// Retries and dead letters carry a reason, counted again in `pva_retries_total{reason}` and
-/// `pva_dead_letters_total{reason}`. A reason is a `&'static str` (a stable code such as a
-/// `JobFailure::code`) so that a label can never take an unbounded set of values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobOutcome {
-    /// Outputs uploaded and a success result published.
-    Succeeded,
-    /// The job cannot succeed (bad input, model refused it); a failure result was published.
-    Failed,
-    /// A transient failure; the delivery is returned to the queue to be tried again.
-    Retried {
-        /// Stable code of the failure, e.g. `storage_error`.
-        reason: &'static str,
-    },
-    /// The job's message is moved to the dead-letter queue.
-    DeadLettered {
-        /// Stable code of why, e.g. the failure's code `bad_image`.
-        reason: &'static str,
-    },
-    /// A redelivery of a job whose result was already stored: that result was published again.
-    Republished,
-}
-
-impl JobOutcome {
-    /// The `outcome` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Retried { .. } => "retried",
-            Self::DeadLettered { .. } => "dead_lettered",
-            Self::Republished => "republished",
-        }
-    }
-
-    /// Every `outcome` label value, so each series exists (at 0) from the start.
-    pub const LABELS: [&'static str; 5] = [
-        "succeeded",
-        "failed",
-        "retried",
-        "dead_lettered",
-        "republished",
-    ];
-}
-
-/// A timed stage of a job (`pva_stage_duration_seconds{stage}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Stage {
-    /// Downloading the job's images from the store.
-    Fetch,
-    /// Decoding, face detection and cropping, masks and tensors.
-    Preprocess,
-    /// Text, face and VAE encoders.
-    Encode,
-    /// Tuning the identity adapter on the references.
-    Tune,
-    /// The denoising loop.
-    Denoise,
-    /// VAE decoding and pasting back.
-    Decode,
-    /// Encoding and uploading the outputs.
-    Upload,
-}
-
-impl Stage {
-    /// Every stage, in pipeline order.
-    pub const ALL: [Stage; 7] = [
-        Stage::Fetch,
-        Stage::Preprocess,
-        Stage::Encode,
-        Stage::Tune,
-        Stage::Denoise,
-        Stage::Decode,
-        Stage::Upload,
-    ];
-
-    /// The `stage` label value (also the name the pipeline's `Timings` use).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Fetch => "fetch",
-            Self::Preprocess => "preprocess",
-            Self::Encode => "encode",
-            Self::Tune => "tune",
-            Self::Denoise => "denoise",
-            Self::Decode => "decode",
-            Self::Upload => "upload",
-        }
-    }
-}
-
-impl std::str::FromStr for Stage {
-    type Err = UnknownStage;
-
-    /// Parses a stage name as the pipeline's `Timings` record it (`"denoise"`, ...).
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Stage::ALL
-            .into_iter()
-            .find(|s| s.as_str() == name)
-            .ok_or_else(|| UnknownStage(name.to_string()))
-    }
-}
-
-/// A stage name that is not one of [`Stage::ALL`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown stage `{0}`")]
-pub struct UnknownStage(pub String);
+use super::{JobOutcome, Stage, QUEUE_WAIT_BUCKETS, STAGE_BUCKETS, TUNING_BUCKETS};
 
 /// Every metric of the worker, in its own registry.
 ///
@@ -175,7 +27,7 @@ pub struct Metrics {
     adapter_cache_hits: IntCounter,
     adapter_cache_misses: IntCounter,
     tuning_last_loss: Gauge,
-    broker_connected: IntGauge,
+    pub(super) broker_connected: IntGauge,
     broker_reconnects: IntCounter,
     build_info: IntGaugeVec,
 }
@@ -444,7 +296,8 @@ impl Metrics {
     }
 
     /// Counts a connection to RabbitMQ re-established after a loss (not the first connection).
-    /// Whether the broker is connected is set through [`Health::set_broker_connected`].
+    /// Whether the broker is connected is set through
+    /// [`Health::set_broker_connected`](super::Health::set_broker_connected).
     pub fn broker_reconnected(&self) {
         self.broker_reconnects.inc();
     }
@@ -480,161 +333,12 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// What readiness depends on: the model is loaded and the broker connection is up.
-///
-/// Cheap to clone; all clones share the same state. Setting the broker state also sets the
-/// `pva_broker_connected` gauge of the [`Metrics`] it was created from.
-#[derive(Debug, Clone)]
-pub struct Health {
-    state: Arc<HealthState>,
-    broker_gauge: IntGauge,
-}
-
-#[derive(Debug, Default)]
-struct HealthState {
-    model_loaded: AtomicBool,
-    broker_connected: AtomicBool,
-}
-
-impl Health {
-    /// Not ready: no model loaded, no broker connection.
-    pub fn new(metrics: &Metrics) -> Self {
-        metrics.broker_connected.set(0);
-        Self {
-            state: Arc::default(),
-            broker_gauge: metrics.broker_connected.clone(),
-        }
-    }
-
-    /// Whether the model is loaded and its sessions are ready to run.
-    pub fn set_model_loaded(&self, loaded: bool) {
-        self.state.model_loaded.store(loaded, Ordering::Release);
-    }
-
-    /// Whether the worker holds an open connection to RabbitMQ (also sets `pva_broker_connected`).
-    pub fn set_broker_connected(&self, connected: bool) {
-        self.state
-            .broker_connected
-            .store(connected, Ordering::Release);
-        self.broker_gauge.set(i64::from(connected));
-    }
-
-    /// Whether the model is loaded (`/startupz`).
-    pub fn model_loaded(&self) -> bool {
-        self.state.model_loaded.load(Ordering::Acquire)
-    }
-
-    /// Whether the worker can take jobs: model loaded and broker connected.
-    pub fn ready(&self) -> bool {
-        self.missing().is_empty()
-    }
-
-    /// What keeps the worker from being ready, e.g. `["model not loaded"]`; empty when ready.
-    pub fn missing(&self) -> Vec<&'static str> {
-        let mut missing = Vec::new();
-        if !self.state.model_loaded.load(Ordering::Acquire) {
-            missing.push("model not loaded");
-        }
-        if !self.state.broker_connected.load(Ordering::Acquire) {
-            missing.push("broker not connected");
-        }
-        missing
-    }
-}
-
-#[derive(Clone)]
-struct HttpState {
-    metrics: Arc<Metrics>,
-    health: Health,
-}
-
-/// Starts the HTTP server with `GET /metrics`, `/healthz` and `/readyz` on `listen` (port 0 picks a
-/// free port) and returns the bound address and the server task. The server stops accepting when
-/// `shutdown` completes and the task ends once open requests are answered.
-///
-/// - `/metrics`: [`Metrics::render`] as `text/plain; version=0.0.4`.
-/// - `/healthz`: 200 `ok` while the process serves at all (liveness).
-/// - `/readyz`: 200 `ready` when [`Health::ready`], else 503 naming what is missing (readiness).
-pub async fn serve_http<A, F>(
-    listen: A,
-    metrics: Arc<Metrics>,
-    health: Health,
-    shutdown: F,
-) -> io::Result<(SocketAddr, JoinHandle<io::Result<()>>)>
-where
-    A: ToSocketAddrs,
-    F: Future + Send + 'static,
-{
-    let listener = TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz_handler))
-        .route("/readyz", get(readyz_handler))
-        .route("/startupz", get(startupz_handler))
-        .with_state(HttpState { metrics, health });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-    });
-    tracing::info!(%addr, "metrics and health endpoints listening");
-    Ok((addr, tokio::spawn(async move { server.await })))
-}
-
-async fn metrics_handler(State(state): State<HttpState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        state.metrics.render(),
-    )
-        .into_response()
-}
-
-async fn healthz_handler() -> &'static str {
-    "ok"
-}
-
-/// Startup: the model is loaded (the broker may still be unreachable; readiness covers that, so a
-/// pod waiting for RabbitMQ is kept out of rotation rather than restarted).
-async fn startupz_handler(State(state): State<HttpState>) -> Response {
-    if state.health.model_loaded() {
-        (StatusCode::OK, "started").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "starting: model not loaded",
-        )
-            .into_response()
-    }
-}
-
-async fn readyz_handler(State(state): State<HttpState>) -> Response {
-    let missing = state.health.missing();
-    if missing.is_empty() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}", missing.join(", ")),
-        )
-            .into_response()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::test_support::sample;
+    use std::sync::Arc;
     use std::time::Duration;
-
-    /// The value of the sample `name{labels}` in `text` (labels as rendered, e.g. `stage="fetch"`).
-    fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
-        let key = if labels.is_empty() {
-            name.to_string()
-        } else {
-            format!("{name}{{{labels}}}")
-        };
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(&key)?.strip_prefix(' ')?.parse().ok())
-    }
 
     #[test]
     fn every_metric_is_exposed_once_with_help_and_prefix() {
@@ -773,30 +477,6 @@ mod tests {
     }
 
     #[test]
-    fn stage_names_parse_as_the_pipeline_records_them() {
-        for stage in Stage::ALL {
-            assert_eq!(stage.as_str().parse::<Stage>(), Ok(stage));
-        }
-        assert_eq!("vae".parse::<Stage>(), Err(UnknownStage("vae".to_string())));
-    }
-
-    #[test]
-    fn buckets_increase_and_span_their_ranges() {
-        for (name, buckets, low, high) in [
-            ("stage", STAGE_BUCKETS, 0.01, 600.0),
-            ("queue wait", QUEUE_WAIT_BUCKETS, 0.1, 7200.0),
-            ("tuning", TUNING_BUCKETS, 0.1, 600.0),
-        ] {
-            assert!(
-                buckets.windows(2).all(|w| w[0] < w[1]),
-                "{name} not increasing"
-            );
-            assert_eq!(buckets.first(), Some(&low), "{name}");
-            assert_eq!(buckets.last(), Some(&high), "{name}");
-        }
-    }
-
-    #[test]
     fn in_flight_guard_decrements_on_drop_and_on_panic() {
         let m = Arc::new(Metrics::new());
         let a = m.in_flight_guard();
@@ -886,30 +566,5 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(sample(&text, "pva_broker_reconnects_total", ""), Some(1.0));
-    }
-
-    #[test]
-    fn health_needs_model_and_broker_and_drives_the_gauge() {
-        let m = Metrics::new();
-        let health = Health::new(&m);
-        let clone = health.clone();
-        assert!(!health.ready());
-        assert_eq!(
-            health.missing(),
-            ["model not loaded", "broker not connected"]
-        );
-        clone.set_model_loaded(true);
-        assert_eq!(
-            health.missing(),
-            ["broker not connected"],
-            "clones share state"
-        );
-        health.set_broker_connected(true);
-        assert!(clone.ready());
-        assert_eq!(m.broker_connected.get(), 1);
-        health.set_broker_connected(false);
-        assert!(!health.ready());
-        assert_eq!(m.broker_connected.get(), 0);
-        assert_eq!(sample(&m.render(), "pva_broker_connected", ""), Some(0.0));
     }
 }

@@ -1,0 +1,85 @@
+//! Opening sessions: the process-wide ONNX Runtime environment, the session builder's settings and
+//! the execution providers (CPU, CUDA).
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use ort::session::{builder::GraphOptimizationLevel, Session};
+
+use crate::config::{EngineSettings, ExecutionProvider};
+use crate::engine::EngineError;
+
+/// The process-wide ONNX Runtime environment. The shared library is loaded once; the first
+/// successful load wins for the life of the process.
+static ENVIRONMENT: OnceLock<ort::environment::Environment> = OnceLock::new();
+
+pub(super) fn environment(library: &Path) -> Result<ort::environment::Environment, EngineError> {
+    if let Some(env) = ENVIRONMENT.get() {
+        return Ok(env.clone());
+    }
+    if !library.is_file() {
+        return Err(EngineError::Setup(format!(
+            "ONNX Runtime library not found at {} (set engine.ort_library; \
+             scripts/setup-ort.sh installs it)",
+            library.display()
+        )));
+    }
+    let env = ort::init_from(library)
+        .map_err(|e| EngineError::Setup(format!("loading {}: {e}", library.display())))?
+        .with_name("pva-worker")
+        .build()
+        .map_err(|e| EngineError::Setup(e.to_string()))?;
+    Ok(ENVIRONMENT.get_or_init(|| env).clone())
+}
+
+pub(super) fn session_builder(
+    env: &ort::environment::Environment,
+    settings: &EngineSettings,
+) -> Result<ort::session::builder::SessionBuilder, EngineError> {
+    let setup =
+        |e: ort::Error<ort::session::builder::SessionBuilder>| EngineError::Setup(e.to_string());
+    let mut builder = Session::builder(env)
+        .map_err(|e| EngineError::Setup(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(setup)?;
+    if settings.intra_threads > 0 {
+        builder = builder
+            .with_intra_threads(settings.intra_threads)
+            .map_err(setup)?;
+    }
+    if settings.inter_threads > 0 {
+        builder = builder
+            .with_inter_threads(settings.inter_threads)
+            .map_err(setup)?;
+    }
+    match settings.execution_provider {
+        ExecutionProvider::Cpu => Ok(builder),
+        ExecutionProvider::Cuda => cuda(builder, settings.cuda_device),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(
+    builder: ort::session::builder::SessionBuilder,
+    device: i32,
+) -> Result<ort::session::builder::SessionBuilder, EngineError> {
+    // NOTE: error_on_failure: a GPU worker that cannot register CUDA must refuse to start rather
+    // than quietly run 100x slower on CPU.
+    builder
+        .with_execution_providers([ort::ep::CUDA::default()
+            .with_device_id(device)
+            .build()
+            .error_on_failure()])
+        .map_err(|e| EngineError::Setup(format!("CUDA execution provider: {e}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(
+    _builder: ort::session::builder::SessionBuilder,
+    _device: i32,
+) -> Result<ort::session::builder::SessionBuilder, EngineError> {
+    Err(EngineError::Setup(
+        "engine.execution_provider = \"cuda\" but this binary was built without the `cuda` feature"
+            .into(),
+    ))
+}
