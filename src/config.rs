@@ -2,11 +2,18 @@
 //!
 //! Layering: `config/default.toml` (embedded in the binary, so a bare binary runs) -> an optional
 //! file -> environment variables `PVA__SECTION__KEY`. Nothing else in the crate reads the environment.
-//! [`Settings::validate`] runs at start and names the setting that is wrong.
+//! [`Settings::validate`] runs at start and names the setting that is wrong. A section whose only
+//! reader is one component is defined beside it (`engine`, `queue`, `storage`, `provenance`) and
+//! composed here; the others are converted here into the lower layers' own option types.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
+
+pub use crate::engine::{EngineSettings, ExecutionProvider};
+pub use crate::model::Secret;
+pub use crate::queue::AmqpSettings;
+pub use crate::storage::{S3Settings, Sse};
 
 /// The embedded defaults (also the documented reference of every key).
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -97,36 +104,6 @@ pub struct TuningSettings {
     pub adapter_prefix: String,
 }
 
-/// A secret value: deserialised like a string, never shown by `Debug` or `Display`.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The value, for the one place that needs it (a client's credentials).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    /// Whether no value was configured.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "Secret(<empty>)"
-        } else {
-            "Secret(<redacted>)"
-        })
-    }
-}
-
 /// The queue service.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,111 +122,12 @@ pub struct WorkerSettings {
     pub retry_max_ms: u64,
 }
 
-/// RabbitMQ topology and connection.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AmqpSettings {
-    /// `amqp://user:password@host:port/vhost` (a secret: it holds the password).
-    pub url: Secret,
-    /// Durable quorum queue the jobs arrive on.
-    pub job_queue: String,
-    /// Exchange the job queue dead-letters to.
-    pub dead_letter_exchange: String,
-    /// Queue bound to the dead-letter exchange.
-    pub dead_letter_queue: String,
-    /// Exchange result messages are published to.
-    pub result_exchange: String,
-    /// Routing key of result messages.
-    pub result_routing_key: String,
-    /// AMQP heartbeat interval in seconds.
-    pub heartbeat_secs: u16,
-    /// First reconnect delay; doubles up to `reconnect_max_ms`.
-    pub reconnect_initial_ms: u64,
-    /// Largest reconnect delay.
-    pub reconnect_max_ms: u64,
-}
-
-/// Server-side encryption of uploads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Sse {
-    /// No encryption header (for stores that reject it).
-    None,
-    /// SSE-S3 (`AES256`).
-    Aes256,
-    /// SSE-KMS with `s3.sse_kms_key_id`.
-    AwsKms,
-}
-
-/// S3 or an S3-compatible store.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct S3Settings {
-    /// Endpoint URL for S3-compatible stores (empty: AWS's regional endpoint).
-    pub endpoint: String,
-    /// Region.
-    pub region: String,
-    /// Path-style addressing (`endpoint/bucket/key`), needed by most S3-compatible stores.
-    pub force_path_style: bool,
-    /// Access key id (empty: the standard AWS credential chain).
-    pub access_key_id: Secret,
-    /// Secret access key (empty: the standard AWS credential chain).
-    pub secret_access_key: Secret,
-    /// Bucket the job's input keys (target, mask, references) are read from.
-    pub input_bucket: String,
-    /// Input keys must start with one of these (empty list: any key in the bucket).
-    pub input_prefixes: Vec<String>,
-    /// Buckets a job may write its outputs to (the first is the default when a job names none).
-    pub output_buckets: Vec<String>,
-    /// Seconds to connect.
-    pub connect_timeout_secs: u64,
-    /// Seconds for one whole operation (all attempts).
-    pub operation_timeout_secs: u64,
-    /// Attempts per operation (SDK retries with backoff on throttling, timeouts and 5xx).
-    pub max_attempts: u32,
-    /// Server-side encryption of uploads.
-    pub sse: Sse,
-    /// KMS key id when `sse = "aws_kms"`.
-    pub sse_kms_key_id: String,
-}
-
 /// Metrics and health endpoints.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     /// Address of the HTTP server with /metrics, /healthz and /readyz.
     pub listen: String,
-}
-
-/// Which execution provider runs the graphs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExecutionProvider {
-    /// ONNX Runtime's CPU provider.
-    Cpu,
-    /// CUDA, registered with error-on-failure: a GPU worker never falls back to CPU silently.
-    Cuda,
-}
-
-/// ONNX Runtime and the model directory.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EngineSettings {
-    /// Model directory holding `manifest.json` and the graphs (relative paths are relative to the
-    /// working directory).
-    pub model_dir: PathBuf,
-    /// Path of `libonnxruntime.so` (1.31), as laid out by `scripts/setup-ort.sh`.
-    pub ort_library: PathBuf,
-    /// `cpu` or `cuda`.
-    pub execution_provider: ExecutionProvider,
-    /// CUDA device ordinal when `execution_provider = "cuda"`.
-    pub cuda_device: i32,
-    /// Threads inside one operator (0 = ONNX Runtime's default: one per core).
-    pub intra_threads: usize,
-    /// Threads across operators (0 = ONNX Runtime's default).
-    pub inter_threads: usize,
-    /// Check every file's sha256 against the manifest at load (off only for huge graphs on a trusted volume).
-    pub verify_hashes: bool,
 }
 
 /// Input limits.
@@ -511,6 +389,7 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::config::Settings;
-use crate::pipeline::adapter::{self, ModelRef, StoredAdapter};
+use crate::model::adapter::{self, ModelRef, StoredAdapter};
 use crate::pipeline::face::FaceBox;
 use crate::pipeline::image::{decode, DecodeLimits};
 use crate::pipeline::tune::{tune_identity, ReferenceCrop, TuneOptions};

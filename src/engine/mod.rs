@@ -2,16 +2,17 @@
 //!
 //! [`Engine`] speaks ndarray and plain slices; [`OrtEngine`] (in `runtime/`) is the only place
 //! that touches `ort` types. An engine is synchronous and owned by one thread: callers that live on an
-//! async runtime hand work to a dedicated inference thread (see `worker`), never run it on a tokio
+//! async runtime hand work to a dedicated inference thread (`crate::service::pool`), never run it on a tokio
 //! worker thread.
 
-pub mod manifest;
 mod runtime;
+mod settings;
 
 use ndarray::{Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4};
 
-pub use manifest::Manifest;
+pub use crate::model::manifest::{self, Manifest};
 pub use runtime::OrtEngine;
+pub use settings::{EngineSettings, ExecutionProvider};
 
 /// Why an engine call failed.
 #[derive(Debug, thiserror::Error)]

@@ -2,12 +2,12 @@
 //! `{prefix}/{identity_id}/{model_name}-{model_version}/{reference_set}.safetensors`, where
 //! `reference_set` is the sha256 of the sorted sha256 digests of the reference files' bytes (so the
 //! order of the references does not matter and any changed byte changes the key), and a bounded LRU
-//! cache by key. The file format itself is `crate::pipeline::adapter`.
+//! cache by key. The file format itself is `crate::model::adapter`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::pipeline::adapter::{
+use crate::model::adapter::{
     check_identity_id, reference_set, AdapterError, ModelRef, StoredAdapter,
 };
 
@@ -119,7 +119,7 @@ impl AdapterCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::adapter::sha256_hex;
+    use crate::model::adapter::sha256_hex;
 
     fn model() -> ModelRef {
         ModelRef {

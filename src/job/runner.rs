@@ -17,8 +17,8 @@ use crate::job::store::{ObjectStore, StorageError};
 use crate::job::wire::{
     parse_rfc3339, CheckedJob, JobResult, JobRules, JobStatus, Limits, OutputInfo, TuningPolicy,
 };
+use crate::model::adapter::{self, ModelRef, StoredAdapter};
 use crate::model::Stage;
-use crate::pipeline::adapter::{self, ModelRef, StoredAdapter};
 use crate::pipeline::face::FaceBox;
 use crate::pipeline::inpaint::{EditInput, EditOutput};
 use crate::pipeline::tune::Tuned;

@@ -1,6 +1,14 @@
-//! The ground floor: plain data every layer above shares (no runtime, no I/O). Today the stage
-//! vocabulary; the manifest, scheduler and tokenizer configs and the adapter layout move here next.
+//! The ground floor: plain data every layer above shares, with no runtime: the model directory's
+//! manifest (with the scheduler and tokenizer configs it carries), the adapter's layout and file
+//! format, the stage vocabulary of a job, and the redacting [`Secret`] of settings.
 
+pub mod adapter;
+pub mod manifest;
+pub mod scheduler;
+pub mod secret;
 pub mod stage;
+pub mod tokenizer;
 
+pub use manifest::Manifest;
+pub use secret::Secret;
 pub use stage::{Stage, UnknownStage};

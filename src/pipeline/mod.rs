@@ -1,7 +1,6 @@
 //! Pure-Rust stages around the graphs: images, masks, face crops, text, schedulers, noise, and the
 //! edit itself (`inpaint`), which drives the engine.
 
-pub mod adapter;
 pub mod face;
 pub mod image;
 pub mod inpaint;

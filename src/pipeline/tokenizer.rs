@@ -4,7 +4,6 @@
 //! Python side.
 
 use instant_clip_tokenizer::{Token, Tokenizer};
-use serde::{Deserialize, Serialize};
 
 /// Why a prompt could not be tokenized.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -21,22 +20,7 @@ pub enum TokenizerError {
 /// Longest prompt accepted, in UTF-8 bytes (about ten times what 75 tokens can hold).
 pub const MAX_PROMPT_BYTES: usize = 4096;
 
-/// The manifest's `tokenizer` section.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
-pub struct TokenizerConfig {
-    /// Length of every id sequence, start and end markers included (77 for CLIP).
-    pub max_length: usize,
-    /// Id that fills the sequence after the end marker.
-    pub pad_id: i64,
-    /// Id of `<start_of_text>`.
-    pub bos_id: i64,
-    /// Id of `<end_of_text>`.
-    pub eos_id: i64,
-    /// The literal placeholder of the learned identity token, `<new1>`.
-    pub new_token: String,
-    /// Its id, one past CLIP's vocabulary.
-    pub new_token_id: i64,
-}
+pub use crate::model::tokenizer::TokenizerConfig;
 
 /// CLIP's tokenizer with the manifest's layout. Building one parses the BPE merges (tens of
 /// milliseconds): build it once per model and share it.

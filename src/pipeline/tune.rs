@@ -116,7 +116,7 @@ impl TuneOptions {
                 settings.batch_size,
                 manifest.name,
                 manifest.tuning.batch_size,
-                crate::engine::manifest::TUNING_GRAPH
+                crate::model::manifest::TUNING_GRAPH
             )));
         }
         let options = Self {
@@ -573,7 +573,7 @@ pub fn tune_identity<E: Engine>(
 ) -> Result<Tuned, TuneError> {
     if !pipeline.engine_mut().can_tune() {
         return Err(EngineError::MissingGraph {
-            graph: crate::engine::manifest::TUNING_GRAPH,
+            graph: crate::model::manifest::TUNING_GRAPH,
             model: pipeline.manifest().name.clone(),
         }
         .into());

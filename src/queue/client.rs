@@ -12,8 +12,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 
-use super::{broker, connect, declare_topology, QueueError};
-use crate::config::AmqpSettings;
+use super::{broker, connect, declare_topology, AmqpSettings, QueueError};
 
 /// A connection with one channel in confirm mode, after declaring the worker's topology.
 pub struct JobClient {

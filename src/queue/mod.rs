@@ -11,11 +11,11 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
-use crate::config::AmqpSettings;
-
 mod client;
+mod settings;
 
 pub use client::{JobClient, Results, ResultsQueue};
+pub use settings::AmqpSettings;
 
 /// Why a broker operation failed. Messages never contain the connection URL (it holds a password).
 #[derive(Debug, thiserror::Error)]

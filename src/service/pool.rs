@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use crate::config::Settings;
 use crate::engine::{Engine, OrtEngine};
 use crate::job::{FailureCode, Inference, JobFailure};
-use crate::pipeline::adapter::ModelRef;
+use crate::model::adapter::ModelRef;
 use crate::pipeline::face::FaceBox;
 use crate::pipeline::inpaint::{EditInput, EditOutput, Pipeline};
 use crate::pipeline::noise::SeededNoise;

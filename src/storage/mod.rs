@@ -5,5 +5,7 @@
 
 pub mod local;
 pub mod s3;
+mod settings;
 
 pub use crate::job::store::{ObjectStore, StorageError};
+pub use settings::{S3Settings, Sse};

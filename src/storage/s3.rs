@@ -19,7 +19,7 @@ use aws_sdk_s3::types::{
 use aws_sdk_s3::Client;
 
 use super::{ObjectStore, StorageError};
-use crate::config::{S3Settings, Sse};
+use super::{S3Settings, Sse};
 
 /// Name under which the static credentials from the settings show up in the SDK's traces.
 const STATIC_PROVIDER: &str = "pva-worker-settings";

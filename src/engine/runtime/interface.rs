@@ -4,8 +4,8 @@
 use ort::session::Session;
 use ort::value::TensorElementType;
 
-use crate::engine::manifest::{DType, Dim, GraphSpec, Manifest, TUNING_GRAPH};
 use crate::engine::EngineError;
+use crate::model::manifest::{DType, Dim, GraphSpec, Manifest, TUNING_GRAPH};
 
 /// The tuning graph's declared interface against the rest of the manifest: the state vectors are
 /// the adapter layout's length, the batch axis is `tuning.batch_size`, the batch tensors have the

@@ -23,7 +23,7 @@ use self::session::{environment, session_builder};
 use self::tune::OrtTuner;
 use super::manifest::{Manifest, TUNING_GRAPH};
 use super::{DenoiseInputs, Denoiser, Engine, EngineError, Tuner, TuningHyper};
-use crate::config::{EngineSettings, ExecutionProvider};
+use crate::engine::{EngineSettings, ExecutionProvider};
 
 /// One session per graph, created once at start and reused by every job.
 pub struct OrtEngine {

@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 
 use ort::session::{builder::GraphOptimizationLevel, Session};
 
-use crate::config::{EngineSettings, ExecutionProvider};
 use crate::engine::EngineError;
+use crate::engine::{EngineSettings, ExecutionProvider};
 
 /// The process-wide ONNX Runtime environment. The shared library is loaded once; the first
 /// successful load wins for the life of the process.

@@ -8,8 +8,8 @@ use ort::value::Tensor;
 
 use super::io::run_err;
 use super::StateDevice;
-use crate::engine::manifest::{Manifest, TUNING_GRAPH};
 use crate::engine::{EngineError, Tuner, TuningBatch, TuningHyper};
+use crate::model::manifest::{Manifest, TUNING_GRAPH};
 
 const STEP: &str = TUNING_GRAPH;
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::pipeline::scheduler::SchedulerConfig;
-use crate::pipeline::tokenizer::TokenizerConfig;
+use crate::model::scheduler::SchedulerConfig;
+use crate::model::tokenizer::TokenizerConfig;
 
 /// The manifest format this worker reads.
 pub const FORMAT_VERSION: u32 = 1;

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use safetensors::{Dtype, SafeTensors};
 use sha2::{Digest, Sha256};
 
-use crate::engine::Manifest;
+use crate::model::manifest::Manifest;
 
 /// The `format` metadata value of an adapter file.
 pub const FORMAT: &str = "pva-adapter";

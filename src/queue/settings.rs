@@ -1,0 +1,29 @@
+//! `[amqp]`: the broker's connection and topology (a section of `crate::config::Settings`).
+
+use serde::Deserialize;
+
+use crate::model::Secret;
+
+/// RabbitMQ topology and connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// `amqp://user:password@host:port/vhost` (a secret: it holds the password).
+    pub url: Secret,
+    /// Durable quorum queue the jobs arrive on.
+    pub job_queue: String,
+    /// Exchange the job queue dead-letters to.
+    pub dead_letter_exchange: String,
+    /// Queue bound to the dead-letter exchange.
+    pub dead_letter_queue: String,
+    /// Exchange result messages are published to.
+    pub result_exchange: String,
+    /// Routing key of result messages.
+    pub result_routing_key: String,
+    /// AMQP heartbeat interval in seconds.
+    pub heartbeat_secs: u16,
+    /// First reconnect delay; doubles up to `reconnect_max_ms`.
+    pub reconnect_initial_ms: u64,
+    /// Largest reconnect delay.
+    pub reconnect_max_ms: u64,
+}
