@@ -4,7 +4,7 @@
 
 use crate::engine::EngineError;
 use crate::job::store::StorageError;
-use crate::job::wire::JobError;
+use crate::job::validate::JobError;
 use crate::pipeline::inpaint::PipelineError;
 use crate::pipeline::tune::TuneError;
 

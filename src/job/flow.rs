@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use crate::job::failure::{FailureCode, JobFailure};
+use crate::job::validate::{CheckedJob, JobRules, Limits};
 use crate::job::wire::{
-    CheckedJob, Consent, JobRequest, JobResult, JobRules, JobStatus, Limits, MaskSpec, OutputInfo,
-    ResultError, SCHEMA_VERSION,
+    Consent, JobRequest, JobResult, JobStatus, MaskSpec, OutputInfo, ResultError, SCHEMA_VERSION,
 };
 use crate::pipeline::image::{self, DecodeLimits};
 use crate::pipeline::inpaint::{EditInput, EditOutput, MaskInput};
@@ -76,8 +76,8 @@ pub fn prepare(
     let target = decode("target", &r.target.key)?;
     let mask = match &r.mask {
         MaskSpec::Key(k) => MaskInput::Image(decode("mask", k)?),
-        MaskSpec::Box(b) => MaskInput::Box(*b),
-        MaskSpec::Region(region) => MaskInput::Region(*region),
+        MaskSpec::Box(b) => MaskInput::Box((*b).into()),
+        MaskSpec::Region(region) => MaskInput::Region((*region).into()),
     };
     let references = r
         .identity
@@ -87,13 +87,13 @@ pub fn prepare(
         .map(|(i, reference)| {
             Ok((
                 decode(&format!("identity.references[{i}]"), &reference.key)?,
-                reference.face_box,
+                reference.face_box.map(Into::into),
             ))
         })
         .collect::<Result<Vec<_>, JobFailure>>()?;
     Ok(EditInput {
         target,
-        target_face: r.target.face_box,
+        target_face: r.target.face_box.map(Into::into),
         mask,
         references,
         prompt: r.prompt.clone(),

@@ -14,9 +14,8 @@ use crate::job::adapters::{self, AdapterCache};
 use crate::job::failure::{FailureCode, JobFailure};
 use crate::job::flow::{self, Answerer, Marking};
 use crate::job::store::{ObjectStore, StorageError};
-use crate::job::wire::{
-    parse_rfc3339, CheckedJob, JobResult, JobRules, JobStatus, Limits, OutputInfo, TuningPolicy,
-};
+use crate::job::validate::{parse_rfc3339, CheckedJob, JobRules, Limits};
+use crate::job::wire::{JobResult, JobStatus, OutputInfo, TuningPolicy};
 use crate::model::adapter::{self, ModelRef, StoredAdapter};
 use crate::model::Stage;
 use crate::pipeline::face::FaceBox;
