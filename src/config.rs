@@ -51,8 +51,8 @@ pub struct Settings {
     pub pipeline: PipelineSettings,
     /// Logging.
     pub logging: LoggingSettings,
-    /// The queue service (`serve`).
-    pub worker: WorkerSettings,
+    /// The queue service (`serve`); the `[worker]` section (the name deployments already use).
+    pub worker: ServiceSettings,
     /// RabbitMQ.
     pub amqp: AmqpSettings,
     /// S3 or an S3-compatible store.
@@ -104,10 +104,10 @@ pub struct TuningSettings {
     pub adapter_prefix: String,
 }
 
-/// The queue service.
+/// The queue service (`[worker]` in the settings files and `PVA__WORKER__*`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WorkerSettings {
+pub struct ServiceSettings {
     /// Name of this worker in result messages and logs (empty: the host name).
     pub id: String,
     /// Jobs run at once (= inference threads, each with its own sessions); the AMQP prefetch is one more.
