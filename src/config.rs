@@ -191,16 +191,24 @@ impl From<&PipelineSettings> for crate::pipeline::inpaint::PipelineOptions {
     }
 }
 
-impl From<&TuningSettings> for crate::pipeline::tune::TuningRequest {
-    fn from(t: &TuningSettings) -> Self {
-        Self {
-            steps: t.steps,
-            batch_size: t.batch_size,
-            lr_visual: t.lr_visual,
-            lr_token: t.lr_token,
-            weight_decay: t.weight_decay,
-            seed: t.seed,
+impl TuningSettings {
+    /// The tuning options for a model: unset rates are the model's own (its manifest's `tuning`
+    /// section), and the batch size must be the one the model's tuning graph fixes.
+    pub fn options_for(
+        &self,
+        manifest: &crate::model::Manifest,
+    ) -> Result<crate::pipeline::tune::TuneOptions, crate::pipeline::tune::TuneError> {
+        let model = &manifest.tuning;
+        crate::pipeline::tune::TuneOptions {
+            steps: self.steps,
+            hyper: crate::engine::TuningHyper {
+                lr_visual: self.lr_visual.unwrap_or(model.lr_visual),
+                lr_token: self.lr_token.unwrap_or(model.lr_token),
+                weight_decay: self.weight_decay.unwrap_or(model.weight_decay),
+            },
+            seed: self.seed,
         }
+        .checked(self.batch_size, manifest)
     }
 }
 
@@ -497,5 +505,59 @@ mod tests {
         std::fs::write(&file, "[engine]\nintra_thread = 3\n").unwrap();
         let err = Settings::load_with_env(Some(&file), env(&[])).unwrap_err();
         assert!(err.to_string().contains("intra_thread"), "{err}");
+    }
+
+    #[test]
+    fn settings_become_options_only_when_they_fit_the_model() {
+        use crate::engine::TuningHyper;
+        use crate::pipeline::tune::TuneOptions;
+        let manifest = crate::model::Manifest::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"),
+        )
+        .unwrap();
+        let settings = Settings::load_with_env(None, Vec::new()).unwrap();
+        let tuning = settings.tuning.clone();
+        let options = tuning.options_for(&manifest).unwrap();
+        // Unset rates are the model's: the tiny model records the paper's.
+        assert_eq!(options, TuneOptions::from_manifest(&manifest, 0));
+        assert_eq!(options.steps, 40);
+        assert_eq!(
+            options.hyper,
+            TuningHyper {
+                lr_visual: 1e-5,
+                lr_token: 1e-3,
+                weight_decay: 0.01
+            }
+        );
+        // A model that records other rates gets them; a rate set in the settings overrides the model's.
+        let mut own = manifest.clone();
+        own.tuning.lr_visual = 1e-3;
+        let options = tuning.options_for(&own).unwrap();
+        assert_eq!(
+            (options.hyper.lr_visual, options.hyper.lr_token),
+            (1e-3, 1e-3)
+        );
+        let mut set = tuning.clone();
+        set.lr_visual = Some(2e-4);
+        set.weight_decay = Some(0.0);
+        let options = set.options_for(&own).unwrap();
+        assert_eq!(
+            options.hyper,
+            TuningHyper {
+                lr_visual: 2e-4,
+                lr_token: 1e-3,
+                weight_decay: 0.0
+            }
+        );
+        let mut other = tuning.clone();
+        other.batch_size = 1;
+        let err = other.options_for(&manifest).unwrap_err();
+        assert!(err.to_string().contains("batch 2"), "{err}");
+        let mut bad = tuning.clone();
+        bad.lr_token = Some(f32::NAN);
+        assert!(bad.options_for(&manifest).is_err());
+        bad = tuning.clone();
+        bad.steps = 0;
+        assert!(bad.options_for(&manifest).is_err());
     }
 }

@@ -122,13 +122,7 @@ pub async fn local_runner(
 /// Runs the job; returns its result (also written as `result.json` where `serve` would put it).
 /// A job that cannot be done gives a `failed` result, not an `Err`; `Err` is for setup problems.
 pub async fn run(settings: &Settings, options: &EditOptions) -> anyhow::Result<EditReport> {
-    let root = options.root.clone().unwrap_or_else(|| {
-        options
-            .job
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
-    });
+    let root = super::job_root(&options.job, options.root.as_deref());
     let (runner, model_load_secs) = local_runner(settings, &root, &options.out).await?;
     let body = std::fs::read(&options.job)?;
     let span = tracing::info_span!("job", job_id = %flow::job_id_hint(&body));

@@ -2,7 +2,7 @@
 //! to the input bucket (under the job's own keys), publishes the job with a private reply queue, waits
 //! for the result and downloads the outputs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -34,13 +34,7 @@ pub async fn run(settings: &Settings, options: &EnqueueOptions) -> anyhow::Resul
     let rules = crate::job::RunnerOptions::from(settings);
     let job = flow::parse(&body, &rules.limits, rules.rules)
         .map_err(|f| anyhow::anyhow!("{}", f.message))?;
-    let root = options.root.clone().unwrap_or_else(|| {
-        options
-            .job
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
-    });
+    let root = super::job_root(&options.job, options.root.as_deref());
     let store = S3Store::new(&settings.s3).await;
     let input_bucket = &settings.s3.input_bucket;
     for (field, key) in flow::input_keys(&job) {

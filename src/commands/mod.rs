@@ -7,3 +7,11 @@ pub mod enqueue;
 pub mod forget;
 pub mod tune;
 pub mod verify;
+
+use std::path::{Path, PathBuf};
+
+/// The directory a local job's keys are relative to: `root` if given, else the job file's directory.
+pub fn job_root(job: &Path, root: Option<&Path>) -> PathBuf {
+    root.map(Path::to_path_buf)
+        .unwrap_or_else(|| job.parent().map(Path::to_path_buf).unwrap_or_default())
+}

@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::model::adapter::{self, ModelRef, StoredAdapter};
 use crate::pipeline::face::FaceBox;
 use crate::pipeline::image::{decode, DecodeLimits};
-use crate::pipeline::tune::{tune_identity, ReferenceCrop, TuneOptions};
+use crate::pipeline::tune::{tune_identity, ReferenceCrop};
 use crate::service::load_pipeline;
 
 /// A `--face-box` argument: `x,y,w,h` in the reference's pixels, or `none` for a reference that is
@@ -120,7 +120,7 @@ pub fn run(
     let mut pipeline = load_pipeline(settings)?;
     timings.push(("model_load", t.elapsed().as_secs_f64()));
     let manifest = pipeline.manifest().clone();
-    let mut tuning = TuneOptions::from_settings(&(&settings.tuning).into(), &manifest)?;
+    let mut tuning = settings.tuning.options_for(&manifest)?;
     if let Some(steps) = options.steps {
         anyhow::ensure!(steps > 0, "--steps must be >= 1");
         tuning.steps = steps;

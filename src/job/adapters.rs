@@ -119,32 +119,8 @@ impl AdapterCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::adapter::samples::{adapter, digest, model};
     use crate::model::adapter::sha256_hex;
-
-    fn model() -> ModelRef {
-        ModelRef {
-            name: "pva-tiny".into(),
-            version: "0.1.0".into(),
-            visual_length: 6,
-            token_length: 2,
-        }
-    }
-
-    fn digest(i: u8) -> String {
-        sha256_hex(&[i])
-    }
-
-    fn adapter() -> StoredAdapter {
-        StoredAdapter {
-            identity_id: "person-42".into(),
-            model: model(),
-            reference_sha256: vec![digest(1), digest(2)],
-            steps: 40,
-            seed: 7,
-            final_loss: 0.5,
-            params: vec![0.0; 8],
-        }
-    }
 
     #[test]
     fn key_is_deterministic_and_names_its_parts() {

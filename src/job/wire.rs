@@ -339,4 +339,3 @@ pub struct JobResult {
     #[serde(default)]
     pub consent: Option<Consent>,
 }
-

@@ -155,6 +155,14 @@ impl StoredAdapter {
     }
 }
 
+/// The values of an F32 safetensors tensor (little-endian, as the format stores them).
+pub fn f32_values(view: &safetensors::tensor::TensorView<'_>) -> Vec<f32> {
+    view.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
 /// Hex sha256 of some bytes (a reference file's digest).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -351,11 +359,7 @@ pub fn decode(bytes: &[u8], model: &ModelRef) -> Result<StoredAdapter, AdapterEr
             model.len()
         )));
     }
-    let params: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let params = f32_values(&view);
     if let Some(i) = params.iter().position(|x| !x.is_finite()) {
         return Err(AdapterError::Tensor(format!("value {i} is {}", params[i])));
     }
@@ -392,10 +396,13 @@ pub fn decode(bytes: &[u8], model: &ModelRef) -> Result<StoredAdapter, AdapterEr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod samples {
+    //! Small adapters for the tests of this module and of the adapter store.
+
     use super::*;
 
-    fn model() -> ModelRef {
+    /// A model with an 8-value layout.
+    pub fn model() -> ModelRef {
         ModelRef {
             name: "pva-tiny".into(),
             version: "0.1.0".into(),
@@ -404,11 +411,13 @@ mod tests {
         }
     }
 
-    fn digest(i: u8) -> String {
+    /// The digest of a one-byte file.
+    pub fn digest(i: u8) -> String {
         sha256_hex(&[i])
     }
 
-    fn adapter() -> StoredAdapter {
+    /// An adapter of [`model`] with three references.
+    pub fn adapter() -> StoredAdapter {
         StoredAdapter {
             identity_id: "person-42".into(),
             model: model(),
@@ -419,6 +428,12 @@ mod tests {
             params: vec![0.5, -1.25, 3.0e-7, 0.0, 1.0, 2.0, -0.001, 42.0],
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::samples::{adapter, digest, model};
+    use super::*;
 
     #[test]
     fn round_trip_keeps_everything() {

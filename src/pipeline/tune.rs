@@ -76,23 +76,6 @@ pub struct TuneOptions {
     pub seed: u64,
 }
 
-/// The tuning a worker asks for (its `[tuning]` settings): unset rates are the model's own.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TuningRequest {
-    /// Optimisation steps.
-    pub steps: usize,
-    /// Samples per step (must equal the model's, which its tuning graph fixes).
-    pub batch_size: usize,
-    /// Learning rate of the visual projections; `None`: the model's.
-    pub lr_visual: Option<f32>,
-    /// Learning rate of the `<new1>` token; `None`: the model's.
-    pub lr_token: Option<f32>,
-    /// AdamW weight decay; `None`: the model's.
-    pub weight_decay: Option<f32>,
-    /// Seed of the draws.
-    pub seed: u64,
-}
-
 impl TuneOptions {
     /// The manifest's tuning defaults (the paper's values for the committed models).
     pub fn from_manifest(manifest: &Manifest, seed: u64) -> Self {
@@ -108,31 +91,19 @@ impl TuneOptions {
         }
     }
 
-    /// The worker's `[tuning]` settings, checked against the model (its graph fixes the batch size).
-    pub fn from_settings(settings: &TuningRequest, manifest: &Manifest) -> Result<Self, TuneError> {
-        if settings.batch_size != manifest.tuning.batch_size {
+    /// These options, checked against the model: `batch_size` (the worker's) must be the one the
+    /// model's tuning graph fixes, the steps at least one, the rates finite and non-negative.
+    pub fn checked(self, batch_size: usize, manifest: &Manifest) -> Result<Self, TuneError> {
+        if batch_size != manifest.tuning.batch_size {
             return Err(TuneError::Settings(format!(
-                "tuning.batch_size is {}, but model `{}` tunes with batch {} (fixed in its {} graph)",
-                settings.batch_size,
+                "tuning.batch_size is {batch_size}, but model `{}` tunes with batch {} (fixed in its {} graph)",
                 manifest.name,
                 manifest.tuning.batch_size,
                 crate::model::manifest::TUNING_GRAPH
             )));
         }
-        let options = Self {
-            steps: settings.steps,
-            // Unset rates are the model's own (its manifest's tuning section).
-            hyper: TuningHyper {
-                lr_visual: settings.lr_visual.unwrap_or(manifest.tuning.lr_visual),
-                lr_token: settings.lr_token.unwrap_or(manifest.tuning.lr_token),
-                weight_decay: settings
-                    .weight_decay
-                    .unwrap_or(manifest.tuning.weight_decay),
-            },
-            seed: settings.seed,
-        };
-        options.validate()?;
-        Ok(options)
+        self.validate()?;
+        Ok(self)
     }
 
     fn validate(&self) -> Result<(), TuneError> {
@@ -598,60 +569,6 @@ pub fn tune_identity<E: Engine>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tiny_manifest() -> Manifest {
-        Manifest::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"))
-            .unwrap()
-    }
-
-    #[test]
-    fn settings_become_options_only_when_they_fit_the_model() {
-        let manifest = tiny_manifest();
-        let settings = crate::config::Settings::load_with_env(None, Vec::new()).unwrap();
-        let tuning = TuningRequest::from(&settings.tuning);
-        let options = TuneOptions::from_settings(&tuning, &manifest).unwrap();
-        // Unset rates are the model's: the tiny model records the paper's.
-        assert_eq!(options, TuneOptions::from_manifest(&manifest, 0));
-        assert_eq!(options.steps, 40);
-        assert_eq!(
-            options.hyper,
-            TuningHyper {
-                lr_visual: 1e-5,
-                lr_token: 1e-3,
-                weight_decay: 0.01
-            }
-        );
-        // A model that records other rates gets them; a rate set in the settings overrides the model's.
-        let mut own = manifest.clone();
-        own.tuning.lr_visual = 1e-3;
-        let options = TuneOptions::from_settings(&tuning, &own).unwrap();
-        assert_eq!(
-            (options.hyper.lr_visual, options.hyper.lr_token),
-            (1e-3, 1e-3)
-        );
-        let mut set = tuning;
-        set.lr_visual = Some(2e-4);
-        set.weight_decay = Some(0.0);
-        let options = TuneOptions::from_settings(&set, &own).unwrap();
-        assert_eq!(
-            options.hyper,
-            TuningHyper {
-                lr_visual: 2e-4,
-                lr_token: 1e-3,
-                weight_decay: 0.0
-            }
-        );
-        let mut other = tuning;
-        other.batch_size = 1;
-        let err = TuneOptions::from_settings(&other, &manifest).unwrap_err();
-        assert!(err.to_string().contains("batch 2"), "{err}");
-        let mut bad = tuning;
-        bad.lr_token = Some(f32::NAN);
-        assert!(TuneOptions::from_settings(&bad, &manifest).is_err());
-        bad = tuning;
-        bad.steps = 0;
-        assert!(TuneOptions::from_settings(&bad, &manifest).is_err());
-    }
 
     #[test]
     fn seeded_draws_are_reproducible_and_in_range() {

@@ -6,13 +6,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 
-use super::{broker, connect, declare_topology, AmqpSettings, QueueError};
+use super::{broker, confirm_channel, connect, declare_topology, AmqpSettings, QueueError};
 
 /// A connection with one channel in confirm mode, after declaring the worker's topology.
 pub struct JobClient {
@@ -50,15 +50,8 @@ impl JobClient {
         name: &str,
     ) -> Result<Self, QueueError> {
         let connection = connect(settings, name).await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(broker("opening a channel"))?;
+        let channel = confirm_channel(&connection).await?;
         declare_topology(&channel, settings, delivery_limit).await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(broker("enabling publisher confirms"))?;
         Ok(Self {
             connection,
             channel,

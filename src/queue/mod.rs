@@ -157,19 +157,12 @@ impl Broker {
             .create_channel()
             .await
             .map_err(broker("opening a channel"))?;
-        let publish = connection
-            .create_channel()
-            .await
-            .map_err(broker("opening a channel"))?;
+        let publish = confirm_channel(&connection).await?;
         declare_topology(&consume, settings, delivery_limit).await?;
         consume
             .basic_qos(prefetch, BasicQosOptions::default())
             .await
             .map_err(broker("setting the prefetch"))?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(broker("enabling publisher confirms"))?;
         Ok(Self {
             connection,
             consume,
@@ -214,6 +207,19 @@ impl Broker {
         let _ = self.publish.close(200, "shutdown".into()).await;
         let _ = self.connection.close(200, "shutdown".into()).await;
     }
+}
+
+/// A new channel on `connection` in publisher-confirm mode.
+async fn confirm_channel(connection: &Connection) -> Result<Channel, QueueError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(broker("opening a channel"))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(broker("enabling publisher confirms"))?;
+    Ok(channel)
 }
 
 /// Opens a connection with the configured heartbeat.

@@ -51,11 +51,7 @@ pub fn load_base_adapter(model_dir: &Path, manifest: &Manifest) -> Result<Vec<f3
             view.dtype()
         )));
     }
-    let values: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let values = crate::model::adapter::f32_values(&view);
     if values.len() != spec.visual_length + spec.token_length {
         return Err(bad(format!(
             "has {} values, the manifest's layout {}",

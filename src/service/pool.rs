@@ -21,7 +21,7 @@ use crate::model::adapter::ModelRef;
 use crate::pipeline::face::FaceBox;
 use crate::pipeline::inpaint::{EditInput, EditOutput, Pipeline};
 use crate::pipeline::noise::SeededNoise;
-use crate::pipeline::tune::{tune_identity, ReferenceCrop, TuneError, TuneOptions, Tuned};
+use crate::pipeline::tune::{tune_identity, ReferenceCrop, TuneError, Tuned};
 use crate::service::model::{load_pipeline, LoadError};
 
 /// In debug builds (the tests' binaries), an edit with exactly this prompt panics in its inference
@@ -55,7 +55,7 @@ fn tune<E: Engine>(
     references: &[(RgbImage, Option<FaceBox>)],
 ) -> Result<Tuned, TuneError> {
     let manifest = pipeline.manifest().clone();
-    let options = TuneOptions::from_settings(&(&settings.tuning).into(), &manifest)?;
+    let options = settings.tuning.options_for(&manifest)?;
     let crops = references
         .iter()
         .enumerate()
