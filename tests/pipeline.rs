@@ -434,3 +434,95 @@ fn the_inference_pool_counts_its_live_threads() {
     pool.shutdown();
     assert_eq!(alive.load(std::sync::atomic::Ordering::Acquire), 0);
 }
+
+/// `pva-worker edit` honours the job's tuning policy as `serve` does: `auto` tunes the identity and
+/// stores its adapter under `tuning.adapter_prefix` in the output directory; an `if_cached` job for
+/// the same references then uses it without tuning; `never` ignores it.
+#[test]
+fn edit_tunes_with_policy_auto_and_reuses_the_adapter_when_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings();
+    s.tuning.steps = 3;
+    // NOTE: rates high enough that three steps visibly move the tiny model's adapter.
+    s.tuning.lr_visual = Some(1e-2);
+    s.tuning.lr_token = Some(1e-2);
+    let job = |id: &str, policy: &str| {
+        let mut v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(common::repo().join("examples/job.json")).unwrap(),
+        )
+        .unwrap();
+        v["job_id"] = id.into();
+        v["steps"] = 2.into();
+        v["num_outputs"] = 1.into();
+        v["tuning"] = policy.into();
+        let path = dir.path().join(format!("{id}.json"));
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        path
+    };
+    let out = dir.path().join("out");
+    let run = |job| {
+        common::run_edit(
+            &s,
+            &pva_worker::commands::edit::EditOptions {
+                job,
+                root: Some(common::repo().join("examples")),
+                out: out.clone(),
+                contact_sheet: None,
+            },
+        )
+    };
+    let adapters = || -> Vec<std::path::PathBuf> {
+        let root = out.join("adapters/example-person");
+        let mut found = Vec::new();
+        let mut dirs = vec![root];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    found.push(e.path());
+                }
+            }
+        }
+        found
+    };
+
+    let tuned = run(job("tuned", "auto"));
+    assert_eq!(
+        tuned.result.status,
+        pva_worker::job::JobStatus::Succeeded,
+        "{:?}",
+        tuned.result
+    );
+    assert!(tuned.result.timings.contains_key("tune"), "auto tuned");
+    let stored = adapters();
+    assert_eq!(stored.len(), 1, "one adapter stored: {stored:?}");
+    let model = pva_worker::model::adapter::ModelRef::of(
+        &pva_worker::engine::Manifest::load(&s.engine.model_dir).unwrap(),
+    );
+    let decoded =
+        pva_worker::model::adapter::decode(&std::fs::read(&stored[0]).unwrap(), &model).unwrap();
+    assert_eq!(
+        (decoded.identity_id.as_str(), decoded.steps),
+        ("example-person", 3)
+    );
+
+    let cached = run(job("cached", "if_cached"));
+    assert!(
+        !cached.result.timings.contains_key("tune"),
+        "the stored adapter was used"
+    );
+    let untuned = run(job("untuned", "never"));
+    let png =
+        |r: &pva_worker::commands::edit::EditReport| std::fs::read(&r.output_paths[0]).unwrap();
+    assert_eq!(
+        png(&cached),
+        png(&tuned),
+        "the same adapter, seed and job give the same image"
+    );
+    assert_ne!(
+        png(&untuned),
+        png(&tuned),
+        "the tuned adapter changes the edit"
+    );
+}
