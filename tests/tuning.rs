@@ -7,7 +7,7 @@ use common::{max_abs_diff, settings, Tensors};
 use ndarray::{ArrayView1, ArrayView2, ArrayView3, ArrayView4};
 use pva_worker::commands::tune::{self as tune_cmd, TuneCmdOptions};
 use pva_worker::engine::{Engine, OrtEngine, TuningBatch, TuningHyper};
-use pva_worker::pipeline::adapter::{self, ModelRef, StoredAdapter};
+use pva_worker::model::adapter::{self, ModelRef, StoredAdapter};
 use pva_worker::pipeline::inpaint::{EditInput, MaskInput, Pipeline};
 use pva_worker::pipeline::mask::Mask;
 use pva_worker::pipeline::mask::Region;
