@@ -12,7 +12,7 @@ use common::{max_abs_diff, settings_for, Tensors};
 use ndarray::{Array1, Array2, Array4, Axis};
 use pva_worker::engine::Engine;
 use pva_worker::pipeline::image::{decode, to_chw, DecodeLimits};
-use pva_worker::pipeline::inpaint::{denoise, Conditioning, EditInput, MaskInput};
+use pva_worker::pipeline::inpaint::{denoise, Conditioning, EditInput, MaskInput, Sampling};
 use pva_worker::pipeline::mask::{masked_image, Mask};
 use pva_worker::pipeline::noise::NoiseSource;
 use pva_worker::pipeline::scheduler::SchedulerKind;
@@ -223,10 +223,12 @@ fn stages_match(model: &str, fixtures: &str) {
         let latents = denoise(
             engine,
             &cond,
-            kind(&case),
-            case.steps,
-            case.guidance,
-            1,
+            Sampling {
+                scheduler: kind(&case),
+                steps: case.steps,
+                guidance: case.guidance,
+                num_outputs: 1,
+            },
             &mut noise,
             &mut |i, latents| {
                 let want = &t.f32(&format!("latents_{}", i + 1)).1;

@@ -1,130 +1,16 @@
-//! Per-identity adapter tuning: PVA's "lightweight adapter-tuning step" (the paper's 40 AdamW steps on
-//! the `to_visual_q/k/v` projections and the `<new1>` token) driven through `adapter_step.onnx`.
-//!
-//! The data is the identity's own references, leave-one-out (`python -m pva.reference.tune` does the
-//! same in Python): each sample picks one reference as the inpainting target, its `whole_face` region
-//! masked, and the other references as the identity; the loss is the noise-prediction MSE at a random
-//! timestep. [`LeaveOneOut::build`] encodes every reference once (VAE latents of the image and of the
-//! masked image, identity tokens of the others); each step then only gathers rows and adds the step's
-//! draws (targets, timesteps, noise) from a [`DrawSource`]: [`SeededDraws`] in production, recorded
-//! draws in parity tests. [`run`] is the loop; [`tune_identity`] is the whole job.
-
-use std::time::Instant;
+//! The data of a tuning run: reference crops at model size, the [`LeaveOneOut`] tensors encoded
+//! once per run, and the [`StepBatch`] each step gathers from them.
 
 use image::imageops;
 use image::RgbImage;
 use ndarray::{s, Array1, Array2, Array3, Array4, Axis};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, StandardNormal};
 
-use super::face::{self, CropRect, FaceBox};
-use super::image as img;
-use super::inpaint::{Pipeline, PipelineError};
-use super::mask::{masked_image, Mask, MaskError, Region};
-use crate::engine::{Engine, EngineError, Manifest, TuningBatch, TuningHyper};
-
-/// Why an identity could not be tuned.
-#[derive(Debug, thiserror::Error)]
-pub enum TuneError {
-    /// A reference image does not fit (names which and why).
-    #[error("{what}: {problem}")]
-    Input {
-        /// Which input, e.g. `references[1]`.
-        what: String,
-        /// What is wrong.
-        problem: String,
-    },
-    /// A face box could not be applied.
-    #[error("{what}: {source}")]
-    Face {
-        /// Which input.
-        what: String,
-        /// The geometry error.
-        source: face::FaceError,
-    },
-    /// The tuning settings do not fit the model.
-    #[error("tuning settings: {0}")]
-    Settings(String),
-    /// The loss became NaN or infinite: the adapter is unusable and is not returned.
-    #[error("tuning diverged: the loss at step {step} is {loss}")]
-    Diverged {
-        /// 1-based step.
-        step: usize,
-        /// The loss.
-        loss: f32,
-    },
-    /// The leave-one-out mask could not be built (a model whose resolution has no face region).
-    #[error("mask: {0}")]
-    Mask(#[from] MaskError),
-    /// The prompt could not be encoded.
-    #[error(transparent)]
-    Pipeline(#[from] PipelineError),
-    /// A graph failed.
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-}
-
-/// What one tuning run does: step count, AdamW settings, and the seed of its draws.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TuneOptions {
-    /// Optimisation steps.
-    pub steps: usize,
-    /// Learning rates and weight decay.
-    pub hyper: TuningHyper,
-    /// Seed of [`SeededDraws`].
-    pub seed: u64,
-}
-
-impl TuneOptions {
-    /// The manifest's tuning defaults (the paper's values for the committed models).
-    pub fn from_manifest(manifest: &Manifest, seed: u64) -> Self {
-        let t = &manifest.tuning;
-        Self {
-            steps: t.steps,
-            hyper: TuningHyper {
-                lr_visual: t.lr_visual,
-                lr_token: t.lr_token,
-                weight_decay: t.weight_decay,
-            },
-            seed,
-        }
-    }
-
-    /// These options, checked against the model: `batch_size` (the worker's) must be the one the
-    /// model's tuning graph fixes, the steps at least one, the rates finite and non-negative.
-    pub fn checked(self, batch_size: usize, manifest: &Manifest) -> Result<Self, TuneError> {
-        if batch_size != manifest.tuning.batch_size {
-            return Err(TuneError::Settings(format!(
-                "tuning.batch_size is {batch_size}, but model `{}` tunes with batch {} (fixed in its {} graph)",
-                manifest.name,
-                manifest.tuning.batch_size,
-                crate::model::manifest::TUNING_GRAPH
-            )));
-        }
-        self.validate()?;
-        Ok(self)
-    }
-
-    fn validate(&self) -> Result<(), TuneError> {
-        if self.steps == 0 {
-            return Err(TuneError::Settings("steps must be >= 1".into()));
-        }
-        let h = &self.hyper;
-        for (name, value) in [
-            ("lr_visual", h.lr_visual),
-            ("lr_token", h.lr_token),
-            ("weight_decay", h.weight_decay),
-        ] {
-            if !(value.is_finite() && value >= 0.0) {
-                return Err(TuneError::Settings(format!(
-                    "{name} must be finite and >= 0, got {value}"
-                )));
-            }
-        }
-        Ok(())
-    }
-}
+use super::super::face::{self, CropRect, FaceBox};
+use super::super::image as img;
+use super::super::inpaint::Pipeline;
+use super::super::mask::{masked_image, Mask, Region};
+use super::{Draw, TuneError};
+use crate::engine::{Engine, Manifest, TuningBatch};
 
 /// One reference at model size: the image the VAE encodes (model resolution) and the aligned face
 /// crop the face embedder reads (`face.crop_size`), both from the same square around the face.
@@ -360,78 +246,12 @@ impl LeaveOneOut {
     }
 }
 
-/// The random choices of one step: which reference each sample inpaints, its training timestep, and
-/// its noise.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Draw {
-    /// Target reference per sample [b].
-    pub targets: Vec<usize>,
-    /// Timestep per sample [b], in `[0, num_train_timesteps)`.
-    pub timesteps: Vec<i64>,
-    /// Standard-normal noise [b, 4, h, w], flat.
-    pub noise: Vec<f32>,
-}
-
-impl Draw {
-    /// A zeroed draw for `batch` samples of `latent_len` values each.
-    pub fn zeros(batch: usize, latent_len: usize) -> Self {
-        Self {
-            targets: vec![0; batch],
-            timesteps: vec![0; batch],
-            noise: vec![0.0; batch * latent_len],
-        }
-    }
-}
-
-/// Where a tuning run's random draws come from.
-pub trait DrawSource {
-    /// Overwrites `draw` (already sized for the batch) with step `step`'s (0-based) choices among
-    /// `references` targets and `num_train_timesteps` timesteps.
-    fn draw(&mut self, step: usize, references: usize, num_train_timesteps: usize, draw: &mut Draw);
-}
-
-/// Reproducible draws: one ChaCha8 stream seeded with the run's seed, read in step order (each
-/// step: the targets, then the timesteps, then the noise, as `pva.reference.tune` orders its draws).
-#[derive(Debug, Clone)]
-pub struct SeededDraws {
-    rng: ChaCha8Rng,
-}
-
-impl SeededDraws {
-    /// Draws for a run with this seed.
-    pub fn new(seed: u64) -> Self {
-        Self {
-            rng: ChaCha8Rng::seed_from_u64(seed),
-        }
-    }
-}
-
-impl DrawSource for SeededDraws {
-    fn draw(
-        &mut self,
-        _step: usize,
-        references: usize,
-        num_train_timesteps: usize,
-        draw: &mut Draw,
-    ) {
-        for t in draw.targets.iter_mut() {
-            *t = self.rng.random_range(0..references);
-        }
-        for t in draw.timesteps.iter_mut() {
-            *t = self.rng.random_range(0..num_train_timesteps as i64);
-        }
-        for x in draw.noise.iter_mut() {
-            *x = StandardNormal.sample(&mut self.rng);
-        }
-    }
-}
-
 /// The tensors of one step's batch, allocated once per run and rewritten each step.
 #[derive(Debug, Clone)]
 pub struct StepBatch {
     input_ids: Array2<i64>,
     latents: Array4<f32>,
-    noise: Array4<f32>,
+    pub(super) noise: Array4<f32>,
     timesteps: Array1<i64>,
     mask: Array4<f32>,
     masked_latents: Array4<f32>,
@@ -473,153 +293,9 @@ impl StepBatch {
     }
 }
 
-/// A tuned adapter and how it got there.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tuned {
-    /// The adapter (visual + token, the manifest's layout).
-    pub adapter: Vec<f32>,
-    /// The loss of every step, before its update.
-    pub losses: Vec<f32>,
-    /// Seconds spent building the leave-one-out tensors (0 when the caller built them).
-    pub build_seconds: f64,
-    /// Seconds spent in the step loop.
-    pub loop_seconds: f64,
-}
-
-/// The tuning loop: `options.steps` steps of `adapter_step` from `initial` on batches of `data`
-/// drawn by `draws`. `progress(step, loss)` is called after each step (1-based). A non-finite loss
-/// stops the run with [`TuneError::Diverged`].
-pub fn run<E: Engine + ?Sized>(
-    engine: &mut E,
-    data: &LeaveOneOut,
-    initial: &[f32],
-    options: &TuneOptions,
-    draws: &mut dyn DrawSource,
-    progress: &mut dyn FnMut(usize, f32),
-) -> Result<Tuned, TuneError> {
-    options.validate()?;
-    let start = Instant::now();
-    let batch_size = engine.manifest().tuning.batch_size;
-    let num_train_timesteps = engine.manifest().scheduler.num_train_timesteps;
-    let mut batch = StepBatch::new(data, batch_size);
-    let latent_len = batch.noise.len() / batch_size;
-    let mut draw = Draw::zeros(batch_size, latent_len);
-    let mut tuner = engine.tuner(initial, options.hyper)?;
-    let mut losses = Vec::with_capacity(options.steps);
-    for step in 0..options.steps {
-        draws.draw(step, data.count(), num_train_timesteps, &mut draw);
-        data.fill(&draw, &mut batch);
-        let loss = tuner.step(&batch.view())?;
-        if !loss.is_finite() {
-            return Err(TuneError::Diverged {
-                step: step + 1,
-                loss,
-            });
-        }
-        losses.push(loss);
-        progress(step + 1, loss);
-    }
-    let adapter = tuner.params()?;
-    if let Some(i) = adapter.iter().position(|x| !x.is_finite()) {
-        return Err(TuneError::Diverged {
-            step: options.steps,
-            loss: adapter[i],
-        });
-    }
-    Ok(Tuned {
-        adapter,
-        losses,
-        build_seconds: 0.0,
-        loop_seconds: start.elapsed().as_secs_f64(),
-    })
-}
-
-/// Tunes an identity from its reference crops: builds the leave-one-out tensors, then runs
-/// `options.steps` seeded steps from the model's untuned adapter.
-pub fn tune_identity<E: Engine>(
-    pipeline: &mut Pipeline<E>,
-    references: &[ReferenceCrop],
-    options: &TuneOptions,
-    progress: &mut dyn FnMut(usize, f32),
-) -> Result<Tuned, TuneError> {
-    if !pipeline.engine_mut().can_tune() {
-        return Err(EngineError::MissingGraph {
-            graph: crate::model::manifest::TUNING_GRAPH,
-            model: pipeline.manifest().name.clone(),
-        }
-        .into());
-    }
-    let start = Instant::now();
-    let data = LeaveOneOut::build(pipeline, references)?;
-    let build_seconds = start.elapsed().as_secs_f64();
-    let initial = pipeline.base_adapter().to_vec();
-    let mut draws = SeededDraws::new(options.seed);
-    let mut tuned = run(
-        pipeline.engine_mut(),
-        &data,
-        &initial,
-        options,
-        &mut draws,
-        progress,
-    )?;
-    tuned.build_seconds = build_seconds;
-    Ok(tuned)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn seeded_draws_are_reproducible_and_in_range() {
-        let mut a = SeededDraws::new(3);
-        let mut b = SeededDraws::new(3);
-        let mut c = SeededDraws::new(4);
-        let (mut da, mut db, mut dc) = (
-            Draw::zeros(2, 256),
-            Draw::zeros(2, 256),
-            Draw::zeros(2, 256),
-        );
-        let mut seen = [false; 3];
-        for step in 0..50 {
-            a.draw(step, 3, 1000, &mut da);
-            b.draw(step, 3, 1000, &mut db);
-            c.draw(step, 3, 1000, &mut dc);
-            assert_eq!(da, db);
-            assert_ne!(da.noise, dc.noise);
-            for &t in &da.targets {
-                seen[t] = true;
-            }
-            assert!(da.targets.iter().all(|&t| t < 3));
-            assert!(da.timesteps.iter().all(|&t| (0..1000).contains(&t)));
-        }
-        assert_eq!(seen, [true; 3], "every reference is a target at some step");
-        // The noise is standard normal.
-        let mut noise = Vec::new();
-        for step in 0..40 {
-            a.draw(step, 3, 1000, &mut da);
-            noise.extend_from_slice(&da.noise);
-        }
-        let mean = noise.iter().sum::<f32>() / noise.len() as f32;
-        let var = noise.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / noise.len() as f32;
-        assert!(
-            mean.abs() < 0.05 && (var - 1.0).abs() < 0.05,
-            "{mean} {var}"
-        );
-    }
-
-    #[test]
-    fn timesteps_cover_the_schedule() {
-        let mut d = SeededDraws::new(0);
-        let mut draw = Draw::zeros(2, 1);
-        let (mut low, mut high) = (false, false);
-        for step in 0..500 {
-            d.draw(step, 2, 1000, &mut draw);
-            low |= draw.timesteps.iter().any(|&t| t < 100);
-            high |= draw.timesteps.iter().any(|&t| t >= 900);
-        }
-        assert!(low && high);
-    }
 
     fn data(n: usize) -> LeaveOneOut {
         let latents = Array4::from_shape_fn((n, 4, 2, 2), |(i, c, y, x)| {

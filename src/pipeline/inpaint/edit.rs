@@ -1,164 +1,23 @@
-//! The PVA edit: decoded images in, edited images out, driving the graphs through an [`Engine`].
-//!
-//! Stages (each timed): `preprocess` (crops, masks, tensors), `encode` (text, faces, identity tokens,
-//! VAE encode), `denoise` (the sampler loop), `decode` (VAE decode, paste-back, identity score).
-//! Conventions follow models/CONTRACT.md ("Pipeline conventions").
+//! The [`Pipeline`]: a loaded model with its tokenizer, running whole edits (crops, masks,
+//! encoders, the sampler loop, decode and paste-back).
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use image::RgbImage;
-use ndarray::{s, Array1, Array2, Array3, Array4, Axis};
+use ndarray::{Array1, Array2, Array3, Array4, Axis};
 
-use super::face::{self, CropRect, FaceBox};
-use super::image as img;
-use super::mask::{Mask, PixelBox, Region};
-use super::noise::NoiseSource;
-use super::scheduler::{Scheduler, SchedulerKind};
-use super::tokenizer::PromptTokenizer;
-use crate::engine::{DenoiseInputs, Engine, EngineError};
+use super::super::face::{self, CropRect, FaceBox};
+use super::super::image as img;
+use super::super::mask::{Mask, PixelBox};
+use super::super::noise::NoiseSource;
+use super::super::tokenizer::PromptTokenizer;
+use super::{
+    denoise, Conditioning, EditInput, EditOutput, EditedImage, MaskInput, PipelineError,
+    PipelineOptions, Sampling, Timings,
+};
+use crate::engine::Engine;
 use crate::model::Stage;
-
-/// Why an edit could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    /// An input image or mask does not fit the job (names which and why).
-    #[error("{what}: {problem}")]
-    Input {
-        /// Which input, e.g. `target`, `mask`, `identity.references[1]`.
-        what: String,
-        /// What is wrong.
-        problem: String,
-    },
-    /// Face geometry could not be applied.
-    #[error("{what}: {source}")]
-    Face {
-        /// Which input.
-        what: String,
-        /// The geometry error.
-        source: face::FaceError,
-    },
-    /// The mask could not be built.
-    #[error("mask: {0}")]
-    Mask(#[from] super::mask::MaskError),
-    /// The prompt could not be tokenized.
-    #[error("prompt: {0}")]
-    Tokenizer(#[from] super::tokenizer::TokenizerError),
-    /// The sampler refused its settings.
-    #[error("scheduler: {0}")]
-    Scheduler(#[from] super::scheduler::SchedulerError),
-    /// A graph failed.
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-}
-
-/// Decoded inputs of one edit.
-#[derive(Debug, Clone)]
-pub struct EditInput {
-    /// The photo to edit (EXIF orientation applied).
-    pub target: RgbImage,
-    /// Face box in `target`; `None` when the target is a square, aligned face.
-    pub target_face: Option<FaceBox>,
-    /// The repaint region.
-    pub mask: MaskInput,
-    /// Reference photos with optional face boxes (1..=max_references).
-    pub references: Vec<(RgbImage, Option<FaceBox>)>,
-    /// The job's prompt ("with a beard").
-    pub prompt: String,
-    /// Negative prompt for the unconditional row.
-    pub negative_prompt: String,
-    /// Sampler.
-    pub scheduler: SchedulerKind,
-    /// Denoising steps.
-    pub steps: usize,
-    /// Guidance scale (1 = one conditional row).
-    pub guidance: f32,
-    /// Number of outputs, batched in one UNet call per step.
-    pub num_outputs: usize,
-    /// A tuned adapter (visual + token, the manifest's layout); `None` uses the model's own.
-    pub adapter: Option<Vec<f32>>,
-}
-
-/// The repaint region, before it is mapped to the face crop.
-#[derive(Debug, Clone)]
-pub enum MaskInput {
-    /// A mask image the size of the target (white = repaint).
-    Image(RgbImage),
-    /// A box in target pixels.
-    Box(PixelBox),
-    /// A named region of the aligned crop.
-    Region(Region),
-}
-
-/// One edited output.
-#[derive(Debug, Clone)]
-pub struct EditedImage {
-    /// The full photo with the edit pasted back.
-    pub image: RgbImage,
-    /// The generated face crop at model resolution.
-    pub crop: RgbImage,
-    /// Cosine similarity of the crop's face embedding to the mean reference embedding.
-    pub identity_score: f32,
-}
-
-/// Seconds per stage.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Timings {
-    /// Stage name and seconds, in order.
-    pub stages: Vec<(Stage, f64)>,
-}
-
-impl Timings {
-    fn record(&mut self, stage: Stage, since: Instant) -> Instant {
-        let now = Instant::now();
-        self.stages.push((stage, (now - since).as_secs_f64()));
-        now
-    }
-    /// Total seconds.
-    pub fn total(&self) -> f64 {
-        self.stages.iter().map(|(_, s)| s).sum()
-    }
-}
-
-/// The result of an edit.
-#[derive(Debug, Clone)]
-pub struct EditOutput {
-    /// Outputs in index order.
-    pub images: Vec<EditedImage>,
-    /// Where the face crop sits in the target.
-    pub crop_rect: CropRect,
-    /// The mask at model resolution (for contact sheets).
-    pub mask: Mask,
-    /// Seconds per stage.
-    pub timings: Timings,
-}
-
-/// Tensors at model resolution that the denoising loop conditions on (also what parity fixtures
-/// record).
-#[derive(Debug, Clone)]
-pub struct Conditioning {
-    /// Prompt hidden states [1, 77, D].
-    pub hidden_cond: Array3<f32>,
-    /// Negative-prompt hidden states [1, 77, D] (used when guidance > 1).
-    pub hidden_uncond: Array3<f32>,
-    /// Identity tokens [1, 10, D].
-    pub id_tokens: Array3<f32>,
-    /// Visual segment of the adapter.
-    pub adapter_visual: Vec<f32>,
-    /// Mask at latent resolution [1, 1, h, w].
-    pub mask_latent: Array4<f32>,
-    /// Scaled masked-image latents [1, 4, h, w].
-    pub masked_latents: Array4<f32>,
-}
-
-/// How the pipeline crops and pastes back (from the worker's `[pipeline]` settings).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PipelineOptions {
-    /// Margin around a face box on each side, as a fraction of the box side, for the square crop.
-    pub face_margin: f32,
-    /// Width in pixels (of the original image) of the blend band when pasting the edit back.
-    pub feather_px: u32,
-}
 
 /// The bounded cache of unconditional (negative prompt) text embeddings.
 const UNCOND_CACHE_ENTRIES: usize = 16;
@@ -367,7 +226,8 @@ impl<E: Engine> Pipeline<E> {
         let refs = self.reference_faces(&input.references)?;
         let mut image = Array4::<f32>::zeros((1, 3, res as usize, res as usize));
         img::to_chw(&crop, image.as_slice_mut().expect("standard layout"));
-        let masked = super::mask::masked_image(image.as_slice().expect("standard layout"), &mask);
+        let masked =
+            super::super::mask::masked_image(image.as_slice().expect("standard layout"), &mask);
         let masked = Array4::from_shape_vec(image.dim(), masked).expect("same shape");
         let h = m.latent.size;
         let mask_latent = Array4::from_shape_vec((1, 1, h, h), mask.downsample_nearest(h as u32))
@@ -411,10 +271,12 @@ impl<E: Engine> Pipeline<E> {
         let latents = denoise(
             &mut self.engine,
             &cond,
-            input.scheduler,
-            input.steps,
-            input.guidance,
-            input.num_outputs,
+            Sampling {
+                scheduler: input.scheduler,
+                steps: input.steps,
+                guidance: input.guidance,
+                num_outputs: input.num_outputs,
+            },
             noise,
             &mut |_, _| {},
         )?;
@@ -498,106 +360,4 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     } else {
         (ab / (aa.sqrt() * bb.sqrt())) as f32
     }
-}
-
-/// The sampler loop: `n` outputs denoised together, with classifier-free guidance as one batched
-/// UNet call (rows `[uncond x n ; cond x n]`, identity keys removed from the uncond rows) when
-/// `guidance > 1`, a single conditional row per output otherwise. Returns the final scaled latents
-/// [n, 4, h, w] flat. `on_step(i, latents)` sees the latents after each step.
-#[allow(clippy::too_many_arguments)]
-pub fn denoise<E: Engine + ?Sized>(
-    engine: &mut E,
-    cond: &Conditioning,
-    kind: SchedulerKind,
-    steps: usize,
-    guidance: f32,
-    n: usize,
-    noise: &mut dyn NoiseSource,
-    on_step: &mut dyn FnMut(usize, &[f32]),
-) -> Result<Vec<f32>, PipelineError> {
-    let m = engine.manifest();
-    let mut scheduler = Scheduler::new(&m.scheduler, kind, steps)?;
-    let (_, c, h, w) = cond.masked_latents.dim();
-    let per = c * h * w;
-    let cfg = guidance > 1.0;
-    let rows = if cfg { 2 * n } else { n };
-
-    let mut latents = vec![0f32; n * per];
-    for i in 0..n {
-        noise.initial(i, &mut latents[i * per..(i + 1) * per]);
-    }
-    let sigma = scheduler.init_noise_sigma();
-    if sigma != 1.0 {
-        latents.iter_mut().for_each(|x| *x *= sigma);
-    }
-
-    let pick = |a: &Array3<f32>, count: usize| -> Array3<f32> {
-        let one = a.slice(s![0..1, .., ..]);
-        ndarray::concatenate(Axis(0), &vec![one; count]).expect("same shapes")
-    };
-    let (hidden, id_tokens, switch, row_latent): (Array3<f32>, Array3<f32>, Vec<f32>, Vec<usize>) =
-        if cfg {
-            let hidden = ndarray::concatenate(
-                Axis(0),
-                &[
-                    pick(&cond.hidden_uncond, n).view(),
-                    pick(&cond.hidden_cond, n).view(),
-                ],
-            )
-            .expect("same shapes");
-            let switch = [vec![0.0; n], vec![1.0; n]].concat();
-            (
-                hidden,
-                pick(&cond.id_tokens, rows),
-                switch,
-                (0..n).chain(0..n).collect(),
-            )
-        } else {
-            (
-                pick(&cond.hidden_cond, n),
-                pick(&cond.id_tokens, n),
-                vec![1.0; n],
-                (0..n).collect(),
-            )
-        };
-    let mask = ndarray::concatenate(Axis(0), &vec![cond.mask_latent.view(); rows]).expect("shapes");
-    let masked =
-        ndarray::concatenate(Axis(0), &vec![cond.masked_latents.view(); rows]).expect("shapes");
-
-    let timesteps = scheduler.timesteps().to_vec();
-    let mut denoiser = engine.denoiser(DenoiseInputs {
-        hidden_states: hidden.view(),
-        id_tokens: id_tokens.view(),
-        id_switch: &switch,
-        adapter: &cond.adapter_visual,
-        mask: mask.view(),
-        masked_latents: masked.view(),
-        row_latent: &row_latent,
-    })?;
-    let mut pred = vec![0f32; rows * per];
-    let mut eps = vec![0f32; n * per];
-    let mut variance = vec![0f32; n * per];
-    for (i, &t) in timesteps.iter().enumerate() {
-        denoiser.predict(&latents, t as f32, &mut pred)?;
-        let model_output: &[f32] = if cfg {
-            let (uncond, cond_rows) = pred.split_at(n * per);
-            for ((e, u), c) in eps.iter_mut().zip(uncond).zip(cond_rows) {
-                *e = u + guidance * (c - u);
-            }
-            &eps
-        } else {
-            &pred
-        };
-        let var = if scheduler.needs_variance_noise() {
-            for k in 0..n {
-                noise.variance(k, i, &mut variance[k * per..(k + 1) * per]);
-            }
-            Some(variance.as_slice())
-        } else {
-            None
-        };
-        scheduler.step(i, model_output, &mut latents, var)?;
-        on_step(i, &latents);
-    }
-    Ok(latents)
 }

@@ -1,0 +1,44 @@
+//! Face crops: the square crop around a face box that the model edits (and that the face embedder
+//! reads for the reference photos), and pasting the edited crop back into the original photo with a
+//! feathered mask.
+//!
+//! Pasting back touches nothing it does not have to: a pixel farther than `feather_px` (Euclidean,
+//! in original pixels) from every masked pixel keeps its original bytes exactly.
+//!
+//! Its parts: `crop` (face boxes, the square [`CropRect`] around one, and cropping to model size),
+//! `paste` ([`paste_back`] and its feathered blend) and `distance` (the exact Euclidean distance
+//! transform the feathering measures with).
+
+mod crop;
+mod distance;
+mod paste;
+
+pub use crop::{crop_rect, crop_resize, face_crop, CropRect, FaceBox, FaceError, DEFAULT_MARGIN};
+pub use paste::paste_back;
+
+/// The fixture photos the crop and paste tests share.
+#[cfg(test)]
+mod fixtures {
+    use super::FaceBox;
+    use crate::pipeline::image::{decode, DecodeLimits};
+    use image::RgbImage;
+
+    pub(super) fn photo(name: &str) -> RgbImage {
+        let path = format!("{}/tests/data/images/{name}", env!("CARGO_MANIFEST_DIR"));
+        decode(&std::fs::read(&path).unwrap(), &DecodeLimits::default()).unwrap()
+    }
+
+    /// Face boxes of the fixture photos (see tests/data/images/SOURCES.md).
+    pub(super) const OBAMA: FaceBox = FaceBox {
+        x: 62,
+        y: 12,
+        width: 48,
+        height: 64,
+    };
+    pub(super) const HOPPER: FaceBox = FaceBox {
+        x: 40,
+        y: 34,
+        width: 53,
+        height: 50,
+    };
+}
