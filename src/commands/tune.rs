@@ -1,6 +1,6 @@
 //! `pva-worker tune`: tunes one identity's adapter from local reference files, printing the loss of
 //! every step, and writes the adapter file. A thin command over `pipeline::tune` (the tuning) and
-//! `pipeline::adapter` (the file and its storage key).
+//! `model::adapter` (the file) with `job::adapters` (its storage key).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
