@@ -198,7 +198,7 @@ fn every_values_file_renders_a_config_the_worker_loads_and_the_deployment_agrees
         // GPUs are requested exactly when the worker runs the CUDA provider.
         let gpus = container["resources"]["limits"]
             .as_object()
-            .map_or(false, |l| l.keys().any(|k| k.ends_with("/gpu")));
+            .is_some_and(|l| l.keys().any(|k| k.ends_with("/gpu")));
         assert_eq!(
             settings.engine.execution_provider == ExecutionProvider::Cuda,
             gpus,
