@@ -2,82 +2,20 @@
 //! exposition content type, graceful shutdown, and the `/metrics` body linted by `promtool check
 //! metrics` (install it with `scripts/setup-promtool.sh`; the test fails without it).
 
+mod common;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use common::http::{get, request, STEP_TIMEOUT};
+use common::promql::sample;
 use pva_worker::metrics::{serve_http, Health, JobOutcome, Metrics, Stage};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-/// How long any single network step of a test may take before the test fails.
-const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A parsed HTTP/1.1 response.
-#[derive(Debug)]
-struct HttpResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl HttpResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Sends one request with `Connection: close` and reads the whole response (minimal HTTP/1.1 client:
-/// the server answers these small bodies with a `Content-Length`, which is checked).
-async fn request(addr: SocketAddr, method: &str, path: &str) -> HttpResponse {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(req.as_bytes()).await.expect("send");
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.expect("receive");
-        raw
-    };
-    let raw = tokio::time::timeout(STEP_TIMEOUT, exchange)
-        .await
-        .expect("response within the step timeout");
-    let raw = String::from_utf8(raw).expect("utf-8 response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("header/body separator");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap();
-    let mut parts = status_line.splitn(3, ' ');
-    assert_eq!(parts.next(), Some("HTTP/1.1"), "{status_line}");
-    let status = parts.next().unwrap().parse().expect("numeric status");
-    let headers = lines
-        .map(|l| {
-            let (k, v) = l.split_once(':').expect("header line");
-            (k.trim().to_string(), v.trim().to_string())
-        })
-        .collect();
-    let response = HttpResponse {
-        status,
-        headers,
-        body: body.to_string(),
-    };
-    let length: usize = response
-        .header("content-length")
-        .expect("content-length header")
-        .parse()
-        .unwrap();
-    assert_eq!(length, response.body.len(), "body length of {path}");
-    response
-}
-
-async fn get(addr: SocketAddr, path: &str) -> HttpResponse {
-    request(addr, "GET", path).await
-}
 
 /// A running server on a free loopback port, with the sender that shuts it down.
 struct Server {
@@ -108,12 +46,6 @@ async fn start() -> Server {
         stop,
         task,
     }
-}
-
-/// The value of an unlabelled sample in an exposition body.
-fn sample(body: &str, name: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test]

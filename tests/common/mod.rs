@@ -1,12 +1,17 @@
 //! Helpers shared by the integration tests: settings pointing at the repo's tiny model and ONNX
-//! Runtime, and fixture loading.
+//! Runtime, fixture loading and free loopback ports; the submodules hold the services (S3 server,
+//! test CA, the worker-process harness), the HTTP client and the PromQL scanner.
 
 #![allow(dead_code)]
 
+pub mod http;
+pub mod promql;
 pub mod s3_server;
+pub mod service;
 pub mod test_ca;
 
 use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
 use pva_worker::config::Settings;
@@ -14,6 +19,17 @@ use pva_worker::config::Settings;
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A loopback address whose port nothing listens on right now.
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address")
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    free_addr().port()
 }
 
 /// Embedded defaults with repo-absolute paths (tests run from any directory), on the tiny model (the

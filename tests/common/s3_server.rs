@@ -1,7 +1,7 @@
 //! A real S3-compatible server for tests: s3s-fs on 127.0.0.1 with a free port, a temporary data
 //! directory and random credentials, stopped when dropped. Install it with `scripts/setup-s3.sh`.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ impl S3Server {
         std::fs::create_dir(&store).expect("store directory");
         let log = data.path().join("s3s-fs.log");
         for _ in 0..START_TRIES {
-            let addr = free_port();
+            let addr = super::free_addr();
             let log_file = std::fs::File::create(&log).expect("server log");
             let mut child = Command::new(&binary)
                 .arg("--host")
@@ -138,12 +138,6 @@ fn binary() -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address")
 }
 
 /// Polls until the server accepts a connection; `false` when it exits or the time runs out.

@@ -1,0 +1,26 @@
+//! `pva-worker serve` against real services: RabbitMQ on 127.0.0.1:5672 (guest/guest) and an
+//! s3s-fs server on loopback. Each test uses its own queue, exchange and bucket names; the tests run
+//! one at a time because one of them drops every broker connection. The harness is
+//! `common::service`; the tests are grouped by topic in the modules below.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod commands;
+mod failures;
+mod jobs;
+mod lifecycle;
+mod tuning;
+
+use pva_worker::storage::ObjectStore;
+
+use common::service::Env;
+
+/// The first output image of `job`, as stored.
+async fn output_png(env: &Env, job: &str) -> Vec<u8> {
+    let bucket = &env.settings.s3.output_buckets[0];
+    env.store
+        .get(bucket, &format!("edits/{job}/0.png"), 1 << 26)
+        .await
+        .unwrap()
+}
