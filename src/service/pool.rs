@@ -110,7 +110,11 @@ struct Alive(Arc<AtomicUsize>);
 impl Drop for Alive {
     fn drop(&mut self) {
         let left = self.0.fetch_sub(1, Ordering::AcqRel) - 1;
-        tracing::error!(alive = left, "an inference thread ended");
+        if std::thread::panicking() {
+            tracing::error!(alive = left, "an inference thread died");
+        } else {
+            tracing::debug!(alive = left, "an inference thread stopped");
+        }
     }
 }
 
