@@ -2,17 +2,18 @@
 //! throughput benchmark): jobs published persistently with confirms, results received on a queue of
 //! the client's own.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, Consumer};
+use lapin::{Channel, Connection, Consumer};
 
-use super::{broker, confirm_channel, connect, declare_topology, AmqpSettings, QueueError};
+use super::{
+    broker, confirm_channel, connect, declare_topology, publish_confirmed, AmqpSettings, Outgoing,
+    QueueError,
+};
 
 /// A connection with one channel in confirm mode, after declaring the worker's topology.
 pub struct JobClient {
@@ -123,40 +124,13 @@ impl JobClient {
         correlation_id: Option<&str>,
         reply_to: Option<&str>,
     ) -> Result<(), QueueError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_timestamp(now);
-        if let Some(id) = correlation_id {
-            properties = properties.with_correlation_id(id.into());
-        }
-        if let Some(reply_to) = reply_to {
-            properties = properties.with_reply_to(reply_to.into());
-        }
-        let confirm = self
-            .channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .map_err(broker("publishing a job"))?
-            .await
-            .map_err(broker("waiting for the publisher confirm"))?;
-        if confirm.is_nack() {
-            return Err(QueueError::Nacked {
-                exchange: String::new(),
-                routing_key: queue.to_string(),
-            });
-        }
-        Ok(())
+        let message = Outgoing {
+            body: body.to_vec(),
+            correlation_id: correlation_id.map(str::to_string),
+            headers: Vec::new(),
+            reply_to: reply_to.map(str::to_string),
+        };
+        publish_confirmed(&self.channel, "", queue, &message).await
     }
 
     /// Deletes queues and exchanges, best effort (e.g. a benchmark's own topology).

@@ -122,6 +122,34 @@ impl Delivery {
             .map(|ts| UNIX_EPOCH + Duration::from_secs(ts))
     }
 
+    /// Publishes this message to the dead-letter `exchange` (confirmed) with why it failed in
+    /// `x-pva-error-code` / `x-pva-error-message` and its delivery count in `x-pva-deliveries`;
+    /// the caller acknowledges it afterwards.
+    pub async fn dead_letter(
+        &self,
+        publisher: &Publisher,
+        (exchange, routing_key): (&str, &str),
+        job_id: &str,
+        (code, message): (&str, &str),
+    ) -> Result<(), QueueError> {
+        let dead = Outgoing {
+            body: self.0.data.clone(),
+            correlation_id: Some(job_id.to_string()),
+            headers: vec![
+                ("x-pva-error-code".into(), code.to_string()),
+                ("x-pva-error-message".into(), message.to_string()),
+                (
+                    "x-pva-deliveries".into(),
+                    (self.previous_deliveries() + 1).to_string(),
+                ),
+            ],
+            reply_to: None,
+        };
+        publisher
+            .publish_confirmed(exchange, routing_key, &dead)
+            .await
+    }
+
     /// The AMQP `reply_to` and `correlation_id` of a request, when present.
     pub fn reply_to(&self) -> (Option<String>, Option<String>) {
         let p = &self.0.properties;
@@ -335,6 +363,8 @@ pub struct Outgoing {
     pub correlation_id: Option<String>,
     /// Extra string headers.
     pub headers: Vec<(String, String)>,
+    /// Queue the answer goes to (a request's `reply_to`).
+    pub reply_to: Option<String>,
 }
 
 /// Publishes persistently and waits for the broker's confirm.
@@ -363,6 +393,9 @@ async fn publish_confirmed(
         .with_headers(headers);
     if let Some(id) = &message.correlation_id {
         properties = properties.with_correlation_id(id.as_str().into());
+    }
+    if let Some(reply_to) = &message.reply_to {
+        properties = properties.with_reply_to(reply_to.as_str().into());
     }
     let confirm = channel
         .basic_publish(

@@ -113,6 +113,7 @@ impl<S: ObjectStore> Service<S> {
                 "x-pva-status".into(),
                 format!("{:?}", result.status).to_lowercase(),
             )],
+            reply_to: None,
         };
         let amqp = &self.settings.amqp;
         publisher
@@ -178,16 +179,13 @@ impl<S: ObjectStore> Service<S> {
                     // The dead letter goes first: a caller who sees the failed result finds the job
                     // in the dead-letter queue.
                     let amqp = &self.settings.amqp;
-                    let dead = Outgoing {
-                        body: delivery.body().to_vec(),
-                        correlation_id: Some(job_id.clone()),
-                        headers: vec![
-                            ("x-pva-error-code".into(), failure.code.to_string()),
-                            ("x-pva-error-message".into(), failure.message.clone()),
-                            ("x-pva-deliveries".into(), (previous + 1).to_string()),
-                        ],
-                    };
-                    if let Err(e) = publish.publish_confirmed(&amqp.dead_letter_exchange, &amqp.job_queue, &dead).await {
+                    let dead_letter = delivery.dead_letter(
+                        &publish,
+                        (&amqp.dead_letter_exchange, &amqp.job_queue),
+                        &job_id,
+                        (failure.code.as_str(), &failure.message),
+                    );
+                    if let Err(e) = dead_letter.await {
                         tracing::warn!(error = %e, "dead letter not confirmed; the job will be redelivered");
                         return;
                     }
