@@ -126,11 +126,29 @@ fn main() -> ExitCode {
     match run(cli.command, &settings) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "pva-worker failed");
-            eprintln!("pva-worker: {e:#}");
+            let message = describe(&e);
+            tracing::error!(error = %message, "pva-worker failed");
+            eprintln!("pva-worker: {message}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each said once: most errors here already include their
+/// source's text in their own message, so a cause whose text is already there is left out.
+fn describe(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn run(command: Command, settings: &Settings) -> anyhow::Result<ExitCode> {
@@ -290,5 +308,21 @@ fn print_edit(
             println!("result: {}", report.result_path.display());
             Ok(ExitCode::from(3))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(io).context("cannot read manifest.json: no such file");
+        let e = e.context("loading the model");
+        assert_eq!(
+            describe(&e),
+            "loading the model: cannot read manifest.json: no such file"
+        );
     }
 }
