@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::config::Settings;
 use crate::job::{
-    flow, Done, JobFailure, JobRequest, JobResult, NoObserver, OutputBuckets, Runner, RunnerOptions,
+    flow, Done, JobFailure, JobResult, NoObserver, OutputBuckets, Runner, RunnerOptions,
 };
 use crate::provenance::Signer;
 use crate::service::InferencePool;
@@ -63,31 +63,6 @@ fn local_options(settings: &Settings) -> RunnerOptions {
     }
 }
 
-/// The key a failed result is written under: where `serve` keeps the job's objects when the job
-/// names a usable place, else `result.json` at the output directory's top.
-fn failed_result_key(body: &[u8]) -> String {
-    JobRequest::from_json(body)
-        .ok()
-        .filter(|r| flow::job_id_hint(body) == r.job_id)
-        .map(|r| {
-            format!(
-                "{}/{}/result.json",
-                r.output.prefix.trim_end_matches('/'),
-                r.job_id
-            )
-        })
-        .filter(|key| LocalStore::new("").path(key).is_ok())
-        .unwrap_or_else(|| "result.json".into())
-}
-
-/// Whether `path` holds a successful result (which a failed re-run must not replace).
-fn holds_success(path: &Path) -> bool {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<JobResult>(&b).ok())
-        .is_some_and(|r| r.status == crate::job::JobStatus::Succeeded)
-}
-
 /// A job runner over local files with the model loaded on one inference thread: the job's keys are
 /// read from `root`; outputs, `result.json` and tuned adapters go under `out` at the keys `serve`
 /// would use. Returns it with the seconds the model took to load.
@@ -129,7 +104,7 @@ pub async fn run(settings: &Settings, options: &EditOptions) -> anyhow::Result<E
     let outcome = tracing::Instrument::instrument(runner.run(&body), span).await;
     let report = match outcome {
         Ok(done) => succeeded(done, options, model_load_secs)?,
-        Err(failure) => failed(&runner, &body, failure, options, model_load_secs)?,
+        Err(failure) => failed(&runner, &body, failure, options, model_load_secs).await?,
     };
     tokio::task::spawn_blocking(move || runner.into_model().shutdown()).await?;
     Ok(report)
@@ -163,7 +138,7 @@ fn succeeded(
     })
 }
 
-fn failed(
+async fn failed(
     runner: &Runner<LocalStore, InferencePool>,
     body: &[u8],
     failure: JobFailure,
@@ -171,11 +146,12 @@ fn failed(
     model_load_secs: f64,
 ) -> anyhow::Result<EditReport> {
     let result = runner.failed_result(body, failure);
-    let mut key = failed_result_key(body);
-    if holds_success(&options.out.join(&key)) {
-        key = "result.json".into();
-    }
-    let path = LocalStore::new(&options.out).put(&key, &serde_json::to_vec_pretty(&result)?)?;
+    // Where serve would store it; a job that names no usable place gets `OUT/result.json`.
+    let path = match runner.store_failure(body, &result).await? {
+        Some((_, key)) => options.out.join(key),
+        None => LocalStore::new(&options.out)
+            .put("result.json", &serde_json::to_vec_pretty(&result)?)?,
+    };
     Ok(EditReport {
         result,
         result_path: path,

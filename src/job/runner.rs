@@ -194,6 +194,31 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
         )
     }
 
+    /// Stores a failed result where the job's `result.json` goes, so the store holds the outcome of
+    /// every job it can name: only for a job that passes validation (an invalid one names no safe
+    /// key) and never over a stored success. Returns where it was stored, `None` when it was not.
+    pub async fn store_failure(
+        &self,
+        body: &[u8],
+        result: &JobResult,
+    ) -> Result<Option<(String, String)>, JobFailure> {
+        let Ok(job) = flow::parse(body, &self.options.limits, self.options.rules) else {
+            return Ok(None);
+        };
+        let Ok(bucket) = self.output_bucket(&job) else {
+            return Ok(None);
+        };
+        let key = flow::result_key(&job);
+        if self.stored_success(&bucket, &key).await?.is_some() {
+            return Ok(None);
+        }
+        let json = serde_json::to_vec_pretty(result).expect("a result serialises");
+        self.store
+            .put(&bucket, &key, json, "application/json")
+            .await?;
+        Ok(Some((bucket, key)))
+    }
+
     /// The bucket a job's outputs go to.
     pub fn output_bucket(&self, job: &CheckedJob) -> Result<String, JobFailure> {
         let wanted = &job.request.output.bucket;

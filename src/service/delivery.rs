@@ -191,6 +191,12 @@ impl<S: ObjectStore> Service<S> {
                     }
                     let code = failure.code;
                     let result = self.runner.failed_result(delivery.body(), failure);
+                    // The store keeps the outcome of every job it can name (never over a success);
+                    // a store that fails here does not hold the job back: the result message and
+                    // the dead letter carry the outcome.
+                    if let Err(e) = self.runner.store_failure(delivery.body(), &result).await {
+                        tracing::warn!(error = %e, "failed result not stored");
+                    }
                     if let Err(e) = self.publish_result(&publish, &result, &delivery).await {
                         tracing::warn!(error = %e, "failed result not confirmed; the job will be redelivered");
                         return;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
-use pva_worker::job::JobStatus;
+use pva_worker::job::{JobResult, JobStatus};
 use pva_worker::storage::ObjectStore;
 
 use crate::common::repo;
@@ -138,6 +138,21 @@ async fn bad_jobs_fail_with_their_code_are_dead_lettered_and_the_worker_keeps_go
         "every bad job dead-lettered once with its reason"
     );
     assert_eq!(env.queue_len(&env.settings.amqp.job_queue.clone()).await, 0);
+    // A failed job that passed validation leaves its outcome where its result.json goes.
+    let stored = env
+        .store
+        .get(
+            &env.settings.s3.output_buckets[0],
+            "edits/corrupt/result.json",
+            1 << 20,
+        )
+        .await
+        .expect("the failed job's result.json");
+    let stored: JobResult = serde_json::from_slice(&stored).unwrap();
+    assert_eq!(
+        stored, results["corrupt"][0],
+        "the published result, stored"
+    );
     assert!(
         env.workers[0].0.try_wait().unwrap().is_none(),
         "the worker is still running"
