@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pva_worker::job::{JobResult, JobStatus};
-use pva_worker::storage::ObjectStore;
 
 use crate::common::service::{Env, SERIAL};
 use crate::common::{free_port, repo};
@@ -121,12 +120,7 @@ async fn edit_and_serve_run_one_job_flow_with_the_same_results() {
         );
         let key = "edits/one-flow/result.json";
         assert_eq!(edited.result_path, out.join(key));
-        let stored = env
-            .store
-            .get(&env.settings.s3.output_buckets[0], key, 1 << 20)
-            .await
-            .unwrap();
-        let stored: JobResult = serde_json::from_slice(&stored).unwrap();
+        let stored = super::stored_result(&env, "one-flow").await;
         let local: JobResult =
             serde_json::from_slice(&std::fs::read(&edited.result_path).unwrap()).unwrap();
         assert_eq!(comparable(&local), comparable(&stored));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
-use pva_worker::job::{JobResult, JobStatus};
+use pva_worker::job::JobStatus;
 use pva_worker::storage::ObjectStore;
 
 use crate::common::repo;
@@ -139,16 +139,7 @@ async fn bad_jobs_fail_with_their_code_are_dead_lettered_and_the_worker_keeps_go
     );
     assert_eq!(env.queue_len(&env.settings.amqp.job_queue.clone()).await, 0);
     // A failed job that passed validation leaves its outcome where its result.json goes.
-    let stored = env
-        .store
-        .get(
-            &env.settings.s3.output_buckets[0],
-            "edits/corrupt/result.json",
-            1 << 20,
-        )
-        .await
-        .expect("the failed job's result.json");
-    let stored: JobResult = serde_json::from_slice(&stored).unwrap();
+    let stored = super::stored_result(&env, "corrupt").await;
     assert_eq!(
         stored, results["corrupt"][0],
         "the published result, stored"

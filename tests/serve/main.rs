@@ -12,15 +12,26 @@ mod jobs;
 mod lifecycle;
 mod tuning;
 
+use pva_worker::job::JobResult;
 use pva_worker::storage::ObjectStore;
 
 use common::service::Env;
 
-/// The first output image of `job`, as stored.
-async fn output_png(env: &Env, job: &str) -> Vec<u8> {
+/// An object of `job` under `edits/{job}/`, as stored.
+async fn output(env: &Env, job: &str, name: &str) -> Vec<u8> {
     let bucket = &env.settings.s3.output_buckets[0];
     env.store
-        .get(bucket, &format!("edits/{job}/0.png"), 1 << 26)
+        .get(bucket, &format!("edits/{job}/{name}"), 1 << 26)
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("edits/{job}/{name}: {e}"))
+}
+
+/// The first output image of `job`, as stored.
+async fn output_png(env: &Env, job: &str) -> Vec<u8> {
+    output(env, job, "0.png").await
+}
+
+/// The `result.json` of `job`, as stored.
+async fn stored_result(env: &Env, job: &str) -> JobResult {
+    serde_json::from_slice(&output(env, job, "result.json").await).unwrap()
 }
