@@ -41,13 +41,13 @@ mod layering {
         ("commands", 9),
     ];
 
-    /// Runtime crate path -> the only source paths (prefixes under src/) that may use it.
+    /// Runtime crate -> the only source paths (prefixes under src/) that may use it.
     const RUNTIMES: [(&str, &[&str]); 5] = [
-        ("ort::", &["engine/"]),
-        ("lapin::", &["queue/"]),
-        ("aws_sdk_s3::", &["storage/s3.rs"]),
-        ("axum::", &["metrics/http.rs"]),
-        ("c2pa::", &["provenance/"]),
+        ("ort", &["engine/"]),
+        ("lapin", &["queue/"]),
+        ("aws_sdk_s3", &["storage/s3.rs"]),
+        ("axum", &["metrics/http.rs"]),
+        ("c2pa", &["provenance/"]),
     ];
 
     fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -117,14 +117,15 @@ mod layering {
                 }
             }
             for (runtime, allowed) in RUNTIMES {
-                let used = code.match_indices(runtime).any(|(i, _)| {
+                let path = format!("{runtime}::");
+                let used = code.match_indices(&path).any(|(i, _)| {
                     !code[..i]
                         .chars()
                         .next_back()
                         .is_some_and(|c| c.is_alphanumeric() || c == '_')
                 });
                 if used && !allowed.iter().any(|a| rel.starts_with(a)) {
-                    problems.push(format!("{rel} uses {runtime} outside {allowed:?}"));
+                    problems.push(format!("{rel} uses {path} outside {allowed:?}"));
                 }
             }
         }
@@ -135,7 +136,12 @@ mod layering {
     #[test]
     fn the_scanner_finds_what_it_must() {
         assert_eq!(
-            crate_refs("use crate::job::x;\nlet a = crate::model::Stage; my_crate::no"),
+            crate_refs(concat!(
+                "use crate",
+                "::job::x;\nlet a = crate",
+                "::model::Stage; my_crate",
+                "::no"
+            )),
             ["job", "model"]
         );
         assert_eq!(floor("service"), Some(8));

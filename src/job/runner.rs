@@ -265,10 +265,12 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
         bucket: &str,
         key: &str,
     ) -> Result<Option<JobResult>, JobFailure> {
-        if !self.store.exists(bucket, key).await? {
-            return Ok(None);
-        }
-        let stored = self.store.get(bucket, key, MAX_RESULT_BYTES).await?;
+        // NOTE: one GET, not HEAD + GET: this runs for every message.
+        let stored = match self.store.get(bucket, key, MAX_RESULT_BYTES).await {
+            Ok(bytes) => bytes,
+            Err(StorageError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         Ok(serde_json::from_slice::<JobResult>(&stored)
             .ok()
             .filter(|r| r.status == JobStatus::Succeeded))

@@ -1,5 +1,5 @@
 //! The manifest's `scheduler` object: the training noise schedule and how inference samples it
-//! (models/CONTRACT.md). Plain data; the samplers are `crate::pipeline::scheduler`.
+//! (models/CONTRACT.md). Plain data; the samplers live in the pipeline's `scheduler` module.
 
 use serde::{Deserialize, Serialize};
 

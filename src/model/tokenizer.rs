@@ -1,5 +1,5 @@
 //! The manifest's `tokenizer` section: the id layout the text encoder was exported with. Plain data;
-//! the tokenizer is `crate::pipeline::tokenizer`.
+//! the tokenizer itself lives in the pipeline's `tokenizer` module.
 
 use serde::{Deserialize, Serialize};
 

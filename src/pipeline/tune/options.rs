@@ -1,5 +1,5 @@
 //! The settings of a tuning run ([`TuneOptions`], from the manifest or the worker's `[tuning]`
-//! settings, which `crate::config` merges with the manifest) and why a run fails ([`TuneError`]).
+//! settings, which the config layer merges with the manifest) and why a run fails ([`TuneError`]).
 
 use super::super::face;
 use super::super::inpaint::PipelineError;
