@@ -4,7 +4,8 @@ Run from the repository root (scripts/setup-python.sh installs `pva` into .venv)
 
     .venv/bin/python -m pva.export --size tiny --out models/tiny
     .venv/bin/python -m pva.export --size sd2 --random-weights --out /data/pva-sd2-random
-    .venv/bin/python -m pva.export --size sd2 --base DIR --pva CKPT [--face R50] --out OUT
+    .venv/bin/python -m pva.export --size sd2 --base DIR --pva FPIP.bin [--pva FINETUNE.bin]
+        [--face R50] [--allow-init visual,new1] --out OUT   (models/README.md: the formats read)
     .venv/bin/python -m pva.export --size demo --weights trained.safetensors --out models/demo
 
 Graphs are exported with `torch.onnx.export(dynamo=True)`, opset 18, dynamic batch (and reference)
@@ -27,7 +28,7 @@ from safetensors.torch import save_file
 from torch.export import Dim
 
 from pva import PvaStack, build_stack
-from pva.weights import load_trained, load_weights
+from pva.weights import INITS, WeightsError, load_checkpoints, load_trained
 from pva.config import get_config
 
 OPSET = 18
@@ -238,30 +239,48 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
     parser.add_argument("--seed", type=int, default=0, help="random-init seed")
     parser.add_argument("--base", type=Path, help="local diffusers stable-diffusion-2-inpainting directory")
-    parser.add_argument("--pva", type=Path, help="PVA checkpoint (visual projections, TransformNetwork, ...)")
-    parser.add_argument("--face", type=Path, help="ArcFace iresnet50 state dict")
+    parser.add_argument("--pva", type=Path, action="append", default=[],
+                        help="PVA checkpoint: the paper's FPIP.bin or a flat state dict (models/README.md); repeat "
+                             "to layer them, a later file's parts replacing an earlier one's")
+    parser.add_argument("--face", type=Path, help="ArcFace iresnet50 state dict (arcface_torch, or the paper's FaceNet)")
+    parser.add_argument("--allow-init", type=lambda v: [p for p in v.split(",") if p], action="extend", default=[],
+                        metavar="PART[,PART]",
+                        help="parts the PVA checkpoints may lack, keeping their init instead: "
+                             + "; ".join(f"{k}: {v.split(' (')[0]}" for k, v in INITS.items()))
     parser.add_argument("--weights", type=Path, help="trained weights from pva.train (save_trained format)")
     parser.add_argument("--random-weights", action="store_true", help="sd2 only: full size, random weights")
+    parser.add_argument("--resolution", type=int,
+                        help="image resolution to export at instead of the size's (recorded in the manifest)")
     parser.add_argument("--no-adapter-step", action="store_true",
                         help="leave out adapter_step.onnx (the worker edits but refuses to tune)")
     args = parser.parse_args(argv)
 
     weights = None
     if args.weights is not None:
-        if args.base or args.pva or args.face or args.random_weights:
-            parser.error("--weights replaces --base/--pva/--face/--random-weights")
+        if args.base or args.pva or args.face or args.random_weights or args.allow_init:
+            parser.error("--weights replaces --base/--pva/--face/--allow-init/--random-weights")
         weights = load_trained(args.weights)
-    elif args.size == "sd2":
-        if args.base is None and not args.random_weights:
-            parser.error("sd2 needs --base DIR [--pva CKPT] or --random-weights")
+    else:
+        if args.size == "sd2" and args.base is None and not args.random_weights:
+            parser.error("sd2 needs --base DIR --pva CKPT [--face R50] or --random-weights")
+        if args.random_weights and args.size != "sd2":
+            parser.error(f"{args.size} has random weights unless --base/--weights is given: drop --random-weights")
+        if args.base is None and (args.pva or args.face or args.allow_init):
+            parser.error("--pva/--face/--allow-init need --base (--random-weights loads nothing)")
+        if args.base is not None and args.random_weights:
+            parser.error("--random-weights loads nothing: drop it or --base")
         if args.base is not None:
-            weights = load_weights(get_config("sd2"), args.base, args.pva, args.face)
-    elif args.base or args.pva or args.face or args.random_weights:
-        parser.error(f"{args.size} takes --weights (or none: random init); --base/--pva/--face/--random-weights are for sd2")
+            try:
+                loaded = load_checkpoints(get_config(args.size), args.base, args.pva, args.face, args.allow_init)
+            except WeightsError as err:
+                parser.exit(2, f"{parser.prog}: error: {err}\n")
+            for line in loaded.summary():
+                print(line)
+            weights = loaded.weights
 
     start = time.perf_counter()
-    stack = build_stack(args.size, seed=args.seed, weights=weights)
-    print(f"built {args.size} in {time.perf_counter() - start:.1f} s")
+    stack = build_stack(args.size, seed=args.seed, weights=weights, resolution=args.resolution)
+    print(f"built {args.size} at {stack.config.resolution} px in {time.perf_counter() - start:.1f} s")
     # NOTE: protobuf caps a file at 2 GiB: full-size graphs keep their weights in external data files.
     export_all(stack, args.out, external_data=args.size == "sd2", adapter_step=not args.no_adapter_step)
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s")

@@ -2,12 +2,12 @@
 
 This is the single entry point the exporter, the reference pipeline, the tests and the adapter
 tuning code use. Random init is seeded per component (so adding a component never shifts another's
-weights); given `weights` replace the random ones (see `pva.weights.load_weights`).
+weights); given `weights` replace the random ones (see `pva.weights.load_checkpoints`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -122,8 +122,13 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
-def build_stack(size: str, seed: int = 0, weights: dict[str, Any] | None = None) -> PvaStack:
+def build_stack(size: str, seed: int = 0, weights: dict[str, Any] | None = None,
+                resolution: int | None = None) -> PvaStack:
     """Build every PVA module of `size` (`tiny` or `sd2`) in eval mode with frozen weights.
+
+    `resolution` (optional) replaces the size's image resolution (a multiple of the VAE factor times
+    the UNet's total downsampling): the weights do not depend on it, the exported graphs' fixed
+    shapes (the tuning step's latents) and the manifest do.
 
     `weights` (optional) maps component names to state dicts that replace the random init:
     `text_encoder` (CLIPTextModel), `unet` (diffusers UNet; `to_visual_*` keys optional),
@@ -131,6 +136,11 @@ def build_stack(size: str, seed: int = 0, weights: dict[str, Any] | None = None)
     naming), and `new1_embedding` (a [D] tensor; default: the token table's row of "person").
     """
     config = get_config(size)
+    if resolution is not None and resolution != config.resolution:
+        step = config.vae_factor * 2 ** (len(config.unet["block_out_channels"]) - 1)
+        if resolution <= 0 or resolution % step:
+            raise ValueError(f"resolution {resolution} is not a positive multiple of {step}")
+        config = replace(config, resolution=resolution)
     weights = dict(weights or {})
     unknown = set(weights) - set(_SEEDS) - {"new1_embedding"}
     if unknown:
