@@ -30,6 +30,24 @@ def region_box(region: str, size: int) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
+#: The paper's face window (manifest `face.embed_window`): PVA's FaceNet.forward (lib/face_net.py of
+#: github.com/AtlantixJJ/PVA-CelebAHQ-IDI) takes the whole aligned face (its dataset's 512x512 images),
+#: resizes it to 256x256 (`F.interpolate(mode="bilinear", align_corners=True)`), keeps rows 35:223 and
+#: columns 32:220, and average-pools that to 112x112 (`AdaptiveAvgPool2d`) before ArcFace. `None` (the
+#: tiny and demo models) is the worker's older convention: the face crop resized straight to 112.
+PAPER_EMBED_WINDOW: dict[str, Any] = {"source_size": 512, "resize": 256, "rows": [35, 223], "cols": [32, 220]}
+
+#: The paper's prompt (config/SDI2_PVA_*.json `personalized_words` "a <new1> person" in lib/dataset.py's
+#: templates "photo of {}" and "photo of {}, has beard", ...): the job's prompt after a comma.
+PAPER_PROMPT_TEMPLATE = "photo of a <new1> person, {prompt}"
+
+#: The paper's classifier-free guidance (manifest `guidance`): script/pva_infer.py's "control" prompt set
+#: sets `extra_feat_neg = True`, so lib/diffusers.py's PVAInpaintPipeline gives the unconditional row the
+#: identity tokens too; lib/pva.py `PVADiffusion.inpaint` passes the negative prompt "photo of {}" with
+#: `normal_words` "a person". `None` (tiny, demo): identity keys removed from that row, negative prompt "".
+PAPER_GUIDANCE: dict[str, Any] = {"uncond_identity": True, "negative_prompt": "photo of a person"}
+
+
 @dataclass(frozen=True)
 class FaceConfig:
     """The iresnet face embedder (ArcFace-style)."""
@@ -38,6 +56,9 @@ class FaceConfig:
     widths: tuple[int, int, int, int]
     embedding_dim: int = 512
     crop_size: int = 112
+    # How an aligned face crop becomes the embedder's input (PAPER_EMBED_WINDOW); None: resized to
+    # crop_size directly.
+    embed_window: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,9 @@ class PvaConfig:
         }
     )
     prompt_template: str = "a <new1> person {prompt}"
+    # The unconditional row of classifier-free guidance (PAPER_GUIDANCE); None: identity keys removed,
+    # negative prompt "" (the manifest leaves the section out).
+    guidance: dict[str, Any] | None = None
     # The word whose token embedding initialises `<new1>` (the paper initialises from "person").
     init_token: str = "person"
     tuning: dict[str, Any] = field(
@@ -209,8 +233,10 @@ SD2 = PvaConfig(
         "sample_size": 512,
         "scaling_factor": 0.18215,
     },
-    face=FaceConfig(layers=(3, 4, 14, 3), widths=(64, 128, 256, 512)),
+    face=FaceConfig(layers=(3, 4, 14, 3), widths=(64, 128, 256, 512), embed_window=PAPER_EMBED_WINDOW),
     id_former=IdFormerConfig(layers=4, heads=8, feedforward=2048),
+    prompt_template=PAPER_PROMPT_TEMPLATE,
+    guidance=PAPER_GUIDANCE,
 )
 
 # The trained demo model (models/demo): the tiny architecture, trained from scratch on synthetic faces

@@ -173,6 +173,11 @@ def describe_graph(path: Path) -> dict[str, Any]:
 def build_manifest(stack: PvaStack, out: Path, graphs: dict[str, dict[str, Any]], adapter_file: Path) -> dict[str, Any]:
     """The manifest.json content of CONTRACT.md."""
     cfg = stack.config
+    face: dict[str, Any] = {"crop_size": cfg.face.crop_size, "embedding_dim": cfg.face.embedding_dim}
+    # The paper's settings (pva.config.PAPER_*) are written only where a size has them: a manifest
+    # without them keeps the older conventions (models/tiny and models/demo).
+    if cfg.face.embed_window is not None:
+        face["embed_window"] = dict(cfg.face.embed_window)
     return {
         "format_version": 1,
         "name": cfg.name,
@@ -183,10 +188,11 @@ def build_manifest(stack: PvaStack, out: Path, graphs: dict[str, dict[str, Any]]
         "hidden_size": cfg.hidden_size,
         "num_id_tokens": cfg.id_former.num_queries,
         "max_references": cfg.id_former.max_references,
-        "face": {"crop_size": cfg.face.crop_size, "embedding_dim": cfg.face.embedding_dim},
+        "face": face,
         "scheduler": stack.scheduler_config,
         "tokenizer": stack.tokenizer,
         "prompt_template": cfg.prompt_template,
+        **({} if cfg.guidance is None else {"guidance": dict(cfg.guidance)}),
         "adapter": {
             "file": adapter_file.name,
             "tensor": "params",

@@ -1,7 +1,9 @@
 """Prompt tokenization exactly as CONTRACT.md states (the Rust worker does the same).
 
 CLIP BPE from `open_clip_torch`'s `SimpleTokenizer` (it ships the vocabulary; no hub access). The
-literal `<new1>` is split out before BPE and becomes `new_token_id`; ids are
+literal `<new1>` is split out before BPE (case-sensitively, before the BPE lower-cases: only the exact
+`<new1>` is the added token, as in HF's CLIPTokenizer after `add_tokens(["<new1>"])`, which the paper
+uses; `<NEW1>` is ordinary text) and becomes `new_token_id`; ids are
 [bos] + BPE ids (truncated to max_length - 2) + [eos], padded with `pad_id` to `max_length`.
 """
 
@@ -20,12 +22,20 @@ def _bpe() -> SimpleTokenizer:
 
 
 def render_prompt(template: str, prompt: str) -> str:
-    """The conditional text: the template with `{prompt}` replaced, whitespace collapsed."""
+    """The conditional text: the template with `{prompt}` replaced, whitespace collapsed.
+
+    An empty prompt (nothing but whitespace) drops the commas and whitespace just before `{prompt}`
+    as well, so "photo of a <new1> person, {prompt}" gives the paper's plain "photo of a <new1> person"
+    (and "a <new1> person {prompt}" gives "a <new1> person", as before)."""
+    if not prompt.split():
+        head, _, tail = template.partition("{prompt}")
+        return " ".join((re.sub(r"[\s,]+$", "", head) + " " + tail).split())
     return " ".join(template.replace("{prompt}", prompt).split())
 
 
 def bpe_ids(text: str, new_token: str, new_token_id: int) -> list[int]:
-    """BPE ids of `text` (lower-cased, whitespace collapsed) with `new_token` mapped to its id."""
+    """BPE ids of `text` with every exact (case-sensitive) `new_token` mapped to its id; the pieces
+    between are lower-cased and whitespace-collapsed by the BPE."""
     ids: list[int] = []
     pieces = re.split(f"({re.escape(new_token)})", text)
     for piece in pieces:

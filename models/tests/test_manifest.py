@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from safetensors.torch import load_file
 
 from conftest import TINY_DIR
-from pva.export import describe_graph, sha256
+from pva.config import DEMO, SD2, TINY
+from pva.export import build_manifest, describe_graph, sha256
 
 # Input and output names of each graph, as CONTRACT.md lists them.
 CONTRACT_IO = {
@@ -94,3 +97,28 @@ def test_constants_of_the_contract(manifest) -> None:
     assert manifest["scheduler"] == {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                                      "beta_schedule": "scaled_linear", "prediction_type": "epsilon",
                                      "steps_offset": 1, "set_alpha_to_one": False, "timestep_spacing": "leading"}
+
+
+def _manifest_of(config, tmp_path) -> dict:
+    """`build_manifest` of a size, on a stand-in stack (the manifest's settings come from the config)."""
+    adapter = tmp_path / "adapter_init.safetensors"
+    adapter.write_bytes(b"stand-in")
+    stack = SimpleNamespace(config=config, scheduler_config=dict(config.scheduler), tokenizer=dict(config.tokenizer),
+                            visual_length=0, token_length=config.hidden_size, adapter_layout=[])
+    return build_manifest(stack, tmp_path, {}, adapter)
+
+
+def test_sd2_manifests_carry_the_paper_settings(tmp_path) -> None:
+    m = _manifest_of(SD2, tmp_path)
+    assert m["face"] == {"crop_size": 112, "embedding_dim": 512,
+                         "embed_window": {"source_size": 512, "resize": 256, "rows": [35, 223], "cols": [32, 220]}}
+    assert m["prompt_template"] == "photo of a <new1> person, {prompt}"
+    assert m["guidance"] == {"uncond_identity": True, "negative_prompt": "photo of a person"}
+
+
+def test_tiny_and_demo_manifests_keep_the_older_conventions(tmp_path, manifest) -> None:
+    for config in (TINY, DEMO):
+        m = _manifest_of(config, tmp_path)
+        assert "guidance" not in m and "embed_window" not in m["face"]
+        assert m["face"] == manifest["face"] and m["prompt_template"] == manifest["prompt_template"]
+    assert "guidance" not in manifest

@@ -34,7 +34,8 @@ pub struct JobRequest {
     pub mask: MaskSpec,
     /// What to change, e.g. "with a beard". The manifest's template adds the personalized phrase.
     pub prompt: String,
-    /// Text for the unconditional branch of classifier-free guidance.
+    /// Text for the unconditional branch of classifier-free guidance; empty: the model's default
+    /// (its manifest's `guidance.negative_prompt`).
     #[serde(default)]
     pub negative_prompt: String,
     /// Denoising steps.

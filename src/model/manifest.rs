@@ -157,6 +157,63 @@ pub struct FaceSpec {
     pub crop_size: u32,
     /// Width of a face embedding (512).
     pub embedding_dim: usize,
+    /// How an aligned face crop becomes the embedder's input; `None` (the bundled models): the crop
+    /// resized straight to `crop_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed_window: Option<EmbedWindow>,
+}
+
+impl FaceSpec {
+    /// Side of the aligned face crops the face path starts from: the window's `source_size`, or
+    /// `crop_size` without a window.
+    pub fn source_size(&self) -> u32 {
+        self.embed_window
+            .as_ref()
+            .map_or(self.crop_size, |w| w.source_size)
+    }
+}
+
+/// The paper's face window (models/CONTRACT.md, PVA's `FaceNet.forward` in lib/face_net.py): the
+/// aligned face crop at `source_size` is resized to `resize` x `resize` (bilinear, `align_corners=True`),
+/// rows `rows[0]..rows[1]` and columns `cols[0]..cols[1]` are kept, and adaptive average pooling
+/// brings them to `crop_size`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedWindow {
+    /// Side at which the aligned face is cut from its photo (512 for sd2, the paper's images).
+    pub source_size: u32,
+    /// Side of the bilinear resize (256).
+    pub resize: u32,
+    /// Kept rows, `[start, end)` (35..223).
+    pub rows: [u32; 2],
+    /// Kept columns, `[start, end)` (32..220).
+    pub cols: [u32; 2],
+}
+
+/// Classifier-free guidance: what the unconditional row conditions on. The defaults (no section) are
+/// the worker's older behaviour; the paper's are `uncond_identity: true` and `"photo of a person"`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuidanceSpec {
+    /// Whether the unconditional row keeps the identity tokens (`id_switch` 1, the paper's
+    /// `extra_feat_neg`); `false` removes them (`id_switch` 0).
+    #[serde(default)]
+    pub uncond_identity: bool,
+    /// The negative prompt of a job that gives none (empty or only whitespace).
+    #[serde(default)]
+    pub negative_prompt: String,
+}
+
+impl GuidanceSpec {
+    /// The negative prompt a job's unconditional row uses: the job's own, or this default when the
+    /// job's is empty or only whitespace.
+    pub fn negative_prompt<'a>(&'a self, job: &'a str) -> &'a str {
+        if job.trim().is_empty() {
+            &self.negative_prompt
+        } else {
+            job
+        }
+    }
 }
 
 /// Which part of the tuning vector a segment belongs to.
@@ -252,6 +309,9 @@ pub struct Manifest {
     pub tokenizer: TokenizerConfig,
     /// Template that puts the job's prompt next to the personalized phrase.
     pub prompt_template: String,
+    /// The unconditional row of classifier-free guidance (absent: identity removed, empty prompt).
+    #[serde(default)]
+    pub guidance: GuidanceSpec,
     /// Flat adapter layout.
     pub adapter: AdapterSpec,
     /// Tuning defaults.
@@ -302,13 +362,27 @@ impl Manifest {
                 ),
             ));
         }
-        if !self.prompt_template.contains("{prompt}")
+        if self.prompt_template.matches("{prompt}").count() != 1
             || !self.prompt_template.contains(&self.tokenizer.new_token)
         {
             return Err(field(
                 "prompt_template",
-                "must contain `{prompt}` and the new token".into(),
+                "must contain `{prompt}` once and the new token".into(),
             ));
+        }
+        if let Some(w) = &self.face.embed_window {
+            let inside = |[start, end]: [u32; 2]| start < end && end <= w.resize;
+            if w.source_size == 0 || self.face.crop_size == 0 || !inside(w.rows) || !inside(w.cols)
+            {
+                return Err(field(
+                    "face.embed_window",
+                    format!(
+                        "rows {:?} and cols {:?} must be non-empty ranges inside the {}-pixel \
+                         resize, source_size and crop_size positive",
+                        w.rows, w.cols, w.resize
+                    ),
+                ));
+            }
         }
         for key in GRAPH_KEYS {
             if !self.graphs.contains_key(key) {
@@ -428,4 +502,85 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// The model settings of models/CONTRACT.md ("Model settings"): their defaults and their checks.
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+
+    /// The committed tiny manifest as JSON (it has none of the optional settings).
+    fn tiny() -> serde_json::Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/manifest.json");
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn checked(value: serde_json::Value) -> Result<Manifest, ManifestError> {
+        let m: Manifest = serde_json::from_value(value).map_err(|source| ManifestError::Parse {
+            dir: PathBuf::from("test"),
+            source,
+        })?;
+        m.check_fields(Path::new("test"))?;
+        Ok(m)
+    }
+
+    #[test]
+    fn absent_settings_are_the_older_behaviour() {
+        let m = checked(tiny()).unwrap();
+        assert_eq!(m.guidance, GuidanceSpec::default());
+        assert!(!m.guidance.uncond_identity);
+        assert_eq!(m.guidance.negative_prompt(""), "");
+        assert_eq!(m.face.embed_window, None);
+        assert_eq!(m.face.source_size(), 112);
+    }
+
+    #[test]
+    fn the_paper_settings_parse() {
+        let mut v = tiny();
+        v["prompt_template"] = "photo of a <new1> person, {prompt}".into();
+        v["guidance"] =
+            serde_json::json!({"uncond_identity": true, "negative_prompt": "photo of a person"});
+        v["face"]["embed_window"] = serde_json::json!(
+            {"source_size": 512, "resize": 256, "rows": [35, 223], "cols": [32, 220]});
+        let m = checked(v).unwrap();
+        assert!(m.guidance.uncond_identity);
+        assert_eq!(m.guidance.negative_prompt(" \t"), "photo of a person");
+        assert_eq!(m.guidance.negative_prompt("blurry"), "blurry");
+        assert_eq!(m.face.source_size(), 512);
+        assert_eq!(
+            m.face.embed_window,
+            Some(EmbedWindow {
+                source_size: 512,
+                resize: 256,
+                rows: [35, 223],
+                cols: [32, 220]
+            })
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let field_of = |v: serde_json::Value| match checked(v) {
+            Err(ManifestError::Field { field, .. }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        };
+        for window in [
+            serde_json::json!({"source_size": 512, "resize": 256, "rows": [35, 257], "cols": [32, 220]}),
+            serde_json::json!({"source_size": 512, "resize": 256, "rows": [35, 223], "cols": [32, 32]}),
+            serde_json::json!({"source_size": 0, "resize": 256, "rows": [35, 223], "cols": [32, 220]}),
+        ] {
+            let mut v = tiny();
+            v["face"]["embed_window"] = window;
+            assert_eq!(field_of(v), "face.embed_window");
+        }
+        for template in ["a <new1> person", "a <new1> person {prompt} {prompt}"] {
+            let mut v = tiny();
+            v["prompt_template"] = template.into();
+            assert_eq!(field_of(v), "prompt_template");
+        }
+        // Unknown keys inside the settings are typos, not silently ignored settings.
+        let mut v = tiny();
+        v["guidance"] = serde_json::json!({"uncond_identiy": true});
+        assert!(matches!(checked(v), Err(ManifestError::Parse { .. })));
+    }
 }

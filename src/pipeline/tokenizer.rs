@@ -83,8 +83,8 @@ impl PromptTokenizer {
         Ok(())
     }
 
-    /// The `max_length` ids of `text`: lower-cased and whitespace-collapsed, every literal
-    /// `new_token` becomes `new_token_id`, the pieces between are BPE-encoded, then
+    /// The `max_length` ids of `text`: every exact (case-sensitive) `new_token` becomes
+    /// `new_token_id`, the pieces between are lower-cased, whitespace-collapsed and BPE-encoded, then
     /// `[bos] + ids[..max_length - 2] + [eos]`, padded with `pad_id`.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>, TokenizerError> {
         self.validate()?;
@@ -95,20 +95,22 @@ impl PromptTokenizer {
             });
         }
         let c = &self.config;
-        // NOTE: open_clip also runs ftfy.fix_text (NFC, mojibake repair) and html.unescape before
-        // this; for well-formed text without HTML entities the two agree. Lower-casing first makes
-        // `<NEW1>` the added token too, as open_clip's case-insensitive special-token match does.
-        let cleaned = collapse_whitespace(&text.to_lowercase());
-        let marker = c.new_token.to_lowercase();
+        // NOTE: the added token is matched in the raw text, case-sensitively, before anything is
+        // lower-cased: HF's CLIPTokenizer does so with a token added by `add_tokens(["<new1>"])`
+        // (the paper's tokenizer), and so does pva.tokenizer. Only the exact `<new1>` is the identity
+        // token; `<NEW1>` is ordinary text ("<", "new", "1", ">"). open_clip also runs ftfy.fix_text
+        // (NFC, mojibake repair) and html.unescape on each piece; for well-formed text without HTML
+        // entities the two agree.
         let body_limit = c.max_length - 2;
         let mut body: Vec<i64> = Vec::with_capacity(body_limit);
         let mut pieces: Vec<Token> = Vec::new();
-        for (i, piece) in cleaned.split(marker.as_str()).enumerate() {
+        for (i, piece) in text.split(c.new_token.as_str()).enumerate() {
             if i > 0 {
                 body.push(c.new_token_id);
             }
             pieces.clear();
-            self.bpe.encode(piece, &mut pieces);
+            self.bpe
+                .encode(&collapse_whitespace(&piece.to_lowercase()), &mut pieces);
             body.extend(pieces.iter().map(|t| i64::from(t.to_u16())));
             if body.len() >= body_limit {
                 break;
@@ -125,8 +127,15 @@ impl PromptTokenizer {
 
     /// The prompt the model sees: `template` with `{prompt}` replaced by `prompt` (once, so text
     /// in the prompt is never substituted again), whitespace runs collapsed to one space and the
-    /// ends trimmed.
+    /// ends trimmed. An empty prompt (nothing but whitespace) also drops the commas and whitespace
+    /// just before `{prompt}`: `"photo of a <new1> person, {prompt}"` gives the paper's plain
+    /// `"photo of a <new1> person"`, `"a <new1> person {prompt}"` gives `"a <new1> person"`.
     pub fn personalized(&self, template: &str, prompt: &str) -> String {
+        if prompt.split_whitespace().next().is_none() {
+            let (head, tail) = template.split_once("{prompt}").unwrap_or((template, ""));
+            let head = head.trim_end_matches(|c: char| c == ',' || c.is_whitespace());
+            return collapse_whitespace(&format!("{head} {tail}"));
+        }
         collapse_whitespace(&template.replace("{prompt}", prompt))
     }
 }
@@ -190,13 +199,12 @@ mod tests {
 
     #[test]
     fn matches_open_clip_on_new_token_case_and_punctuation() {
-        let cases: [(&str, &[i64]); 6] = [
+        let cases: [(&str, &[i64]); 5] = [
             (
                 "a <new1> person smiling",
                 &[49406, 320, 49408, 2533, 9200, 49407],
             ),
             ("<new1>", &[49406, 49408, 49407]),
-            ("a <NEW1> person", &[49406, 320, 49408, 2533, 49407]),
             ("x<new1>y", &[49406, 343, 49408, 344, 49407]),
             (
                 "A <new1> Person WITH Sunglasses, smiling!!",
@@ -218,6 +226,29 @@ mod tests {
             705, 264, 275, 330, 49407,
         ];
         assert_eq!(tokenizer().encode(text).unwrap(), padded(&want));
+    }
+
+    // Expected ids: HF's CLIPTokenizer after `add_tokens(["<new1>"])` (the paper's tokenizer) and
+    // pva.tokenizer: the added token is matched case-sensitively before the BPE lower-cases, so
+    // `<NEW1>` or `<New1>` is plain text, BPE "<", "new", "1", ">" (open_clip: 283, 686, 272, 285).
+    #[test]
+    fn only_the_exact_new_token_is_the_added_token() {
+        let cases: [(&str, &[i64]); 4] = [
+            (
+                "a <NEW1> person",
+                &[49406, 320, 283, 686, 272, 285, 2533, 49407],
+            ),
+            ("<New1>", &[49406, 283, 686, 272, 285, 49407]),
+            (
+                "a <new1> person like <NEW1>",
+                &[49406, 320, 49408, 2533, 789, 283, 686, 272, 285, 49407],
+            ),
+            // Text around the token keeps its own case rules: "A" -> "a".
+            ("A<new1>B", &[49406, 320, 49408, 321, 49407]),
+        ];
+        for (text, want) in cases {
+            assert_eq!(tokenizer().encode(text).unwrap(), padded(want), "{text:?}");
+        }
     }
 
     #[test]
@@ -311,6 +342,19 @@ mod tests {
         assert_eq!(
             t.personalized("a <new1> person {prompt}", ""),
             "a <new1> person"
+        );
+        // The paper's template: the comma goes with an empty prompt.
+        let paper = "photo of a <new1> person, {prompt}";
+        assert_eq!(
+            t.personalized(paper, " has  beard"),
+            "photo of a <new1> person, has beard"
+        );
+        for empty in ["", "  \t\n"] {
+            assert_eq!(t.personalized(paper, empty), "photo of a <new1> person");
+        }
+        assert_eq!(
+            t.personalized("a <new1> person ,, {prompt} today", ""),
+            "a <new1> person today"
         );
         // The prompt's own braces are left alone.
         assert_eq!(

@@ -36,7 +36,7 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-from pva.reference.edit import EditRequest, ReferencePipeline
+from pva.reference.edit import EditRequest, ReferencePipeline, embed_window, face_source_size
 
 STAGES = ("preprocess", "encode", "denoise", "decode")
 
@@ -184,7 +184,7 @@ class Run:
 def run_once(pipe: TimedPipeline, inputs: Inputs, case: dict[str, Any]) -> Run:
     """One whole edit, as the Rust `Pipeline::edit` does it, timed by stage."""
     m = pipe.manifest
-    res, crop_size = m["resolution"], m["face"]["crop_size"]
+    res, crop_size = m["resolution"], face_source_size(m)
     pipe.calls.clear()
     t0 = time.perf_counter()
     target = inputs.target.crop(res)
@@ -206,7 +206,8 @@ def run_once(pipe: TimedPipeline, inputs: Inputs, case: dict[str, Any]) -> Run:
     )
     # Post-processing the Rust edit does inside its `decode` stage.
     small = Image.fromarray(result.image).resize((crop_size, crop_size), Image.Resampling.LANCZOS)
-    embedding = pipe.run_graph("face_embedder", faces=torch.from_numpy(face_tensor(small)[None]))
+    faces = embed_window(torch.from_numpy(face_tensor(small)[None]), m)
+    embedding = pipe.run_graph("face_embedder", faces=faces)
     mean_ref = result.tensors["ref_embeddings"].mean(dim=0).numpy()
     score = cosine(embedding[0].numpy(), mean_ref)
     paste_back(inputs.target, result.image, inputs.mask_values, inputs.feather_px)

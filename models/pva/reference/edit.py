@@ -1,11 +1,12 @@
 """The Python reference PVA edit: ONNX Runtime on a model directory, conventions of CONTRACT.md.
 
 Tokenize (open_clip's CLIP BPE, `<new1>` split out) -> text encoder (cond and uncond) -> face
-embedder on the reference crops -> id former -> VAE encode of the masked image -> denoise with
-diffusers' DDIMScheduler (eta configurable) or DPMSolverMultistepScheduler (dpmsolver++, order 2),
-classifier-free guidance as ONE batched UNet call (uncond row id_switch 0) -> VAE decode.
-Images must already be at model size (target/mask at the model resolution, references at the face
-crop size): resampling is the caller's job, so nothing here can differ from the Rust side.
+embedder on the reference crops (through the manifest's `face.embed_window`, when it has one) -> id
+former -> VAE encode of the masked image -> denoise with diffusers' DDIMScheduler (eta configurable) or
+DPMSolverMultistepScheduler (dpmsolver++, order 2), classifier-free guidance as ONE batched UNet call
+(the uncond row's id_switch from the manifest's `guidance`) -> VAE decode.
+Images must already be at model size (target/mask at the model resolution, references at
+`face_source_size`): resampling is the caller's job, so nothing here can differ from the Rust side.
 
     .venv/bin/python -m pva.reference.edit --model models/tiny --target t.png --mask m.png \
         --ref r0.png --ref r1.png --prompt "smiling" --scheduler ddim --steps 8 --out out.png
@@ -36,6 +37,38 @@ def image_tensor(image: Image.Image) -> torch.Tensor:
     """RGB image -> float32 [1, 3, H, W] in [-1, 1] (`x / 127.5 - 1`)."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32)
     return torch.from_numpy(array / 127.5 - 1.0).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def face_source_size(manifest: dict) -> int:
+    """The side of the aligned face crops the face embedder's path starts from: the embed window's
+    `source_size`, or `face.crop_size` when the manifest has no window."""
+    window = manifest["face"].get("embed_window")
+    return manifest["face"]["crop_size"] if window is None else window["source_size"]
+
+
+def embed_window(faces: torch.Tensor, manifest: dict) -> torch.Tensor:
+    """Aligned face crops [N, 3, S, S] in [-1, 1] -> the face embedder's input [N, 3, crop, crop].
+
+    With the manifest's `face.embed_window` this is PVA's FaceNet.forward (lib/face_net.py of the
+    paper's code): bilinear resize to `resize` (align_corners=True; skipped when already that size, as
+    the paper skips it), rows `rows[0]:rows[1]` and columns `cols[0]:cols[1]`, adaptive average pooling
+    to `crop_size`. Without one the crops already are the input."""
+    window = manifest["face"].get("embed_window")
+    if window is None:
+        return faces
+    size = window["resize"]
+    if faces.shape[3] != size:
+        faces = F.interpolate(faces, (size, size), mode="bilinear", align_corners=True)
+    (r0, r1), (c0, c1) = window["rows"], window["cols"]
+    crop = manifest["face"]["crop_size"]
+    return F.adaptive_avg_pool2d(faces[:, :, r0:r1, c0:c1], (crop, crop)).contiguous()
+
+
+def guidance_settings(manifest: dict) -> tuple[bool, str]:
+    """The manifest's `guidance` section: (whether the unconditional row keeps the identity tokens,
+    the default negative prompt); without the section (False, "")."""
+    g = manifest.get("guidance") or {}
+    return bool(g.get("uncond_identity", False)), str(g.get("negative_prompt", ""))
 
 
 def mask_tensor(image: Image.Image) -> torch.Tensor:
@@ -117,10 +150,12 @@ class ReferencePipeline:
         return torch.from_numpy(self.sessions[name].run(None, feeds)[0])
 
     def token_ids(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cond, uncond) ids [1, 77]: the templated prompt and the bare negative prompt."""
+        """(cond, uncond) ids [1, 77]: the templated prompt and the bare negative prompt (the
+        manifest's default negative prompt when this one is empty or only whitespace)."""
         settings = self.manifest["tokenizer"]
         cond = encode(render_prompt(self.manifest["prompt_template"], prompt), settings)
-        uncond = encode(" ".join(negative_prompt.split()), settings)
+        negative = " ".join(negative_prompt.split()) or " ".join(guidance_settings(self.manifest)[1].split())
+        uncond = encode(negative, settings)
         return torch.tensor([cond]), torch.tensor([uncond])
 
     def edit(self, request: EditRequest) -> EditResult:
@@ -129,7 +164,7 @@ class ReferencePipeline:
         res, lat, scale = m["resolution"], m["latent"]["size"], m["vae"]["scaling_factor"]
         if request.target.size != (res, res) or request.mask.size != (res, res):
             raise ValueError(f"target and mask must be {res}x{res}")
-        crop = m["face"]["crop_size"]
+        crop = face_source_size(m)
         if not 1 <= len(request.references) <= m["max_references"]:
             raise ValueError(f"1..{m['max_references']} references, got {len(request.references)}")
         if any(r.size != (crop, crop) for r in request.references):
@@ -145,7 +180,7 @@ class ReferencePipeline:
         t["hidden_cond"] = self.run_graph("text_encoder", input_ids=ids_cond, new1_embedding=new1)
         t["hidden_uncond"] = self.run_graph("text_encoder", input_ids=ids_uncond, new1_embedding=new1)
 
-        faces = torch.cat([image_tensor(r) for r in request.references])
+        faces = embed_window(torch.cat([image_tensor(r) for r in request.references]), m)
         t["ref_embeddings"] = self.run_graph("face_embedder", faces=faces)
         t["id_tokens"] = self.run_graph("id_former", embeddings=t["ref_embeddings"][None])
 
@@ -168,7 +203,10 @@ class ReferencePipeline:
         hidden = torch.cat([t["hidden_uncond"], t["hidden_cond"]]) if guided else t["hidden_cond"]
         rows = hidden.shape[0]
         id_tokens = t["id_tokens"].expand(rows, -1, -1)
-        id_switch = torch.tensor([0.0, 1.0]) if guided else torch.tensor([1.0])
+        # The unconditional row attends to the identity tokens too where the manifest says so (the
+        # paper's `extra_feat_neg`); otherwise its identity keys are removed (switch 0).
+        uncond_switch = 1.0 if guidance_settings(m)[0] else 0.0
+        id_switch = torch.tensor([uncond_switch, 1.0]) if guided else torch.tensor([1.0])
         stochastic = request.scheduler == "ddim" and request.eta > 0
         variance: list[torch.Tensor] = []
         timesteps = [int(x) for x in scheduler.timesteps]
@@ -214,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mask", type=Path, required=True)
     parser.add_argument("--ref", type=Path, action="append", required=True)
     parser.add_argument("--prompt", default="")
-    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument("--negative-prompt", default="", help="default: the manifest's guidance.negative_prompt")
     parser.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
     parser.add_argument("--eta", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=50)

@@ -6,22 +6,34 @@ Each case holds its inputs already at model size (target.png and mask.png 64x64,
 edit settings and the timesteps used), tensors.safetensors (every intermediate of the reference
 pipeline, including the noise, so the Rust side can use the same numbers) and expected.png.
 
+``--paper`` writes tests/fixtures/edit-paper instead: the tiny model with the paper's model settings
+(`PAPER_OVERLAY`: its prompt template, its unconditional row and default negative prompt, its face
+window) written over its manifest.json in a temporary directory; overlay.json records the overlay, so the
+Rust test builds the same model directory. Those cases leave out the two image-sized tensors (`image`,
+`decoded`; the PNGs hold them) to keep the repository small. leave_one_out.safetensors holds the
+tuning data (`pva.reference.tune.LeaveOneOut`) of tests/fixtures/tune's references under those settings.
+
     .venv/bin/python -m pva.reference.fixtures [--faces DIR] [--model models/tiny] [--out tests/fixtures/edit]
+    .venv/bin/python -m pva.reference.fixtures --paper [--out tests/fixtures/edit-paper]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageOps
 from safetensors.torch import save_file
 
-from pva.config import region_box
+from pva.config import PAPER_EMBED_WINDOW, PAPER_GUIDANCE, PAPER_PROMPT_TEMPLATE, region_box
 from pva.paths import REPO_ROOT as ROOT
-from pva.reference.edit import EditRequest, ReferencePipeline
+from pva.reference.edit import EditRequest, ReferencePipeline, face_source_size
+from pva.reference.tune import LeaveOneOut, load_fixture_references
 
 
 # Square face boxes (left, top, right, bottom) in the EXIF-oriented photos, picked by eye so the
@@ -62,6 +74,45 @@ CASES = (
 )
 
 
+# The paper's model settings over the tiny model's manifest (its face window starting from the 112x112
+# reference crops the other fixtures use, so the same PNGs serve).
+PAPER_OVERLAY: dict[str, Any] = {
+    "prompt_template": PAPER_PROMPT_TEMPLATE,
+    "guidance": dict(PAPER_GUIDANCE),
+    "face": {"embed_window": {**PAPER_EMBED_WINDOW, "source_size": 112}},
+}
+
+# Guidance 3 with the identity-keeping unconditional row and the default negative prompt (the job
+# gives none); the prompt holds the exact `<new1>` (the identity token) and `<NEW1>` (plain text).
+PAPER_CASES = (
+    Case("paper_ddim_g3_r2", "ddim", 1.0, 3.0, ("obama2.jpg", "obama3.jpg"), "whole_face",
+         "with a beard, like <NEW1> and <new1>", "", 55),
+)
+
+# Tensors the paper cases leave out (the PNGs hold the same pixels).
+PAPER_DROPPED = ("image", "decoded")
+
+
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overlay` written over it, objects merged key by key."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def overlay_model(model_dir: Path, overlay: dict[str, Any], out: Path) -> Path:
+    """A model directory at `out`: links to every file of `model_dir`, and its manifest.json with
+    `overlay` merged in (the manifest's hashes cover the graphs and the adapter, not itself)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in Path(model_dir).resolve().iterdir():
+        if path.name != "manifest.json":
+            (out / path.name).symlink_to(path)
+    manifest = json.loads((Path(model_dir) / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps(merge(manifest, overlay), indent=2) + "\n")
+    return out
+
+
 def face_crop(faces: Path, spec: str, size: int) -> Image.Image:
     """The square face crop of a photo (`name` or `name:flip`), resized with Lanczos."""
     name, _, option = spec.partition(":")
@@ -78,10 +129,11 @@ def region_mask(region: str, size: int) -> Image.Image:
     return mask
 
 
-def write_case(pipeline: ReferencePipeline, case: Case, faces: Path, out: Path) -> None:
-    """Write one case directory."""
+def write_case(pipeline: ReferencePipeline, case: Case, faces: Path, out: Path,
+               model: str | None = None, drop: tuple[str, ...] = ()) -> None:
+    """Write one case directory (without the tensors named in `drop`)."""
     manifest = pipeline.manifest
-    res, crop = manifest["resolution"], manifest["face"]["crop_size"]
+    res, crop = manifest["resolution"], face_source_size(manifest)
     out.mkdir(parents=True, exist_ok=True)
     target = face_crop(faces, "obama.jpg", res)
     mask = region_mask(case.region, res)
@@ -105,10 +157,14 @@ def write_case(pipeline: ReferencePipeline, case: Case, faces: Path, out: Path) 
             seed=case.seed,
         )
     )
-    save_file({k: v.contiguous() for k, v in result.tensors.items()}, str(out / "tensors.safetensors"))
+    tensors = {k: v.contiguous() for k, v in result.tensors.items() if k not in drop}
+    save_file(tensors, str(out / "tensors.safetensors"))
     Image.fromarray(result.image).save(out / "expected.png")
+    if model is None:
+        resolved = pipeline.model_dir.resolve()
+        model = str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(pipeline.model_dir)
     info = {
-        "model": str(pipeline.model_dir.resolve().relative_to(ROOT)) if pipeline.model_dir.resolve().is_relative_to(ROOT) else str(pipeline.model_dir),
+        "model": model,
         "prompt": case.prompt,
         "negative_prompt": case.negative_prompt,
         "scheduler": case.scheduler,
@@ -131,12 +187,31 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faces", type=Path, default=ROOT.parent / "shared" / "data" / "faces")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "tiny")
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "edit")
+    parser.add_argument("--out", type=Path, help="default tests/fixtures/edit (--paper: tests/fixtures/edit-paper)")
+    parser.add_argument("--paper", action="store_true", help="the tiny model with the paper's model settings")
+    parser.add_argument("--steps", type=int, help="denoising steps of every case (default: each case's own)")
     args = parser.parse_args(argv)
-    pipeline = ReferencePipeline(args.model)
-    for case in CASES:
-        write_case(pipeline, case, args.faces, args.out / case.name)
-        print(f"wrote {args.out / case.name}")
+    if not args.paper:
+        out = args.out or ROOT / "tests" / "fixtures" / "edit"
+        pipeline = ReferencePipeline(args.model)
+        for case in CASES:
+            case = dataclasses.replace(case, steps=args.steps) if args.steps else case
+            write_case(pipeline, case, args.faces, out / case.name)
+            print(f"wrote {out / case.name}")
+        return
+    out = args.out or ROOT / "tests" / "fixtures" / "edit-paper"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "overlay.json").write_text(json.dumps(PAPER_OVERLAY, indent=2) + "\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        pipeline = ReferencePipeline(overlay_model(args.model, PAPER_OVERLAY, Path(tmp) / "model"))
+        for case in PAPER_CASES:
+            write_case(pipeline, case, args.faces, out / case.name, model="models/tiny + overlay.json",
+                       drop=PAPER_DROPPED)
+            print(f"wrote {out / case.name}")
+        data = LeaveOneOut.build(pipeline, *load_fixture_references(ROOT / "tests" / "fixtures" / "tune"))
+        tensors = {k: getattr(data, k).contiguous() for k in ("input_ids", "latents", "masked_latents", "id_tokens")}
+        save_file(tensors, str(out / "leave_one_out.safetensors"))
+        print(f"wrote {out / 'leave_one_out.safetensors'}")
 
 
 if __name__ == "__main__":

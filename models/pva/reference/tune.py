@@ -6,8 +6,8 @@ references, leave-one-out: each sample picks one reference as the inpainting tar
 region masked) and the other references as the identity; the loss is the noise-prediction MSE at a
 random timestep.
 
-- `LeaveOneOut.build` turns the references (64x64 images and 112x112 face crops, already at model
-  size) into per-target tensors through the model directory's own graphs on ONNX Runtime
+- `LeaveOneOut.build` turns the references (images at the model resolution and face crops at the
+  face path's source size, `face_source_size`: 64x64 and 112x112 for tiny) into per-target tensors through the model directory's own graphs on ONNX Runtime
   (vae_encoder; face_embedder + id_former on the other references).
 - `make_batches` draws the 40 batches (targets, timesteps, noise) from one seeded generator.
 - `tune_torch` runs them through `pva.tuning.TuningStep.loss` with a real `torch.optim.AdamW` with two
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pva.paths import REPO_ROOT as ROOT
-from pva.reference.edit import ReferencePipeline, image_tensor, mask_tensor
+from pva.reference.edit import ReferencePipeline, embed_window, face_source_size, image_tensor, mask_tensor
 from pva.tokenizer import encode, render_prompt
 from pva.tuning import INPUT_NAMES, TuningBatch, TuningStep
 
@@ -71,7 +71,7 @@ class Hyper:
 class LeaveOneOut:
     """Per-target tensors of one identity: row i = reference i as the target, the others as identity."""
 
-    input_ids: torch.Tensor  # int64 [77], "a <new1> person"
+    input_ids: torch.Tensor  # int64 [77], the template with an empty prompt ("a <new1> person")
     latents: torch.Tensor  # [n, 4, h, w], scaled
     mask: torch.Tensor  # [1, h, w], the latent-resolution whole_face mask
     masked_latents: torch.Tensor  # [n, 4, h, w], scaled
@@ -90,7 +90,7 @@ class LeaveOneOut:
         if len(images) != len(faces) or len(images) < 2:
             raise ValueError("leave-one-out needs at least 2 references, each as image and face crop")
         m = pipeline.manifest
-        res, lat, crop = m["resolution"], m["latent"]["size"], m["face"]["crop_size"]
+        res, lat, crop = m["resolution"], m["latent"]["size"], face_source_size(m)
         if any(i.size != (res, res) for i in images) or any(f.size != (crop, crop) for f in faces):
             raise ValueError(f"images must be {res}x{res} and face crops {crop}x{crop}")
         scale = m["vae"]["scaling_factor"]
@@ -98,7 +98,8 @@ class LeaveOneOut:
         pixels = torch.cat([image_tensor(i) for i in images])
         latents = pipeline.run_graph("vae_encoder", image=pixels) * scale
         masked_latents = pipeline.run_graph("vae_encoder", image=pixels * (1 - mask)) * scale
-        embeddings = pipeline.run_graph("face_embedder", faces=torch.cat([image_tensor(f) for f in faces]))
+        faces_in = embed_window(torch.cat([image_tensor(f) for f in faces]), m)
+        embeddings = pipeline.run_graph("face_embedder", faces=faces_in)
         others = [[j for j in range(len(faces)) if j != i] for i in range(len(faces))]
         id_tokens = torch.cat(
             [pipeline.run_graph("id_former", embeddings=embeddings[rows][None]) for rows in others]
@@ -229,7 +230,7 @@ def fixture_references(faces_dir: Path, manifest: dict) -> tuple[list[Image.Imag
     """The fixture identity's images (model resolution) and face crops, from the photos."""
     from pva.reference import fixtures  # the hand-picked face boxes of the edit fixtures
 
-    res, crop = manifest["resolution"], manifest["face"]["crop_size"]
+    res, crop = manifest["resolution"], face_source_size(manifest)
     images = [fixtures.face_crop(faces_dir, name, res) for name in FIXTURE_PHOTOS]
     faces = [fixtures.face_crop(faces_dir, name, crop) for name in FIXTURE_PHOTOS]
     return images, faces

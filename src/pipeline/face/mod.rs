@@ -6,15 +6,18 @@
 //! in original pixels) from every masked pixel keeps its original bytes exactly.
 //!
 //! Its parts: `crop` (face boxes, the square [`CropRect`] around one, and cropping to model size),
-//! `paste` ([`paste_back`] and its feathered blend) and `distance` (the exact Euclidean distance
-//! transform the feathering measures with).
+//! `window` ([`embed_input`]: the face embedder's input window, the paper's FaceNet crop), `paste`
+//! ([`paste_back`] and its feathered blend) and `distance` (the exact Euclidean distance transform the
+//! feathering measures with).
 
 mod crop;
 mod distance;
 mod paste;
+mod window;
 
 pub use crop::{crop_rect, crop_resize, face_crop, CropRect, FaceBox, FaceError, DEFAULT_MARGIN};
 pub use paste::paste_back;
+pub use window::embed_input;
 
 /// The fixture photos the crop and paste tests share.
 #[cfg(test)]

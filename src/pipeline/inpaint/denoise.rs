@@ -41,8 +41,10 @@ pub struct Sampling {
 }
 
 /// The sampler loop: `sampling.num_outputs` outputs denoised together, with classifier-free
-/// guidance as one batched UNet call (rows `[uncond x n ; cond x n]`, identity keys removed from the
-/// uncond rows) when `sampling.guidance > 1`, a single conditional row per output otherwise. Returns
+/// guidance as one batched UNet call (rows `[uncond x n ; cond x n]`; the uncond rows keep the
+/// identity tokens when the manifest's `guidance.uncond_identity` says so, as the paper's
+/// `extra_feat_neg` does, and have their identity keys removed otherwise) when
+/// `sampling.guidance > 1`, a single conditional row per output otherwise. Returns
 /// the final scaled latents [n, 4, h, w] flat. `on_step(i, latents)` sees the latents after each
 /// step.
 pub fn denoise<E: Engine + ?Sized>(
@@ -88,7 +90,8 @@ pub fn denoise<E: Engine + ?Sized>(
                 ],
             )
             .expect("same shapes");
-            let switch = [vec![0.0; n], vec![1.0; n]].concat();
+            let uncond_switch = if m.guidance.uncond_identity { 1.0 } else { 0.0 };
+            let switch = [vec![uncond_switch; n], vec![1.0; n]].concat();
             (
                 hidden,
                 pick(&cond.id_tokens, rows),

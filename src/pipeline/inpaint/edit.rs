@@ -67,9 +67,11 @@ impl<E: Engine> Pipeline<E> {
         Ok(self.tokenizer.encode(&text)?)
     }
 
-    /// Token ids of a negative prompt (no template).
+    /// Token ids of a negative prompt (no template); an empty one (or only whitespace) is the
+    /// manifest's `guidance.negative_prompt`.
     pub fn negative_ids(&self, negative: &str) -> Result<Vec<i64>, PipelineError> {
-        Ok(self.tokenizer.encode(negative)?)
+        let text = self.engine.manifest().guidance.negative_prompt(negative);
+        Ok(self.tokenizer.encode(text)?)
     }
 
     fn text(&mut self, ids: Vec<i64>, token: &[f32]) -> Result<Array3<f32>, PipelineError> {
@@ -80,26 +82,31 @@ impl<E: Engine> Pipeline<E> {
     }
 
     fn uncond(&mut self, negative: &str, token: &[f32]) -> Result<Array3<f32>, PipelineError> {
-        // NOTE: the negative prompt never contains the personalized token, so its embedding does not
-        // depend on the adapter and can be cached per text.
+        // NOTE: a negative prompt without the personalized token (the template is not applied to it)
+        // does not depend on the adapter, so its hidden states are cached per text; one that spells
+        // out `<new1>` reads the adapter's token embedding and is encoded every time.
         if let Some(h) = self.uncond_cache.get(negative) {
             return Ok(h.clone());
         }
         let ids = self.negative_ids(negative)?;
+        let cacheable = !ids.contains(&self.tokenizer.config().new_token_id);
         let h = self.text(ids, token)?;
-        if self.uncond_cache.len() >= UNCOND_CACHE_ENTRIES {
-            self.uncond_cache.clear();
+        if cacheable {
+            if self.uncond_cache.len() >= UNCOND_CACHE_ENTRIES {
+                self.uncond_cache.clear();
+            }
+            self.uncond_cache.insert(negative.to_string(), h.clone());
         }
-        self.uncond_cache.insert(negative.to_string(), h.clone());
         Ok(h)
     }
 
-    /// Reference photos -> aligned 112x112 crops as [R, 3, 112, 112].
+    /// Reference photos -> the face embedder's input [R, 3, 112, 112]: each aligned crop cut at the
+    /// face path's source size, then through the manifest's embed window (`face::embed_input`).
     fn reference_faces(
         &self,
         references: &[(RgbImage, Option<FaceBox>)],
     ) -> Result<Array4<f32>, PipelineError> {
-        let size = self.engine.manifest().face.crop_size;
+        let size = self.engine.manifest().face.source_size();
         let max = self.engine.manifest().max_references;
         if references.is_empty() || references.len() > max {
             return Err(PipelineError::Input {
@@ -120,7 +127,7 @@ impl<E: Engine> Pipeline<E> {
                     .expect("standard layout"),
             );
         }
-        Ok(faces)
+        Ok(face::embed_input(faces, &self.engine.manifest().face))
     }
 
     fn face_rect(
@@ -288,7 +295,9 @@ impl<E: Engine> Pipeline<E> {
             / m.vae.scaling_factor;
         let decoded = self.engine.vae_decode(latents.view())?;
         let mut crops = Vec::with_capacity(n);
-        let face = m.face.crop_size as usize;
+        // The output crop takes the references' path to the face embedder: cut at the source size,
+        // then the embed window.
+        let face = m.face.source_size() as usize;
         let mut faces = Array4::<f32>::zeros((n, 3, face, face));
         for i in 0..n {
             let chw = decoded.index_axis(Axis(0), i);
@@ -315,6 +324,7 @@ impl<E: Engine> Pipeline<E> {
             );
             crops.push(out);
         }
+        let faces = face::embed_input(faces, &m.face);
         let out_embeddings = self.engine.embed_faces(faces.view())?;
         let mean_ref = ref_embeddings
             .mean_axis(Axis(0))

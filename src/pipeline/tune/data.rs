@@ -13,12 +13,13 @@ use super::{Draw, TuneError};
 use crate::engine::{Engine, Manifest, TuningBatch};
 
 /// One reference at model size: the image the VAE encodes (model resolution) and the aligned face
-/// crop the face embedder reads (`face.crop_size`), both from the same square around the face.
+/// crop the face path starts from (`face.source_size()`: the embed window's source size, or
+/// `face.crop_size` without a window), both from the same square around the face.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReferenceCrop {
     /// `resolution` x `resolution`.
     pub image: RgbImage,
-    /// `crop_size` x `crop_size`.
+    /// `source_size` x `source_size`.
     pub face: RgbImage,
 }
 
@@ -54,7 +55,7 @@ impl ReferenceCrop {
         };
         Ok(Self {
             image: face::crop_resize(photo, rect, manifest.resolution),
-            face: face::crop_resize(photo, rect, manifest.face.crop_size),
+            face: face::crop_resize(photo, rect, manifest.face.source_size()),
         })
     }
 
@@ -80,9 +81,10 @@ pub struct LeaveOneOut {
 
 impl LeaveOneOut {
     /// Encodes the references through the model's graphs: VAE latents of each image and of the
-    /// image with its `whole_face` region masked (scaled), the face embeddings, and for every target
-    /// the identity tokens of the other references (one `id_former` call for all targets); the prompt
-    /// is the manifest's template with an empty prompt ("a <new1> person").
+    /// image with its `whole_face` region masked (scaled), the face embeddings (through the embed
+    /// window), and for every target the identity tokens of the other references (one `id_former`
+    /// call for all targets); the prompt is the manifest's template with an empty prompt ("a <new1>
+    /// person"; the paper's "photo of a <new1> person" for sd2).
     ///
     /// With a single reference its mirror image is the second one (`references` are never enough
     /// for leave-one-out otherwise); `pva.reference.tune` asks for at least two.
@@ -101,7 +103,7 @@ impl LeaveOneOut {
                 ),
             });
         }
-        let (res, crop) = (m.resolution, m.face.crop_size);
+        let (res, crop) = (m.resolution, m.face.source_size());
         for (i, r) in references.iter().enumerate() {
             if r.image.dimensions() != (res, res) || r.face.dimensions() != (crop, crop) {
                 return Err(TuneError::Input {
@@ -151,6 +153,7 @@ impl LeaveOneOut {
         let engine = pipeline.engine_mut();
         let latents = engine.vae_encode(pixels.view())? * scale;
         let masked_latents = engine.vae_encode(masked.view())? * scale;
+        let faces = face::embed_input(faces, &m.face);
         let embeddings = engine.embed_faces(faces.view())?;
         let dim = embeddings.dim().1;
         let mut others = Array3::<f32>::zeros((n, n - 1, dim));
