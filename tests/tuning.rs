@@ -560,7 +560,7 @@ fn a_model_without_the_tuning_graph_edits_but_refuses_to_tune() {
 }
 
 #[test]
-fn a_tuning_graph_that_disagrees_with_the_manifest_is_refused_at_load() {
+fn a_tuning_graph_that_disagrees_with_the_manifest_is_refused_when_opened_or_at_load() {
     // The manifest claims batch 3 everywhere for the batch-2 graph: the graph check catches it.
     let dir = model_copy(|m| {
         m["tuning"]["batch_size"] = 3.into();
@@ -575,6 +575,18 @@ fn a_tuning_graph_that_disagrees_with_the_manifest_is_refused_at_load() {
     });
     let mut s = settings();
     s.engine.model_dir = dir.path().to_path_buf();
+    // The tuning session is created on demand: the graph is checked when a run first opens it ...
+    let mut engine = pva_worker::engine::OrtEngine::load(&s.engine).unwrap();
+    let layout = &engine.manifest().adapter;
+    let params = vec![0.0; layout.visual_length + layout.token_length];
+    let hyper = TuneOptions::from_manifest(engine.manifest(), 0).hyper;
+    let err = engine.tuner(&params, hyper).err().expect("refused");
+    assert!(
+        err.to_string().contains("adapter_step") && err.to_string().contains("dimension 0 is 2"),
+        "{err}"
+    );
+    // ... and at load when the worker opens it eagerly.
+    s.engine.tuning_session = pva_worker::engine::TuningSession::Eager;
     let err = pva_worker::engine::OrtEngine::load(&s.engine).unwrap_err();
     assert!(
         err.to_string().contains("adapter_step") && err.to_string().contains("dimension 0 is 2"),

@@ -10,11 +10,12 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::config::Settings;
+use crate::engine::Workload;
 use crate::model::adapter::{self, ModelRef, StoredAdapter};
 use crate::pipeline::face::FaceBox;
 use crate::pipeline::image::{decode, DecodeLimits};
 use crate::pipeline::tune::{tune_identity, ReferenceCrop};
-use crate::service::load_pipeline;
+use crate::service::load_pipeline_for;
 
 /// A `--face-box` argument: `x,y,w,h` in the reference's pixels, or `none` for a reference that is
 /// already an aligned square face.
@@ -117,7 +118,9 @@ pub fn run(
     );
     let mut timings = Vec::new();
     let t = Instant::now();
-    let mut pipeline = load_pipeline(settings)?;
+    // NOTE: a tuning run never calls the UNet, the text encoder or the VAE decoder sessions (the
+    // tuning graph has its own frozen copies): they are not opened.
+    let mut pipeline = load_pipeline_for(settings, Workload::Tune)?;
     timings.push(("model_load", t.elapsed().as_secs_f64()));
     let manifest = pipeline.manifest().clone();
     let mut tuning = settings.tuning.options_for(&manifest)?;

@@ -11,8 +11,8 @@ mod settings;
 use ndarray::{Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4};
 
 pub use crate::model::manifest::{self, Manifest};
-pub use runtime::OrtEngine;
-pub use settings::{EngineSettings, ExecutionProvider};
+pub use runtime::{OrtEngine, Workload};
+pub use settings::{EngineSettings, ExecutionProvider, TuningSession};
 
 /// Why an engine call failed.
 #[derive(Debug, thiserror::Error)]

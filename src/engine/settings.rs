@@ -14,6 +14,24 @@ pub enum ExecutionProvider {
     Cuda,
 }
 
+/// When the tuning graph (`adapter_step.onnx`) has an ONNX Runtime session. The tuning graph carries
+/// its own copy of the frozen UNet and text encoder (4.8 GB of weights at full size), so a worker
+/// that never tunes should never open it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TuningSession {
+    /// Opened by the first tuning run and kept for the next ones (the default): an edit-only
+    /// worker never pays for it; the first tuning job pays the session's creation once.
+    #[default]
+    OnDemand,
+    /// Opened at load with the edit graphs, its interface checked before the worker is ready: for
+    /// tuning workers where the first tuning job must not wait for the session.
+    Eager,
+    /// Opened by each tuning run and closed when it ends, giving its memory back between runs: for
+    /// workers that tune rarely and must keep their edit-time memory small.
+    ReleaseAfterUse,
+}
+
 /// ONNX Runtime and the model directory.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,4 +51,13 @@ pub struct EngineSettings {
     pub inter_threads: usize,
     /// Check every file's sha256 against the manifest at load (off only for huge graphs on a trusted volume).
     pub verify_hashes: bool,
+    /// When the tuning graph's session exists: `on_demand` (opened by the first tuning run, then
+    /// kept), `eager` (opened at load) or `release_after_use` (opened by each tuning run, closed
+    /// after it). See [`TuningSession`] and docs/memory.md.
+    pub tuning_session: TuningSession,
+    /// ONNX Runtime's CPU memory arena (CPU provider only). On, each session keeps the peak of its
+    /// runs' intermediate tensors for the next run, and the sessions' peaks add up (UNet, VAE, text
+    /// encoder, tuning graph); off, a run's intermediate memory goes back to the system when the run
+    /// ends, so the worker's peak is its largest single run. See docs/memory.md.
+    pub cpu_arena: bool,
 }

@@ -443,51 +443,135 @@ impl Manifest {
         self.graphs.get(key).map(|g| dir.join(&g.file))
     }
 
-    /// Checks every file's presence, size and sha256 against the manifest.
+    /// Checks every file's presence, size and sha256 against the manifest: graphs, their external
+    /// data files and the adapter. See [`Manifest::verify_some_files`].
     pub fn verify_files(&self, dir: &Path) -> Result<(), ManifestError> {
-        let mut files: Vec<(String, &str, &str, Option<u64>)> = Vec::new();
-        for (k, g) in &self.graphs {
-            files.push((format!("graphs.{k}"), &g.file, &g.sha256, Some(g.bytes)));
+        self.verify_some_files(dir, |_| true, true)
+    }
+
+    /// Checks the files of the graphs whose keys `graphs` accepts (each graph's file and its external
+    /// data files) and, with `adapter`, the adapter file: presence and size first (cheap), then the
+    /// sha256 of every byte, on up to [`HASH_THREADS`] threads (never more than the machine's cores),
+    /// largest files first, so that a full-size model's external data files (gigabytes each) are
+    /// hashed side by side. The error names the first refused file in manifest order.
+    pub fn verify_some_files(
+        &self,
+        dir: &Path,
+        graphs: impl Fn(&str) -> bool,
+        adapter: bool,
+    ) -> Result<(), ManifestError> {
+        struct Entry<'a> {
+            what: String,
+            file: &'a str,
+            sha256: &'a str,
+            bytes: Option<u64>,
+        }
+        let mut files: Vec<Entry<'_>> = Vec::new();
+        for (k, g) in self.graphs.iter().filter(|(k, _)| graphs(k)) {
+            files.push(Entry {
+                what: format!("graphs.{k}"),
+                file: &g.file,
+                sha256: &g.sha256,
+                bytes: Some(g.bytes),
+            });
             for (i, x) in g.external_data.iter().enumerate() {
-                files.push((
-                    format!("graphs.{k}.external_data[{i}]"),
-                    &x.file,
-                    &x.sha256,
-                    Some(x.bytes),
-                ));
+                files.push(Entry {
+                    what: format!("graphs.{k}.external_data[{i}]"),
+                    file: &x.file,
+                    sha256: &x.sha256,
+                    bytes: Some(x.bytes),
+                });
             }
         }
-        files.push((
-            "adapter".into(),
-            self.adapter.file.as_str(),
-            self.adapter.sha256.as_str(),
-            self.adapter.bytes,
-        ));
-        for (what, file, sha, bytes) in files {
-            let err = |problem: String| ManifestError::File {
-                dir: dir.to_path_buf(),
-                file: file.to_string(),
-                what: what.clone(),
-                problem,
-            };
-            let path = dir.join(file);
-            let meta = std::fs::metadata(&path).map_err(|e| err(e.to_string()))?;
-            if let Some(bytes) = bytes {
+        if adapter {
+            files.push(Entry {
+                what: "adapter".into(),
+                file: &self.adapter.file,
+                sha256: &self.adapter.sha256,
+                bytes: self.adapter.bytes,
+            });
+        }
+        let err = |e: &Entry<'_>, problem: String| ManifestError::File {
+            dir: dir.to_path_buf(),
+            file: e.file.to_string(),
+            what: e.what.clone(),
+            problem,
+        };
+        // Presence and size of every file before any hashing.
+        let mut sizes = Vec::with_capacity(files.len());
+        for e in &files {
+            let meta = std::fs::metadata(dir.join(e.file)).map_err(|x| err(e, x.to_string()))?;
+            if let Some(bytes) = e.bytes {
                 if meta.len() != bytes {
-                    return Err(err(format!(
-                        "is {} bytes, manifest says {bytes}",
-                        meta.len()
-                    )));
+                    return Err(err(
+                        e,
+                        format!("is {} bytes, manifest says {bytes}", meta.len()),
+                    ));
                 }
             }
-            let actual = sha256_file(&path).map_err(|e| err(e.to_string()))?;
-            if !actual.eq_ignore_ascii_case(sha) {
-                return Err(err(format!("sha256 is {actual}, manifest says {sha}")));
+            sizes.push(meta.len());
+        }
+        // Largest first: the big files start at once, the small ones fill in behind them.
+        let mut order: Vec<usize> = (0..files.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(sizes[i]));
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, HASH_THREADS)
+            .min(files.len().max(1));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let results: Vec<Vec<(usize, Result<String, std::io::Error>)>> =
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut done = Vec::new();
+                            loop {
+                                // NOTE: once a file is refused, the others are not started: the load
+                                // fails anyway.
+                                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                                    break;
+                                }
+                                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some(&i) = order.get(k) else { break };
+                                let hash = sha256_file(&dir.join(files[i].file));
+                                let bad = match &hash {
+                                    Ok(h) => !h.eq_ignore_ascii_case(files[i].sha256),
+                                    Err(_) => true,
+                                };
+                                if bad {
+                                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                                }
+                                done.push((i, hash));
+                            }
+                            done
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().expect("a hashing thread panicked"))
+                    .collect()
+            });
+        let mut hashes: Vec<(usize, Result<String, std::io::Error>)> =
+            results.into_iter().flatten().collect();
+        hashes.sort_by_key(|(i, _)| *i);
+        for (i, hash) in hashes {
+            let e = &files[i];
+            let actual = hash.map_err(|x| err(e, x.to_string()))?;
+            if !actual.eq_ignore_ascii_case(e.sha256) {
+                return Err(err(
+                    e,
+                    format!("sha256 is {actual}, manifest says {}", e.sha256),
+                ));
             }
         }
         Ok(())
     }
 }
+
+/// Most threads [`Manifest::verify_files`] hashes on.
+pub const HASH_THREADS: usize = 8;
 
 /// Hex sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {

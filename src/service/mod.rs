@@ -7,5 +7,5 @@ pub mod model;
 pub mod pool;
 
 pub use delivery::{backoff, run, worker_id, Service};
-pub use model::{load_base_adapter, load_pipeline, LoadError};
+pub use model::{load_base_adapter, load_pipeline, load_pipeline_for, LoadError};
 pub use pool::InferencePool;

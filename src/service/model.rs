@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::Settings;
-use crate::engine::{EngineError, Manifest, OrtEngine};
+use crate::engine::{EngineError, Manifest, OrtEngine, Workload};
 use crate::pipeline::inpaint::Pipeline;
 
 /// Why the model could not be loaded.
@@ -62,13 +62,23 @@ pub fn load_base_adapter(model_dir: &Path, manifest: &Manifest) -> Result<Vec<f3
     Ok(values)
 }
 
-/// Loads the engine and the pipeline from the settings.
+/// Loads the engine and the pipeline from the settings, for edits (and the tuning runs jobs ask for).
 pub fn load_pipeline(settings: &Settings) -> Result<Pipeline<OrtEngine>, LoadError> {
+    load_pipeline_for(settings, Workload::Edit)
+}
+
+/// Loads the engine and the pipeline for one workload: [`Workload::Tune`] (`pva-worker tune`) opens
+/// only the graphs a tuning run uses, leaving the UNet, the text encoder and the VAE decoder closed.
+pub fn load_pipeline_for(
+    settings: &Settings,
+    workload: Workload,
+) -> Result<Pipeline<OrtEngine>, LoadError> {
     let dir = &settings.engine.model_dir;
-    let engine = OrtEngine::load(&settings.engine).map_err(|source| LoadError::Engine {
-        dir: dir.clone(),
-        source,
-    })?;
+    let engine =
+        OrtEngine::load_for(&settings.engine, workload).map_err(|source| LoadError::Engine {
+            dir: dir.clone(),
+            source,
+        })?;
     let adapter = load_base_adapter(dir, crate::engine::Engine::manifest(&engine))?;
     Ok(Pipeline::new(engine, adapter, (&settings.pipeline).into()))
 }

@@ -14,6 +14,8 @@ mod tune;
 use ndarray::{
     Array, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Dimension,
 };
+use std::time::Instant;
+
 use ort::session::Session;
 
 use self::denoise::OrtDenoiser;
@@ -23,21 +25,36 @@ use self::session::{environment, session_builder};
 use self::tune::OrtTuner;
 use super::manifest::{Manifest, TUNING_GRAPH};
 use super::{DenoiseInputs, Denoiser, Engine, EngineError, Tuner, TuningHyper};
-use crate::engine::{EngineSettings, ExecutionProvider};
+use crate::engine::{EngineSettings, ExecutionProvider, TuningSession};
 
-/// One session per graph, created once at start and reused by every job.
+/// One session per graph. The edit graphs' sessions are created at load and reused by every job (a
+/// graph the worker's use does not need at load, e.g. the UNet of a tuning-only command, is opened by
+/// its first call); the tuning graph's session lives as `engine.tuning_session` says.
 pub struct OrtEngine {
     manifest: Manifest,
-    text_encoder: Session,
-    face_embedder: Session,
-    id_former: Session,
-    unet: Session,
-    vae_encoder: Session,
-    vae_decoder: Session,
-    /// `adapter_step.onnx`, when the model directory has it.
-    adapter_step: Option<Session>,
+    opener: Opener,
+    text_encoder: Graph,
+    face_embedder: Graph,
+    id_former: Graph,
+    unet: Graph,
+    vae_encoder: Graph,
+    vae_decoder: Graph,
+    /// `adapter_step.onnx`, when the model directory has it (else never opened).
+    adapter_step: Graph,
     /// Where tuning state (adapter, AdamW moments) lives between steps.
     state_device: StateDevice,
+}
+
+/// What the engine will be used for: which graphs [`OrtEngine::load_for`] opens at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Edits (and tuning runs, when jobs ask for them): every edit graph is opened at load; the
+    /// tuning graph as `engine.tuning_session` says.
+    Edit,
+    /// Tuning only (`pva-worker tune`): the graphs a tuning run uses (face embedder, id former, VAE
+    /// encoder and the tuning graph) are opened at load; the text encoder, the UNet and the VAE
+    /// decoder only if something calls them.
+    Tune,
 }
 
 /// The memory the tuning state is allocated in: the execution provider's own, so that a step's
@@ -50,6 +67,73 @@ enum StateDevice {
     Cuda(i32),
 }
 
+/// What opening a session needs: the environment, the settings and the model directory.
+struct Opener {
+    env: ort::environment::Environment,
+    settings: EngineSettings,
+}
+
+impl Opener {
+    /// Creates the session of graph `key` and checks its interface against the manifest. With
+    /// `verify` (a session opened after load, when `verify_hashes`), the graph's files are hashed
+    /// first: the files a session reads are checked before every creation, at load or later.
+    fn open(
+        &self,
+        manifest: &Manifest,
+        key: &'static str,
+        verify: bool,
+    ) -> Result<Session, EngineError> {
+        let started = Instant::now();
+        let dir = &self.settings.model_dir;
+        if verify && self.settings.verify_hashes {
+            manifest.verify_some_files(dir, |k| k == key, false)?;
+        }
+        let path = manifest
+            .graph_path(dir, key)
+            .expect("GRAPH_KEYS are checked by Manifest::load; TUNING_GRAPH by can_tune");
+        let session = session_builder(&self.env, &self.settings)?
+            .commit_from_file(&path)
+            .map_err(|e| EngineError::Setup(format!("graph `{key}` ({}): {e}", path.display())))?;
+        check_interface(key, &session, &manifest.graphs[key])?;
+        tracing::debug!(
+            graph = key,
+            seconds = started.elapsed().as_secs_f64(),
+            "session created"
+        );
+        Ok(session)
+    }
+}
+
+/// One graph's session slot: open or not yet (or no longer) open.
+struct Graph {
+    key: &'static str,
+    session: Option<Session>,
+}
+
+impl Graph {
+    fn closed(key: &'static str) -> Self {
+        Self { key, session: None }
+    }
+
+    /// The session, created first (its files verified) if it is not open.
+    fn session(
+        &mut self,
+        opener: &Opener,
+        manifest: &Manifest,
+    ) -> Result<&mut Session, EngineError> {
+        if self.session.is_none() {
+            self.session = Some(opener.open(manifest, self.key, true)?);
+        }
+        Ok(self.session.as_mut().expect("opened above"))
+    }
+
+    /// Opens the session at load, its files already verified.
+    fn open_at_load(&mut self, opener: &Opener, manifest: &Manifest) -> Result<(), EngineError> {
+        self.session = Some(opener.open(manifest, self.key, false)?);
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for OrtEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OrtEngine")
@@ -60,48 +144,88 @@ impl std::fmt::Debug for OrtEngine {
 }
 
 impl OrtEngine {
-    /// Loads the model directory: manifest, file hashes (when `verify_hashes`), one session per graph,
-    /// and a check of every graph's interface against the manifest.
+    /// Loads the model directory for edits ([`Workload::Edit`]).
     pub fn load(settings: &EngineSettings) -> Result<Self, EngineError> {
+        Self::load_for(settings, Workload::Edit)
+    }
+
+    /// Loads the model directory: manifest, the tuning graph's sizes against the rest of the
+    /// manifest, file hashes (when `verify_hashes`: the adapter's and those of the graphs opened now,
+    /// in parallel; a graph opened later has its files hashed then) and the sessions the workload
+    /// needs at once (each graph's interface checked against the manifest as its session is created).
+    pub fn load_for(settings: &EngineSettings, workload: Workload) -> Result<Self, EngineError> {
         let dir = settings.model_dir.as_path();
         let manifest = Manifest::load(dir)?;
-        if settings.verify_hashes {
-            manifest.verify_files(dir)?;
+        let can_tune = manifest.graphs.contains_key(TUNING_GRAPH);
+        if can_tune {
+            check_tuning_spec(&manifest)?;
         }
-        let env = environment(&settings.ort_library)?;
-        let open = |key: &'static str| -> Result<Session, EngineError> {
-            let path = manifest
-                .graph_path(dir, key)
-                .expect("GRAPH_KEYS are checked by Manifest::load");
-            let session = session_builder(&env, settings)?
-                .commit_from_file(&path)
-                .map_err(|e| {
-                    EngineError::Setup(format!("graph `{key}` ({}): {e}", path.display()))
-                })?;
-            check_interface(key, &session, &manifest.graphs[key])?;
-            Ok(session)
+        let tuning_eagerly = can_tune
+            && (workload == Workload::Tune || settings.tuning_session == TuningSession::Eager);
+        let at_load = |key: &str| match key {
+            "text_encoder" | "unet" | "vae_decoder" => workload == Workload::Edit,
+            TUNING_GRAPH => tuning_eagerly,
+            _ => true,
         };
-        Ok(Self {
-            text_encoder: open("text_encoder")?,
-            face_embedder: open("face_embedder")?,
-            id_former: open("id_former")?,
-            unet: open("unet")?,
-            vae_encoder: open("vae_encoder")?,
-            vae_decoder: open("vae_decoder")?,
-            adapter_step: match manifest.graphs.contains_key(TUNING_GRAPH) {
-                true => {
-                    let session = open(TUNING_GRAPH)?;
-                    check_tuning_spec(&manifest)?;
-                    Some(session)
-                }
-                false => None,
-            },
+        if settings.verify_hashes {
+            manifest.verify_some_files(dir, at_load, true)?;
+        }
+        let opener = Opener {
+            env: environment(&settings.ort_library)?,
+            settings: settings.clone(),
+        };
+        let mut engine = Self {
+            text_encoder: Graph::closed("text_encoder"),
+            face_embedder: Graph::closed("face_embedder"),
+            id_former: Graph::closed("id_former"),
+            unet: Graph::closed("unet"),
+            vae_encoder: Graph::closed("vae_encoder"),
+            vae_decoder: Graph::closed("vae_decoder"),
+            adapter_step: Graph::closed(TUNING_GRAPH),
             state_device: match settings.execution_provider {
                 ExecutionProvider::Cpu => StateDevice::Cpu,
                 ExecutionProvider::Cuda => StateDevice::Cuda(settings.cuda_device),
             },
+            opener,
             manifest,
-        })
+        };
+        let (m, o) = (&engine.manifest, &engine.opener);
+        for graph in [
+            &mut engine.text_encoder,
+            &mut engine.face_embedder,
+            &mut engine.id_former,
+            &mut engine.unet,
+            &mut engine.vae_encoder,
+            &mut engine.vae_decoder,
+            &mut engine.adapter_step,
+        ] {
+            if at_load(graph.key) {
+                graph.open_at_load(o, m)?;
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Whether the tuning graph's session is open now (see `engine.tuning_session`).
+    pub fn tuning_session_open(&self) -> bool {
+        self.adapter_step.session.is_some()
+    }
+
+    /// The graphs whose sessions are open now, by manifest key.
+    pub fn open_graphs(&self) -> Vec<&'static str> {
+        [
+            &self.text_encoder,
+            &self.face_embedder,
+            &self.id_former,
+            &self.unet,
+            &self.vae_encoder,
+            &self.vae_decoder,
+            &self.adapter_step,
+        ]
+        .into_iter()
+        .filter(|g| g.session.is_some())
+        .map(|g| g.key)
+        .collect()
     }
 
     fn run_one<D: Dimension>(
@@ -140,42 +264,48 @@ impl Engine for OrtEngine {
             ("input_ids", tensor_ref(G, input_ids)?),
             ("new1_embedding", tensor_ref(G, new1_embedding)?),
         ];
-        Self::run_one(&mut self.text_encoder, G, inputs, "hidden_states")
+        let session = self.text_encoder.session(&self.opener, &self.manifest)?;
+        Self::run_one(session, G, inputs, "hidden_states")
     }
 
     fn embed_faces(&mut self, faces: ArrayView4<'_, f32>) -> Result<Array2<f32>, EngineError> {
         const G: &str = "face_embedder";
         let inputs = vec![("faces", tensor_ref(G, faces)?)];
-        Self::run_one(&mut self.face_embedder, G, inputs, "embeddings")
+        let session = self.face_embedder.session(&self.opener, &self.manifest)?;
+        Self::run_one(session, G, inputs, "embeddings")
     }
 
     fn id_tokens(&mut self, embeddings: ArrayView3<'_, f32>) -> Result<Array3<f32>, EngineError> {
         const G: &str = "id_former";
         let inputs = vec![("embeddings", tensor_ref(G, embeddings)?)];
-        Self::run_one(&mut self.id_former, G, inputs, "id_tokens")
+        let session = self.id_former.session(&self.opener, &self.manifest)?;
+        Self::run_one(session, G, inputs, "id_tokens")
     }
 
     fn vae_encode(&mut self, images: ArrayView4<'_, f32>) -> Result<Array4<f32>, EngineError> {
         const G: &str = "vae_encoder";
         let inputs = vec![("image", tensor_ref(G, images)?)];
-        Self::run_one(&mut self.vae_encoder, G, inputs, "latent_mean")
+        let session = self.vae_encoder.session(&self.opener, &self.manifest)?;
+        Self::run_one(session, G, inputs, "latent_mean")
     }
 
     fn vae_decode(&mut self, latents: ArrayView4<'_, f32>) -> Result<Array4<f32>, EngineError> {
         const G: &str = "vae_decoder";
         let inputs = vec![("latent", tensor_ref(G, latents)?)];
-        Self::run_one(&mut self.vae_decoder, G, inputs, "image")
+        let session = self.vae_decoder.session(&self.opener, &self.manifest)?;
+        Self::run_one(session, G, inputs, "image")
     }
 
     fn denoiser<'e>(
         &'e mut self,
         inputs: DenoiseInputs<'_>,
     ) -> Result<Box<dyn Denoiser + 'e>, EngineError> {
-        Ok(Box::new(OrtDenoiser::new(&mut self.unet, inputs)?))
+        let session = self.unet.session(&self.opener, &self.manifest)?;
+        Ok(Box::new(OrtDenoiser::new(session, inputs)?))
     }
 
     fn can_tune(&self) -> bool {
-        self.adapter_step.is_some()
+        self.manifest.graphs.contains_key(TUNING_GRAPH)
     }
 
     fn tuner<'e>(
@@ -183,18 +313,446 @@ impl Engine for OrtEngine {
         params: &[f32],
         hyper: TuningHyper,
     ) -> Result<Box<dyn Tuner + 'e>, EngineError> {
-        let Some(session) = self.adapter_step.as_mut() else {
+        if !self.can_tune() {
             return Err(EngineError::MissingGraph {
                 graph: TUNING_GRAPH,
                 model: self.manifest.name.clone(),
             });
-        };
+        }
+        self.adapter_step.session(&self.opener, &self.manifest)?;
+        let release = self.opener.settings.tuning_session == TuningSession::ReleaseAfterUse;
         Ok(Box::new(OrtTuner::new(
-            session,
+            &mut self.adapter_step.session,
+            release,
             &self.manifest,
             self.state_device,
             params,
             hyper,
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The engine on the bundled tiny model: when the tuning session exists under each
+    //! `engine.tuning_session`, that the setting never changes a tuning run's results, and that a
+    //! graph whose weights live in an external data file is refused when one byte of that file
+    //! changes.
+
+    use std::path::{Path, PathBuf};
+
+    use ndarray::{Array1, Array2, Array3, Array4};
+
+    use super::{OrtEngine, Workload};
+    use crate::engine::{
+        Engine, EngineError, EngineSettings, ExecutionProvider, TuningBatch, TuningHyper,
+        TuningSession,
+    };
+    use crate::model::manifest::sha256_file;
+
+    fn repo() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn settings(model_dir: &Path, tuning_session: TuningSession) -> EngineSettings {
+        EngineSettings {
+            model_dir: model_dir.to_path_buf(),
+            // The embedded default (config/default.toml), laid out by scripts/setup-ort.sh.
+            ort_library: repo().join(".ort/onnxruntime/capi/libonnxruntime.so.1.31.1"),
+            execution_provider: ExecutionProvider::Cpu,
+            cuda_device: 0,
+            // One thread per session, as the integration tests: parallel tests share the cores.
+            intra_threads: 1,
+            inter_threads: 0,
+            verify_hashes: true,
+            tuning_session,
+            cpu_arena: true,
+        }
+    }
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Three tuning steps from fixed params on fixed batches: the losses and the final params.
+    fn tune(engine: &mut OrtEngine) -> Result<(Vec<f32>, Vec<f32>), EngineError> {
+        let m = engine.manifest().clone();
+        let (b, c, h) = (m.tuning.batch_size, m.latent.channels, m.latent.size);
+        let n = m.adapter.visual_length + m.adapter.token_length;
+        let params: Vec<f32> = values(n, 1).iter().map(|v| v * 0.02).collect();
+        let hyper = TuningHyper {
+            lr_visual: 1e-3,
+            lr_token: 1e-3,
+            weight_decay: 0.01,
+        };
+        let mut tuner = engine.tuner(&params, hyper)?;
+        let mut losses = Vec::new();
+        for step in 0..3u64 {
+            let latent = |seed| Array4::from_shape_vec((b, c, h, h), values(b * c * h * h, seed));
+            let latents = latent(10 + step).unwrap();
+            let noise = latent(20 + step).unwrap();
+            let masked = latent(30 + step).unwrap();
+            let mask =
+                Array4::from_shape_fn((b, 1, h, h), |(_, _, y, _)| (y >= h / 2) as u8 as f32);
+            let ids = Array2::from_shape_fn((b, m.tokenizer.max_length), |(_, i)| {
+                [49406, 320, 49408, 2533][i.min(3)] as i64
+            });
+            let timesteps =
+                Array1::from_iter((0..b).map(|i| (100 + 300 * i as i64 + step as i64) % 1000));
+            let tokens = Array3::from_shape_vec(
+                (b, m.num_id_tokens, m.hidden_size),
+                values(b * m.num_id_tokens * m.hidden_size, 40 + step),
+            )
+            .unwrap();
+            losses.push(tuner.step(&TuningBatch {
+                input_ids: ids.view(),
+                latents: latents.view(),
+                noise: noise.view(),
+                timesteps: timesteps.view(),
+                mask: mask.view(),
+                masked_latents: masked.view(),
+                id_tokens: tokens.view(),
+            })?);
+        }
+        Ok((losses, tuner.params()?))
+    }
+
+    #[test]
+    fn the_tuning_session_lives_as_the_setting_says_and_never_changes_results() {
+        let tiny = repo().join("models/tiny");
+        let mut results = Vec::new();
+        for lifetime in [
+            TuningSession::OnDemand,
+            TuningSession::Eager,
+            TuningSession::ReleaseAfterUse,
+        ] {
+            let mut engine = OrtEngine::load(&settings(&tiny, lifetime)).unwrap();
+            assert!(
+                engine.can_tune(),
+                "{lifetime:?}: can_tune answers from the manifest"
+            );
+            let eager = lifetime == TuningSession::Eager;
+            assert_eq!(
+                engine.tuning_session_open(),
+                eager,
+                "{lifetime:?} after load"
+            );
+            let first = tune(&mut engine).unwrap();
+            let kept = lifetime != TuningSession::ReleaseAfterUse;
+            assert_eq!(
+                engine.tuning_session_open(),
+                kept,
+                "{lifetime:?} after a run"
+            );
+            // A second run (reopening the session under release_after_use) gives the same.
+            let second = tune(&mut engine).unwrap();
+            assert_eq!(
+                engine.tuning_session_open(),
+                kept,
+                "{lifetime:?} after two runs"
+            );
+            assert_eq!(first, second, "{lifetime:?}: two runs differ");
+            // The edit graphs stay open throughout.
+            assert!(engine.open_graphs().contains(&"unet"), "{lifetime:?}");
+            results.push((lifetime, first));
+        }
+        let (_, (losses, params)) = &results[0];
+        assert!(
+            losses.iter().all(|l| l.is_finite() && *l > 0.0),
+            "{losses:?}"
+        );
+        for (lifetime, result) in &results[1..] {
+            assert_eq!(&results[0].1, result, "{lifetime:?} differs from on_demand");
+        }
+        let n = params.len();
+        assert!(
+            params.iter().zip(values(n, 1)).any(|(p, v)| *p != v * 0.02),
+            "params moved"
+        );
+    }
+
+    #[test]
+    fn a_tuning_workload_opens_only_the_graphs_tuning_uses() {
+        let tiny = repo().join("models/tiny");
+        let mut engine =
+            OrtEngine::load_for(&settings(&tiny, TuningSession::OnDemand), Workload::Tune).unwrap();
+        assert_eq!(
+            engine.open_graphs(),
+            ["face_embedder", "id_former", "vae_encoder", "adapter_step"]
+        );
+        let tuned = tune(&mut engine).unwrap();
+        let mut edit = OrtEngine::load(&settings(&tiny, TuningSession::OnDemand)).unwrap();
+        assert_eq!(tune(&mut edit).unwrap(), tuned);
+        // A graph it did not open is opened by its first call.
+        let faces = Array4::<f32>::zeros((1, 3, 112, 112));
+        let _ = engine.embed_faces(faces.view()).unwrap();
+        let latents = Array4::<f32>::zeros((1, 4, 8, 8));
+        let _ = engine.vae_decode(latents.view()).unwrap();
+        assert!(engine.open_graphs().contains(&"vae_decoder"));
+    }
+
+    #[test]
+    fn a_tuning_graph_unlike_its_manifest_is_refused_when_its_session_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&repo().join("models/tiny"), dir.path());
+        let path = dir.path().join("manifest.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        // A dtype the manifest's sizes cannot catch: only the graph's own interface can.
+        assert_eq!(
+            v["graphs"]["adapter_step"]["inputs"][7]["name"],
+            "input_ids"
+        );
+        v["graphs"]["adapter_step"]["inputs"][7]["dtype"] = "float32".into();
+        std::fs::write(&path, v.to_string()).unwrap();
+        let refused = |err: String| {
+            assert!(
+                err.contains("adapter_step") && err.contains("input_ids") && err.contains("dtype"),
+                "{err}"
+            )
+        };
+        let mut engine = OrtEngine::load(&settings(dir.path(), TuningSession::OnDemand)).unwrap();
+        refused(tune(&mut engine).unwrap_err().to_string());
+        assert!(!engine.tuning_session_open());
+        refused(
+            OrtEngine::load(&settings(dir.path(), TuningSession::Eager))
+                .unwrap_err()
+                .to_string(),
+        );
+    }
+
+    #[test]
+    fn a_flipped_byte_in_an_external_data_file_is_refused_at_every_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path();
+        copy_dir(&repo().join("models/tiny"), model);
+        // The UNet's weights move to `unet.onnx.data`, as the exporter lays out full-size graphs.
+        let mut data = Vec::new();
+        let graph = proto::externalize(
+            &std::fs::read(model.join("unet.onnx")).unwrap(),
+            "unet.onnx.data",
+            &mut data,
+        );
+        assert!(
+            data.len() > 1 << 20,
+            "the tiny UNet has megabytes of weights"
+        );
+        std::fs::write(model.join("unet.onnx"), &graph).unwrap();
+        std::fs::write(model.join("unet.onnx.data"), &data).unwrap();
+        let path = model.join("manifest.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let entry = |file: &str| {
+            let p = model.join(file);
+            (
+                sha256_file(&p).unwrap(),
+                std::fs::metadata(&p).unwrap().len(),
+            )
+        };
+        let (sha, bytes) = entry("unet.onnx");
+        v["graphs"]["unet"]["sha256"] = sha.into();
+        v["graphs"]["unet"]["bytes"] = bytes.into();
+        let (sha, bytes) = entry("unet.onnx.data");
+        v["graphs"]["unet"]["external_data"] =
+            serde_json::json!([{"file": "unet.onnx.data", "sha256": sha, "bytes": bytes}]);
+        std::fs::write(&path, v.to_string()).unwrap();
+
+        // The directory as described loads, and its UNet reads the external weights: the same
+        // prediction as the bundled model's.
+        let s = settings(model, TuningSession::OnDemand);
+        let mut external = OrtEngine::load(&s).unwrap();
+        let mut bundled = OrtEngine::load(&settings(
+            &repo().join("models/tiny"),
+            TuningSession::OnDemand,
+        ))
+        .unwrap();
+        assert_eq!(unet_once(&mut external), unet_once(&mut bundled));
+        drop(external);
+
+        // One flipped byte anywhere in the data file (here: its middle, then its last byte) is
+        // refused by the next load, naming the file.
+        for at in [data.len() / 2, data.len() - 1] {
+            let mut flipped = data.clone();
+            flipped[at] ^= 0x10;
+            std::fs::write(model.join("unet.onnx.data"), &flipped).unwrap();
+            let err = OrtEngine::load(&s).unwrap_err().to_string();
+            assert!(
+                err.contains("unet.onnx.data")
+                    && err.contains("graphs.unet.external_data[0]")
+                    && err.contains("sha256"),
+                "byte {at}: {err}"
+            );
+        }
+        // A data file of another length is refused before any hashing.
+        std::fs::write(model.join("unet.onnx.data"), &data[1..]).unwrap();
+        let err = OrtEngine::load(&s).unwrap_err().to_string();
+        assert!(
+            err.contains("unet.onnx.data") && err.contains("bytes"),
+            "{err}"
+        );
+    }
+
+    /// One UNet prediction on fixed inputs.
+    fn unet_once(engine: &mut OrtEngine) -> Vec<f32> {
+        let m = engine.manifest().clone();
+        let (c, h, d) = (m.latent.channels, m.latent.size, m.hidden_size);
+        let hidden = Array3::from_shape_vec((1, 77, d), values(77 * d, 5)).unwrap();
+        let tokens = Array3::from_shape_vec((1, 10, d), values(10 * d, 6)).unwrap();
+        let mask = Array4::from_elem((1, 1, h, h), 1.0f32);
+        let masked = Array4::from_shape_vec((1, c, h, h), values(c * h * h, 7)).unwrap();
+        let adapter = vec![0.0; m.adapter.visual_length];
+        let mut denoiser = engine
+            .denoiser(crate::engine::DenoiseInputs {
+                hidden_states: hidden.view(),
+                id_tokens: tokens.view(),
+                id_switch: &[1.0],
+                adapter: &adapter,
+                mask: mask.view(),
+                masked_latents: masked.view(),
+                row_latent: &[0],
+            })
+            .unwrap();
+        let latents = values(c * h * h, 8);
+        let mut out = vec![0.0; c * h * h];
+        denoiser.predict(&latents, 500.0, &mut out).unwrap();
+        out
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+
+    /// Protobuf wire format, just enough to move an ONNX model's initializers to an external data
+    /// file the way `onnx.save_model(..., save_as_external_data=True)` does.
+    mod proto {
+        use std::ops::Range;
+
+        pub fn varint(buf: &[u8], pos: &mut usize) -> u64 {
+            let mut v = 0u64;
+            for shift in (0..64).step_by(7) {
+                let byte = buf[*pos];
+                *pos += 1;
+                v |= u64::from(byte & 0x7f) << shift;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+            }
+            v
+        }
+
+        pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+            while v >= 0x80 {
+                out.push((v as u8) | 0x80);
+                v >>= 7;
+            }
+            out.push(v as u8);
+        }
+
+        /// Each field of a message: number, wire type, payload and the whole field's bytes.
+        pub fn fields(buf: &[u8]) -> Vec<(u64, u64, Range<usize>, Range<usize>)> {
+            let mut out = Vec::new();
+            let mut pos = 0;
+            while pos < buf.len() {
+                let start = pos;
+                let tag = varint(buf, &mut pos);
+                let (field, wire) = (tag >> 3, tag & 7);
+                let payload = match wire {
+                    0 => {
+                        let s = pos;
+                        varint(buf, &mut pos);
+                        s..pos
+                    }
+                    1 => (pos..pos + 8, pos += 8).0,
+                    2 => {
+                        let len = varint(buf, &mut pos) as usize;
+                        (pos..pos + len, pos += len).0
+                    }
+                    5 => (pos..pos + 4, pos += 4).0,
+                    other => panic!("wire type {other}"),
+                };
+                out.push((field, wire, payload, start..pos));
+            }
+            out
+        }
+
+        pub fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+            put_varint(out, field << 3 | 2);
+            put_varint(out, bytes.len() as u64);
+            out.extend_from_slice(bytes);
+        }
+
+        /// `model` (a ModelProto) with every graph initializer's `raw_data` of 1 KiB or more moved to
+        /// `data` at a 64-byte aligned offset, the tensor pointing at `location`.
+        pub fn externalize(model: &[u8], location: &str, data: &mut Vec<u8>) -> Vec<u8> {
+            let mut out = Vec::new();
+            for (field, wire, payload, whole) in fields(model) {
+                if field == 7 && wire == 2 {
+                    let graph = &model[payload];
+                    let mut new_graph = Vec::new();
+                    for (f, w, p, wh) in fields(graph) {
+                        if f == 5 && w == 2 {
+                            let t = external_tensor(&graph[p], location, data);
+                            put_bytes(&mut new_graph, 5, &t);
+                        } else {
+                            new_graph.extend_from_slice(&graph[wh]);
+                        }
+                    }
+                    put_bytes(&mut out, 7, &new_graph);
+                } else {
+                    out.extend_from_slice(&model[whole]);
+                }
+            }
+            out
+        }
+
+        /// A TensorProto with its `raw_data` (field 9) moved to `data`: `external_data` (field
+        /// 13) entries and `data_location` (field 14) = EXTERNAL.
+        fn external_tensor(tensor: &[u8], location: &str, data: &mut Vec<u8>) -> Vec<u8> {
+            let mut out = Vec::new();
+            let mut raw = None;
+            for (f, w, p, wh) in fields(tensor) {
+                if f == 9 && w == 2 {
+                    raw = Some(p);
+                } else {
+                    out.extend_from_slice(&tensor[wh]);
+                }
+            }
+            // NOTE: as onnx's `size_threshold` (1024): small constants (shape operands that shape
+            // inference must read) stay inline.
+            let Some(raw) = raw.filter(|r| r.len() >= 1024) else {
+                return tensor.to_vec();
+            };
+            data.resize(data.len().next_multiple_of(64), 0);
+            let offset = data.len();
+            data.extend_from_slice(&tensor[raw.clone()]);
+            for (key, value) in [
+                ("location", location.to_string()),
+                ("offset", offset.to_string()),
+                ("length", raw.len().to_string()),
+            ] {
+                let mut entry = Vec::new();
+                put_bytes(&mut entry, 1, key.as_bytes());
+                put_bytes(&mut entry, 2, value.as_bytes());
+                put_bytes(&mut out, 13, &entry);
+            }
+            put_varint(&mut out, 14 << 3);
+            put_varint(&mut out, 1);
+            out
+        }
     }
 }

@@ -53,7 +53,11 @@ pub(super) fn session_builder(
             .map_err(setup)?;
     }
     match settings.execution_provider {
-        ExecutionProvider::Cpu => Ok(builder),
+        ExecutionProvider::Cpu => builder
+            .with_execution_providers([ort::ep::CPU::default()
+                .with_arena_allocator(settings.cpu_arena)
+                .build()])
+            .map_err(setup),
         ExecutionProvider::Cuda => cuda(builder, settings.cuda_device),
     }
 }

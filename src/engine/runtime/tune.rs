@@ -64,8 +64,14 @@ impl TuningState {
 /// step reads the caller's params and zero moments from host tensors (one upload). The batch
 /// tensors are host tensors rewritten in place each step (on CUDA: one small upload per step), and
 /// the scalar loss is bound to host memory.
+///
+/// It borrows the engine's session slot for the tuning graph; with `release`
+/// (`engine.tuning_session = "release_after_use"`) it closes the session when the run ends.
 pub(super) struct OrtTuner<'e> {
-    session: &'e mut Session,
+    /// The engine's tuning-graph slot, open while the tuner lives.
+    slot: &'e mut Option<Session>,
+    /// Close the session when the tuner is dropped.
+    release: bool,
     binding: IoBinding,
     /// The state the first step reads (dropped after it).
     initial: Option<TuningState>,
@@ -117,7 +123,8 @@ where
 
 impl<'e> OrtTuner<'e> {
     pub(super) fn new(
-        session: &'e mut Session,
+        slot: &'e mut Option<Session>,
+        release: bool,
         manifest: &Manifest,
         device: StateDevice,
         params: &[f32],
@@ -133,6 +140,9 @@ impl<'e> OrtTuner<'e> {
                 ),
             });
         }
+        let session = slot
+            .as_mut()
+            .expect("the engine opens the tuning session before it starts a run");
         let allocator = match device {
             StateDevice::Cpu => Allocator::default(),
             StateDevice::Cuda(id) => Allocator::new(
@@ -176,7 +186,8 @@ impl<'e> OrtTuner<'e> {
         let loss = Tensor::<f32>::new(&Allocator::default(), [0usize; 0]).map_err(run_err(STEP))?;
         binding.bind_output("loss", loss).map_err(run_err(STEP))?;
         Ok(Self {
-            session,
+            slot,
+            release,
             binding,
             initial: Some(initial),
             sets,
@@ -197,6 +208,17 @@ impl<'e> OrtTuner<'e> {
         match &self.initial {
             Some(initial) => initial,
             None => &self.sets[(self.done + 1) % 2],
+        }
+    }
+}
+
+impl Drop for OrtTuner<'_> {
+    fn drop(&mut self) {
+        if self.release {
+            // NOTE: the binding and the state tensors (dropped right after this) hold the last
+            // references to the session's allocations; with them the memory is given back.
+            *self.slot = None;
+            tracing::debug!(graph = STEP, "tuning session released");
         }
     }
 }
@@ -239,7 +261,9 @@ impl Tuner for OrtTuner<'_> {
         self.sets[write].bind_outputs(b)?;
         let loss = {
             let outputs = self
-                .session
+                .slot
+                .as_mut()
+                .expect("open while the tuner lives")
                 .run_binding(&self.binding)
                 .map_err(run_err(STEP))?;
             let (_, loss) = outputs["loss"]
