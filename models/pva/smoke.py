@@ -28,8 +28,7 @@ import torch
 
 from .export import example_inputs
 from .stack import PvaStack
-from .tuning import OUTPUT_NAMES, TuningStep
-from .tuning import example_inputs as tuning_inputs
+from .tuning import INPUT_NAMES, OUTPUT_NAMES, TuningStep, stack_example_inputs
 
 #: The relative tolerance the smoke states for fp32 graphs at full width (ONNX Runtime's fused and
 #: reordered float32 arithmetic against PyTorch's eager kernels).
@@ -54,20 +53,7 @@ class GraphCheck:
 
 def _graph_inputs(stack: PvaStack, name: str) -> dict[str, torch.Tensor]:
     if name == "adapter_step":
-        step = TuningStep.from_stack(stack)
-        cfg = stack.config
-        values = tuning_inputs(
-            step,
-            batch_size=cfg.tuning["batch_size"],
-            latent_size=cfg.latent_size,
-            latent_channels=cfg.latent_channels,
-            max_length=stack.tokenizer["max_length"],
-            num_id_tokens=cfg.id_former.num_queries,
-        )
-        from .tuning import INPUT_NAMES
-
-        values = (stack.initial_params.clone(),) + values[1:]
-        return dict(zip(INPUT_NAMES, values))
+        return dict(zip(INPUT_NAMES, stack_example_inputs(stack, TuningStep.from_stack(stack))))
     return example_inputs(stack, name, batch=2, references=3, seed=7)
 
 

@@ -336,13 +336,9 @@ def export_tuning_step(
 EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
-def export_adapter_step(stack: PvaStack, path: Path, external_data: bool | None = None) -> None:
-    """Write `adapter_step.onnx` of `stack` (CONTRACT.md, adapter_step) to `path`.
-
-    The batch size is the stack's `tuning.batch_size`; the spatial size its latent size. With
-    `external_data=None` the weights go to an external file only when they would not fit in one.
-    """
-    step_module = TuningStep.from_stack(stack).eval()
+def stack_example_inputs(stack: PvaStack, step_module: TuningStep) -> tuple[Tensor, ...]:
+    """The graph's example inputs at `stack`'s sizes (batch `tuning.batch_size`, its latent size),
+    starting from the stack's initial adapter."""
     config = stack.config
     inputs = example_inputs(
         step_module,
@@ -352,7 +348,17 @@ def export_adapter_step(stack: PvaStack, path: Path, external_data: bool | None 
         max_length=stack.tokenizer["max_length"],
         num_id_tokens=config.id_former.num_queries,
     )
-    inputs = (stack.initial_params.clone(),) + inputs[1:]
+    return (stack.initial_params.clone(),) + inputs[1:]
+
+
+def export_adapter_step(stack: PvaStack, path: Path, external_data: bool | None = None) -> None:
+    """Write `adapter_step.onnx` of `stack` (CONTRACT.md, adapter_step) to `path`.
+
+    The batch size is the stack's `tuning.batch_size`; the spatial size its latent size. With
+    `external_data=None` the weights go to an external file only when they would not fit in one.
+    """
+    step_module = TuningStep.from_stack(stack).eval()
+    inputs = stack_example_inputs(stack, step_module)
     if external_data is None:
         weights = sum(t.numel() * t.element_size() for t in step_module.state_dict().values())
         external_data = weights > EXTERNAL_DATA_THRESHOLD
