@@ -8,19 +8,21 @@ inputs, at the exported width and resolution. The figure per output is the relat
 
     python -m pva.smoke --model DIR --size sd2 --base B --pva P [--face F] [--resolution R] [--rtol 1e-3]
 
-One graph at a time: the torch stack stays loaded, each ONNX Runtime session is created, run and
-dropped, so the peak is the stack plus the largest session.
+Two phases: every graph's PyTorch outputs with the stack loaded, then (the stack dropped) each ONNX
+Runtime session created, run and dropped in turn, so the peak is the larger of the two, never both.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -67,12 +69,24 @@ def _torch_outputs(stack: PvaStack, name: str, inputs: dict[str, torch.Tensor]) 
     return {"out": out.numpy()}
 
 
-def check_graph(stack: PvaStack, model_dir: Path, name: str, file: str, threads: int = 0) -> list[GraphCheck]:
-    """Run graph `name` of `model_dir` and its PyTorch module on the same inputs."""
+def torch_run(stack: PvaStack, name: str) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray], float]:
+    """Graph `name`'s inputs and its PyTorch module's outputs on them, and the seconds that took."""
     inputs = _graph_inputs(stack, name)
     start = time.perf_counter()
     expected = _torch_outputs(stack, name, inputs)
+    gc.collect()
+    _trim()
+    return inputs, expected, time.perf_counter() - start
+
+
+def check_graph(model_dir: Path, name: str, file: str, inputs: dict[str, torch.Tensor],
+                expected: dict[str, np.ndarray], threads: int = 0) -> list[GraphCheck]:
+    """Run graph `name` of `model_dir` on `inputs` and compare with the PyTorch outputs."""
+    start = time.perf_counter()
     options = ort.SessionOptions()
+    # NOTE: without the arena a dropped session's memory goes back (with malloc_trim below), so the
+    # peak is one graph's, not the sum of every graph's peak.
+    options.enable_cpu_mem_arena = False
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(model_dir / file), options, providers=["CPUExecutionProvider"])
@@ -81,6 +95,7 @@ def check_graph(stack: PvaStack, model_dir: Path, name: str, file: str, threads:
     names = [o.name for o in session.get_outputs()]
     del session
     gc.collect()
+    _trim()
     seconds = time.perf_counter() - start
     if list(expected) == ["out"]:
         expected = {names[0]: expected["out"]}
@@ -94,21 +109,43 @@ def check_graph(stack: PvaStack, model_dir: Path, name: str, file: str, threads:
     return checks
 
 
+def _trim() -> None:
+    """Give freed heap memory back to the system (glibc), so the next graph starts from the stack."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
 def peak_rss_gb() -> float:
     """This process's peak resident set so far, in GB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
-def check_model(stack: PvaStack, model_dir: Path, rtol: float, log=print, threads: int = 0) -> list[GraphCheck]:
-    """Check every graph the manifest lists; raises if one is above `rtol`."""
+def check_model(build: Callable[[], PvaStack], model_dir: Path, rtol: float, log=print,
+                threads: int = 0) -> list[GraphCheck]:
+    """Check every graph the manifest lists; raises if one is above `rtol`.
+
+    Two phases, so that the PyTorch stack and an ONNX Runtime session are never in memory together
+    (at full width the tuning graph's session alone is ~10 GB): `build()` makes the stack, every
+    graph's PyTorch outputs are computed and the stack is dropped, then each session runs alone."""
     manifest = json.loads((model_dir / "manifest.json").read_text())
+    stack = build()
     if manifest["resolution"] != stack.config.resolution:
         raise ValueError(
             f"{model_dir} is exported at {manifest['resolution']} px, the stack is {stack.config.resolution} px"
         )
+    runs = {}
+    for name in manifest["graphs"]:
+        runs[name] = torch_run(stack, name)
+        log(f"torch {name:<14} {runs[name][2]:.1f} s (peak RSS {peak_rss_gb():.1f} GB)")
+    del stack
+    gc.collect()
+    _trim()
     checks: list[GraphCheck] = []
     for name, graph in manifest["graphs"].items():
-        for check in check_graph(stack, model_dir, name, graph["file"], threads):
+        inputs, expected, _ = runs.pop(name)
+        for check in check_graph(model_dir, name, graph["file"], inputs, expected, threads):
             log(
                 f"graph {check.graph:<14} {check.output:<14} max|diff| {check.max_abs:.3e}  "
                 f"scale {check.scale:.3e}  relative {check.relative:.2e}  ({check.seconds:.1f} s, "
@@ -143,16 +180,18 @@ def main(argv: list[str] | None = None) -> None:
     from .weights import load_checkpoints
 
     resolution = json.loads((args.model / "manifest.json").read_text())["resolution"]
-    weights = None
-    if args.base is not None:
-        loaded = load_checkpoints(get_config(args.size), args.base, args.pva, args.face)
-        weights = loaded.weights
-    start = time.perf_counter()
-    stack = build_stack(args.size, seed=args.seed, weights=weights, resolution=resolution)
-    print(f"built {args.size} at {resolution} px in {time.perf_counter() - start:.1f} s "
-          f"(peak RSS {peak_rss_gb():.1f} GB)", flush=True)
-    check_model(stack, args.model, args.rtol, log=lambda line: print(line, flush=True), threads=args.threads)
 
+    def build() -> PvaStack:
+        weights = None
+        if args.base is not None:
+            weights = load_checkpoints(get_config(args.size), args.base, args.pva, args.face).weights
+        start = time.perf_counter()
+        stack = build_stack(args.size, seed=args.seed, weights=weights, resolution=resolution)
+        print(f"built {args.size} at {resolution} px in {time.perf_counter() - start:.1f} s "
+              f"(peak RSS {peak_rss_gb():.1f} GB)", flush=True)
+        return stack
+
+    check_model(build, args.model, args.rtol, log=lambda line: print(line, flush=True), threads=args.threads)
 
 if __name__ == "__main__":
     main()
