@@ -66,7 +66,7 @@ measure() {
   echo "== $label: $*"
   /usr/bin/time -f "%e %M" -o "$work/$label.time" "$@" 2>&1 | tee "$work/$label.log"
   read -r wall rss <"$work/$label.time"
-  say "$(printf '%-14s %8.1f s  peak RSS %5.1f GB' "$label" "$wall" "$(echo "$rss / 1048576" | bc -l)")"
+  say "$(printf '%-14s %8.1f s  peak RSS %5.1f GB' "$label" "$wall" "$(echo "$rss * 1024 / 10^9" | bc -l)")"
 }
 say "full-size smoke: size $size${resolution:+ at $resolution px}, $steps denoising steps, $(nproc) cores, $(date -u +%FT%TZ)"
 
@@ -95,9 +95,12 @@ PVA_PARITY_MODEL="$work/model" PVA_PARITY_FIXTURES="$work/fixtures" PVA_PARITY_T
 grep -E '^fixtures/' "$work/parity.log" | tee -a "$summary"
 fi
 
+# NOTE: cpu_arena = false: at full size on the CPU provider the arenas' kept peaks add up (a tuning
+# step at 256 px was OOM-killed at 24 GB in its second step with the arena on; docs/memory.md).
 cat >"$work/worker.toml" <<TOML
 [engine]
 model_dir = "$work/model"
+cpu_arena = false
 TOML
 export PVA_CONFIG="$work/worker.toml"
 rm -rf "$work/out"  # edit answers a job whose stored result is a success from it
