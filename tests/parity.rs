@@ -359,7 +359,8 @@ fn stages_match(model: &str, fixtures: &str, at_least: usize) {
                 "{name}: image"
             );
         }
-        let mask = Mask::from_image(&image::open(dir.join("mask.png")).unwrap(), m.resolution).unwrap();
+        let mask =
+            Mask::from_image(&image::open(dir.join("mask.png")).unwrap(), m.resolution).unwrap();
         let mask_latent = mask.downsample_nearest(lat as u32);
         assert_eq!(mask_latent, t.f32("mask_latent").1, "{name}: latent mask");
         let masked = masked_image(image.as_slice().unwrap(), &mask);
@@ -413,8 +414,8 @@ fn stages_match(model: &str, fixtures: &str, at_least: usize) {
         )
         .unwrap();
         eprintln!("{name}: worst per-step latent difference {worst:.2e}");
-        let unscaled =
-            Array4::from_shape_vec((1, m.latent.channels, lat, lat), latents).unwrap() / m.vae.scaling_factor;
+        let unscaled = Array4::from_shape_vec((1, m.latent.channels, lat, lat), latents).unwrap()
+            / m.vae.scaling_factor;
         let decoded = engine.vae_decode(unscaled.view()).unwrap();
         // NOTE: the paper fixtures leave the decoded tensor out; their expected.png is checked by
         // the whole-edit test.
