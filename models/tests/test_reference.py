@@ -37,6 +37,18 @@ def _request(case_dir: Path, **overrides) -> EditRequest:
     )
 
 
+def _assert_reproduces(result, expected: dict[str, torch.Tensor], case_dir: Path) -> None:
+    """Every recorded tensor (ids exactly, floats within 1e-4) and the image (within 1/255)."""
+    for key, want in expected.items():
+        got = result.tensors[key]
+        if want.dtype == torch.int64:
+            assert torch.equal(got, want), key
+        else:
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-4), key
+    png = np.asarray(Image.open(case_dir / "expected.png").convert("RGB")).astype(int)
+    assert np.abs(result.image.astype(int) - png).max() <= 1
+
+
 def test_the_four_cases_exist() -> None:
     assert CASES == ["ddim_g1_r1", "ddim_g3_r3", "dpm_g1_r3", "dpm_g3_r1"]
 
@@ -54,12 +66,7 @@ def test_reference_reproduces_fixture(pipeline, name: str) -> None:
     for key, want in expected.items():
         got = result.tensors[key]
         assert got.dtype == want.dtype and got.shape == want.shape, key
-        if want.dtype == torch.int64:
-            assert torch.equal(got, want), key
-        else:
-            assert torch.allclose(got, want, rtol=1e-5, atol=1e-4), key
-    png = np.asarray(Image.open(case_dir / "expected.png").convert("RGB")).astype(int)
-    assert np.abs(result.image.astype(int) - png).max() <= 1
+    _assert_reproduces(result, expected, case_dir)
 
 
 def test_given_noise_replaces_the_generator(pipeline) -> None:
@@ -96,14 +103,7 @@ def test_reference_reproduces_paper_fixture(paper_pipeline, name: str) -> None:
     expected = load_file(str(case_dir / "tensors.safetensors"))
     result = paper_pipeline.edit(_request(case_dir))
     assert set(result.tensors) - set(expected) == {"image", "decoded"}
-    for key, want in expected.items():
-        got = result.tensors[key]
-        if want.dtype == torch.int64:
-            assert torch.equal(got, want), key
-        else:
-            assert torch.allclose(got, want, rtol=1e-5, atol=1e-4), key
-    png = np.asarray(Image.open(case_dir / "expected.png").convert("RGB")).astype(int)
-    assert np.abs(result.image.astype(int) - png).max() <= 1
+    _assert_reproduces(result, expected, case_dir)
     # The paper's settings took effect: its default negative prompt, its template around the prompt.
     assert case["negative_prompt"] == ""
     assert expected["input_ids_uncond"][0, :6].tolist() == [49406, 1125, 539, 320, 2533, 49407]
