@@ -152,7 +152,9 @@ def write_json(path: Path, obj, digits: int | None = 6) -> None:
             return [rounded(v) for v in o]
         return o
     text = json.dumps(rounded(obj), indent=1)
-    text = re.sub(r"\[[-0-9.e,\s]*\]", lambda m: re.sub(r"\s+", " ", m.group(0)).replace("[ ", "[").replace(" ]", "]"), text)
+    def one_line(m: re.Match) -> str:
+        return re.sub(r"\s+", " ", m.group(0)).replace("[ ", "[").replace(" ]", "]")
+    text = re.sub(r"\[[-0-9.e,\s]*\]", one_line, text)
     path.write_text(text + "\n")
 
 

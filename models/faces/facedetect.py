@@ -93,7 +93,8 @@ def decode(regressors: np.ndarray, classificators: np.ndarray, graph: dict) -> l
     dec = graph["decoding"]
     anchors = ssd_anchors(graph["anchors"])
     raw = regressors.reshape(-1, dec["num_coords"]).astype(np.float64)
-    logits = np.clip(classificators.reshape(-1).astype(np.float64), -dec["score_clipping_thresh"], dec["score_clipping_thresh"])
+    clip = dec["score_clipping_thresh"]
+    logits = np.clip(classificators.reshape(-1).astype(np.float64), -clip, clip)
     scores = 1.0 / (1.0 + np.exp(-logits))
     cx = raw[:, 0] / dec["x_scale"] + anchors[:, 0]
     cy = raw[:, 1] / dec["y_scale"] + anchors[:, 1]
@@ -140,7 +141,7 @@ def landmark_roi(face: dict, graph: dict) -> dict:
     on the box, rotated so that the line from keypoint 0 (the subject's right eye) to keypoint 1 (left eye)
     is horizontal, a square of the box's longer side times the scale."""
     roi = graph["roi_from_detection"]
-    (x0, y0), (x1, y1) = face["keypoints"][roi["rotation_keypoints"][0]], face["keypoints"][roi["rotation_keypoints"][1]]
+    (x0, y0), (x1, y1) = (face["keypoints"][k] for k in roi["rotation_keypoints"])
     rotation = -math.atan2(-(y1 - y0), x1 - x0)  # target angle 0
     xmin, ymin, xmax, ymax = face["box"]
     side = max(xmax - xmin, ymax - ymin) * roi["scale"]
@@ -176,10 +177,12 @@ def landmarks(img: Image.Image, face: dict, run: RunGraph, graph: dict) -> dict:
     m = roi_to_photo(roi, size)
     xy = pts[:, :2] @ m[:, :2].T + m[:, 2]
     z = pts[:, 2:] * roi["size"] / size
-    return {"points": np.concatenate([xy, z], 1), "presence": float(1 / (1 + math.exp(-float(flag.reshape(-1)[0])))), "roi": roi}
+    presence = 1 / (1 + math.exp(-float(flag.reshape(-1)[0])))
+    return {"points": np.concatenate([xy, z], 1), "presence": presence, "roi": roi}
 
 
-def summarise(img: Image.Image, run_detector: RunGraph, run_landmarks: RunGraph, manifest: dict, landmark_ids: list[int]) -> dict:
+def summarise(img: Image.Image, run_detector: RunGraph, run_landmarks: RunGraph, manifest: dict,
+              landmark_ids: list[int]) -> dict:
     """What CI pins of one photo: the faces found (score, box, 6 keypoints) and, for the best face, the
     landmark presence and a few landmarks."""
     faces = detect(img, run_detector, manifest["graphs"]["detector"])
@@ -187,5 +190,6 @@ def summarise(img: Image.Image, run_detector: RunGraph, run_landmarks: RunGraph,
         {"score": f["score"], "box": f["box"], "keypoints": f["keypoints"]} for f in faces]}
     if faces:
         lm = landmarks(img, faces[0], run_landmarks, manifest["graphs"]["landmarks"])
-        out["landmarks"] = {"presence": lm["presence"], "ids": landmark_ids, "points": lm["points"][landmark_ids].tolist()}
+        out["landmarks"] = {"presence": lm["presence"], "ids": landmark_ids,
+                            "points": lm["points"][landmark_ids].tolist()}
     return out
