@@ -127,6 +127,12 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _cached_sha256(path: Path, hashes: dict[Path, str]) -> str:
+    if path not in hashes:
+        hashes[path] = sha256(path)
+    return hashes[path]
+
+
 def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
     tensor = value.type.tensor_type
     dtype = _DTYPES.get(tensor.elem_type)
@@ -143,8 +149,11 @@ def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
     return {"name": value.name, "dtype": dtype, "shape": shape}
 
 
-def describe_graph(path: Path) -> dict[str, Any]:
-    """A manifest graph entry read back from an ONNX file (and its external data files, if any)."""
+def describe_graph(path: Path, hashes: dict[Path, str] | None = None) -> dict[str, Any]:
+    """A manifest graph entry read back from an ONNX file (and its external data files, if any).
+
+    `hashes` caches the sha256 of external data files that several graphs share."""
+    hashes = {} if hashes is None else hashes
     model = onnx.load(str(path), load_external_data=False)
     initializers = {i.name for i in model.graph.initializer}
     entry: dict[str, Any] = {
@@ -164,7 +173,7 @@ def describe_graph(path: Path) -> dict[str, Any]:
     )
     if data_files:
         entry["external_data"] = [
-            {"file": f, "sha256": sha256(path.parent / f), "bytes": (path.parent / f).stat().st_size}
+            {"file": f, "sha256": _cached_sha256(path.parent / f, hashes), "bytes": (path.parent / f).stat().st_size}
             for f in data_files
         ]
     return entry
@@ -235,6 +244,12 @@ def export_all(stack: PvaStack, out: Path, external_data: bool = False, log=prin
     save_file({"params": stack.initial_params.contiguous()}, str(adapter_file))
     manifest = build_manifest(stack, out, graphs, adapter_file)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if adapter_step:
+        from pva.share import share_frozen_weights
+
+        # One copy of the frozen UNet and text encoder for the edit graphs and the tuning graph.
+        share_frozen_weights(out, log)
+        manifest = json.loads((out / "manifest.json").read_text())
     return manifest
 
 

@@ -389,6 +389,25 @@ impl Manifest {
                 return Err(field(&format!("graphs.{key}"), "is missing".into()));
             }
         }
+        // An external data file shared by several graphs (the frozen weights: models/CONTRACT.md)
+        // is described the same way by each.
+        let mut shared: BTreeMap<&str, (&str, &ExternalData)> = BTreeMap::new();
+        for (k, g) in &self.graphs {
+            for (i, x) in g.external_data.iter().enumerate() {
+                match shared.get(x.file.as_str()) {
+                    Some((first, y)) if y.sha256 != x.sha256 || y.bytes != x.bytes => {
+                        return Err(field(
+                            &format!("graphs.{k}.external_data[{i}]"),
+                            format!("describes {} unlike graphs.{first}", x.file),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        shared.insert(&x.file, (k, x));
+                    }
+                }
+            }
+        }
         let mut expected = 0;
         let mut visual = 0;
         for (i, seg) in self.adapter.layout.iter().enumerate() {
@@ -450,7 +469,7 @@ impl Manifest {
     }
 
     /// Checks the files of the graphs whose keys `graphs` accepts (each graph's file and its external
-    /// data files) and, with `adapter`, the adapter file: presence and size first (cheap), then the
+    /// data files, each file once) and, with `adapter`, the adapter file: presence and size first (cheap), then the
     /// sha256 of every byte, on up to [`HASH_THREADS`] threads (never more than the machine's cores),
     /// largest files first, so that a full-size model's external data files (gigabytes each) are
     /// hashed side by side. The error names the first refused file in manifest order.
@@ -475,6 +494,11 @@ impl Manifest {
                 bytes: Some(g.bytes),
             });
             for (i, x) in g.external_data.iter().enumerate() {
+                // A file that several graphs share is hashed once (Manifest::load checked that
+                // they describe it alike).
+                if files.iter().any(|e| e.file == x.file) {
+                    continue;
+                }
                 files.push(Entry {
                     what: format!("graphs.{k}.external_data[{i}]"),
                     file: &x.file,
@@ -666,5 +690,22 @@ mod settings_tests {
         let mut v = tiny();
         v["guidance"] = serde_json::json!({"uncond_identiy": true});
         assert!(matches!(checked(v), Err(ManifestError::Parse { .. })));
+    }
+
+    #[test]
+    fn graphs_sharing_an_external_data_file_must_describe_it_alike() {
+        // The tiny model's UNet, text encoder and tuning graph share frozen_weights.bin.
+        assert!(checked(tiny()).is_ok());
+        for (key, value) in [("sha256", serde_json::json!("00")), ("bytes", 1.into())] {
+            let mut v = tiny();
+            v["graphs"]["unet"]["external_data"][0][key] = value;
+            match checked(v) {
+                Err(ManifestError::Field { field, problem, .. }) => {
+                    assert_eq!(field, "graphs.unet.external_data[0]");
+                    assert!(problem.contains("frozen_weights.bin unlike graphs.adapter_step"));
+                }
+                other => panic!("expected a field error, got {other:?}"),
+            }
+        }
     }
 }

@@ -335,20 +335,18 @@ impl Engine for OrtEngine {
 #[cfg(test)]
 mod tests {
     //! The engine on the bundled tiny model: when the tuning session exists under each
-    //! `engine.tuning_session`, that the setting never changes a tuning run's results, and that a
-    //! graph whose weights live in an external data file is refused when one byte of that file
-    //! changes.
+    //! `engine.tuning_session`, that the setting never changes a tuning run's results, and that the
+    //! shared external data file of the frozen weights is refused when one byte of it changes.
 
     use std::path::{Path, PathBuf};
 
     use ndarray::{Array1, Array2, Array3, Array4};
 
-    use super::{OrtEngine, Workload};
+    use super::{Manifest, OrtEngine, Workload, TUNING_GRAPH};
     use crate::engine::{
         Engine, EngineError, EngineSettings, ExecutionProvider, TuningBatch, TuningHyper,
         TuningSession,
     };
-    use crate::model::manifest::sha256_file;
 
     fn repo() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -533,100 +531,54 @@ mod tests {
     }
 
     #[test]
-    fn a_flipped_byte_in_an_external_data_file_is_refused_at_every_load() {
+    fn a_flipped_byte_in_the_shared_weights_is_refused_at_every_load() {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path();
         copy_dir(&repo().join("models/tiny"), model);
-        // The UNet's weights move to `unet.onnx.data`, as the exporter lays out full-size graphs.
-        let mut data = Vec::new();
-        let graph = proto::externalize(
-            &std::fs::read(model.join("unet.onnx")).unwrap(),
-            "unet.onnx.data",
-            &mut data,
-        );
-        assert!(
-            data.len() > 1 << 20,
-            "the tiny UNet has megabytes of weights"
-        );
-        std::fs::write(model.join("unet.onnx"), &graph).unwrap();
-        std::fs::write(model.join("unet.onnx.data"), &data).unwrap();
-        let path = model.join("manifest.json");
-        let mut v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let entry = |file: &str| {
-            let p = model.join(file);
-            (
-                sha256_file(&p).unwrap(),
-                std::fs::metadata(&p).unwrap().len(),
-            )
-        };
-        let (sha, bytes) = entry("unet.onnx");
-        v["graphs"]["unet"]["sha256"] = sha.into();
-        v["graphs"]["unet"]["bytes"] = bytes.into();
-        let (sha, bytes) = entry("unet.onnx.data");
-        v["graphs"]["unet"]["external_data"] =
-            serde_json::json!([{"file": "unet.onnx.data", "sha256": sha, "bytes": bytes}]);
-        std::fs::write(&path, v.to_string()).unwrap();
-
-        // The directory as described loads, and its UNet reads the external weights: the same
-        // prediction as the bundled model's.
-        let s = settings(model, TuningSession::OnDemand);
-        let mut external = OrtEngine::load(&s).unwrap();
-        let mut bundled = OrtEngine::load(&settings(
-            &repo().join("models/tiny"),
-            TuningSession::OnDemand,
-        ))
-        .unwrap();
-        assert_eq!(unet_once(&mut external), unet_once(&mut bundled));
-        drop(external);
+        // The tiny model keeps its UNet, text encoder and tuning graph weights in one external data
+        // file, as every export does (pva.share).
+        let manifest = Manifest::load(model).unwrap();
+        let shared: Vec<&str> = ["unet", "text_encoder", TUNING_GRAPH]
+            .into_iter()
+            .filter(|k| {
+                manifest.graphs[*k]
+                    .external_data
+                    .iter()
+                    .any(|x| x.file == "frozen_weights.bin")
+            })
+            .collect();
+        assert_eq!(shared, ["unet", "text_encoder", TUNING_GRAPH]);
+        let data = std::fs::read(model.join("frozen_weights.bin")).unwrap();
+        assert!(data.len() > 1 << 20, "megabytes of weights");
 
         // One flipped byte anywhere in the data file (here: its middle, then its last byte) is
-        // refused by the next load, naming the file.
+        // refused by the next load, naming the file, and by a tuning session opened later (a load
+        // of an edit worker, which hashed the file at load, then the data changed under it).
+        let s = settings(model, TuningSession::OnDemand);
         for at in [data.len() / 2, data.len() - 1] {
+            let mut engine = OrtEngine::load(&s).unwrap();
             let mut flipped = data.clone();
             flipped[at] ^= 0x10;
-            std::fs::write(model.join("unet.onnx.data"), &flipped).unwrap();
-            let err = OrtEngine::load(&s).unwrap_err().to_string();
-            assert!(
-                err.contains("unet.onnx.data")
-                    && err.contains("graphs.unet.external_data[0]")
-                    && err.contains("sha256"),
-                "byte {at}: {err}"
-            );
+            std::fs::write(model.join("frozen_weights.bin"), &flipped).unwrap();
+            let refused = |err: String| {
+                assert!(
+                    err.contains("frozen_weights.bin")
+                        && err.contains(".external_data[0]")
+                        && err.contains("sha256"),
+                    "byte {at}: {err}"
+                );
+            };
+            refused(tune(&mut engine).unwrap_err().to_string());
+            refused(OrtEngine::load(&s).unwrap_err().to_string());
+            std::fs::write(model.join("frozen_weights.bin"), &data).unwrap();
         }
         // A data file of another length is refused before any hashing.
-        std::fs::write(model.join("unet.onnx.data"), &data[1..]).unwrap();
+        std::fs::write(model.join("frozen_weights.bin"), &data[1..]).unwrap();
         let err = OrtEngine::load(&s).unwrap_err().to_string();
         assert!(
-            err.contains("unet.onnx.data") && err.contains("bytes"),
+            err.contains("frozen_weights.bin") && err.contains("bytes"),
             "{err}"
         );
-    }
-
-    /// One UNet prediction on fixed inputs.
-    fn unet_once(engine: &mut OrtEngine) -> Vec<f32> {
-        let m = engine.manifest().clone();
-        let (c, h, d) = (m.latent.channels, m.latent.size, m.hidden_size);
-        let hidden = Array3::from_shape_vec((1, 77, d), values(77 * d, 5)).unwrap();
-        let tokens = Array3::from_shape_vec((1, 10, d), values(10 * d, 6)).unwrap();
-        let mask = Array4::from_elem((1, 1, h, h), 1.0f32);
-        let masked = Array4::from_shape_vec((1, c, h, h), values(c * h * h, 7)).unwrap();
-        let adapter = vec![0.0; m.adapter.visual_length];
-        let mut denoiser = engine
-            .denoiser(crate::engine::DenoiseInputs {
-                hidden_states: hidden.view(),
-                id_tokens: tokens.view(),
-                id_switch: &[1.0],
-                adapter: &adapter,
-                mask: mask.view(),
-                masked_latents: masked.view(),
-                row_latent: &[0],
-            })
-            .unwrap();
-        let latents = values(c * h * h, 8);
-        let mut out = vec![0.0; c * h * h];
-        denoiser.predict(&latents, 500.0, &mut out).unwrap();
-        out
     }
 
     fn copy_dir(from: &Path, to: &Path) {
@@ -634,125 +586,6 @@ mod tests {
         for e in std::fs::read_dir(from).unwrap() {
             let e = e.unwrap();
             std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-
-    /// Protobuf wire format, just enough to move an ONNX model's initializers to an external data
-    /// file the way `onnx.save_model(..., save_as_external_data=True)` does.
-    mod proto {
-        use std::ops::Range;
-
-        pub fn varint(buf: &[u8], pos: &mut usize) -> u64 {
-            let mut v = 0u64;
-            for shift in (0..64).step_by(7) {
-                let byte = buf[*pos];
-                *pos += 1;
-                v |= u64::from(byte & 0x7f) << shift;
-                if byte & 0x80 == 0 {
-                    break;
-                }
-            }
-            v
-        }
-
-        pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-            while v >= 0x80 {
-                out.push((v as u8) | 0x80);
-                v >>= 7;
-            }
-            out.push(v as u8);
-        }
-
-        /// Each field of a message: number, wire type, payload and the whole field's bytes.
-        pub fn fields(buf: &[u8]) -> Vec<(u64, u64, Range<usize>, Range<usize>)> {
-            let mut out = Vec::new();
-            let mut pos = 0;
-            while pos < buf.len() {
-                let start = pos;
-                let tag = varint(buf, &mut pos);
-                let (field, wire) = (tag >> 3, tag & 7);
-                let payload = match wire {
-                    0 => {
-                        let s = pos;
-                        varint(buf, &mut pos);
-                        s..pos
-                    }
-                    1 => (pos..pos + 8, pos += 8).0,
-                    2 => {
-                        let len = varint(buf, &mut pos) as usize;
-                        (pos..pos + len, pos += len).0
-                    }
-                    5 => (pos..pos + 4, pos += 4).0,
-                    other => panic!("wire type {other}"),
-                };
-                out.push((field, wire, payload, start..pos));
-            }
-            out
-        }
-
-        pub fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
-            put_varint(out, field << 3 | 2);
-            put_varint(out, bytes.len() as u64);
-            out.extend_from_slice(bytes);
-        }
-
-        /// `model` (a ModelProto) with every graph initializer's `raw_data` of 1 KiB or more moved to
-        /// `data` at a 64-byte aligned offset, the tensor pointing at `location`.
-        pub fn externalize(model: &[u8], location: &str, data: &mut Vec<u8>) -> Vec<u8> {
-            let mut out = Vec::new();
-            for (field, wire, payload, whole) in fields(model) {
-                if field == 7 && wire == 2 {
-                    let graph = &model[payload];
-                    let mut new_graph = Vec::new();
-                    for (f, w, p, wh) in fields(graph) {
-                        if f == 5 && w == 2 {
-                            let t = external_tensor(&graph[p], location, data);
-                            put_bytes(&mut new_graph, 5, &t);
-                        } else {
-                            new_graph.extend_from_slice(&graph[wh]);
-                        }
-                    }
-                    put_bytes(&mut out, 7, &new_graph);
-                } else {
-                    out.extend_from_slice(&model[whole]);
-                }
-            }
-            out
-        }
-
-        /// A TensorProto with its `raw_data` (field 9) moved to `data`: `external_data` (field
-        /// 13) entries and `data_location` (field 14) = EXTERNAL.
-        fn external_tensor(tensor: &[u8], location: &str, data: &mut Vec<u8>) -> Vec<u8> {
-            let mut out = Vec::new();
-            let mut raw = None;
-            for (f, w, p, wh) in fields(tensor) {
-                if f == 9 && w == 2 {
-                    raw = Some(p);
-                } else {
-                    out.extend_from_slice(&tensor[wh]);
-                }
-            }
-            // NOTE: as onnx's `size_threshold` (1024): small constants (shape operands that shape
-            // inference must read) stay inline.
-            let Some(raw) = raw.filter(|r| r.len() >= 1024) else {
-                return tensor.to_vec();
-            };
-            data.resize(data.len().next_multiple_of(64), 0);
-            let offset = data.len();
-            data.extend_from_slice(&tensor[raw.clone()]);
-            for (key, value) in [
-                ("location", location.to_string()),
-                ("offset", offset.to_string()),
-                ("length", raw.len().to_string()),
-            ] {
-                let mut entry = Vec::new();
-                put_bytes(&mut entry, 1, key.as_bytes());
-                put_bytes(&mut entry, 2, value.as_bytes());
-                put_bytes(&mut out, 13, &entry);
-            }
-            put_varint(&mut out, 14 << 3);
-            put_varint(&mut out, 1);
-            out
         }
     }
 }
