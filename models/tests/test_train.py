@@ -258,3 +258,26 @@ def test_a_model_directory_imports_and_trains_its_decoder_for_the_frozen_encoder
     assert any(k.startswith("decoder.") for k in moved)
     for group in ("unet", "text_encoder", "id_former", "face_embedder"):
         assert all(torch.equal(v, after[group][k]) for k, v in before[group].items()), group
+
+
+def test_a_directory_without_a_tuning_graph_gets_one_that_shares_its_weights(tmp_path, capsys) -> None:
+    """`export --no-adapter-step` at another resolution, then `tuning-graph`: the graph is exported at
+    the directory's resolution and stores nothing the UNet and text encoder have (pva.share)."""
+    work = tmp_path / "work"
+    cli.main(["import", "--size", "tiny", "--model", str(TINY_DIR), "--work", str(work)])
+    model = tmp_path / "model"
+    cli.main(["export", "--size", "tiny", "--work", str(work), "--out", str(model), "--no-adapter-step",
+              "--resolution", "32"])
+    assert json.loads((model / "manifest.json").read_text())["resolution"] == 32
+    assert not (model / "frozen_weights.bin").exists()
+    capsys.readouterr()
+    cli.main(["tuning-graph", "--size", "tiny", "--work", str(work), "--model", str(model)])
+    assert "sharing" in capsys.readouterr().out
+    manifest = json.loads((model / "manifest.json").read_text())
+    step = manifest["graphs"]["adapter_step"]
+    assert [x["file"] for x in step["external_data"]] == ["frozen_weights.bin"]
+    latents = next(t for t in step["inputs"] if t["name"] == "latents")
+    assert latents["shape"][2:] == [4, 4]
+    assert (model / "adapter_step.onnx").stat().st_size < 1_000_000
+    with pytest.raises(SystemExit, match="has a tuning graph already"):
+        cli.main(["tuning-graph", "--size", "tiny", "--work", str(work), "--model", str(model)])

@@ -25,7 +25,12 @@ Stages, in order (``--stages`` picks some; each one freezes everything it does n
   stages before it (small size only; Stable Diffusion's ft-MSE decoder was made the same way).
 
 ``import`` recovers ``WORK/weights.safetensors`` from an exported model directory
-(``pva.train.recover``), so a shipped model can be trained further without the run that made it.
+(``pva.train.recover``), so a shipped model can be trained further without the run that made it, and
+``tuning-graph`` gives such a directory the tuning graph it was shipped without (its frozen weights
+shared with the edit graphs, ``pva.share``):
+
+    .venv/bin/python -m pva.train import --size demo --model models/demo --work /tmp/demo-work
+    .venv/bin/python -m pva.train tuning-graph --size demo --work /tmp/demo-work --model models/demo
 
 Every stage optimises the model's own parameterisation (epsilon or v, from the size's scheduler
 config) with the loss weighted towards the masked region, keeps an EMA of what it trains where
@@ -38,6 +43,7 @@ steps than a finished stage had extends it.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -71,14 +77,42 @@ def write_dataset_parallel(out: Path, seed: int, persons: int, images: int, size
         pool.map(_write_chunk, work)
 
 
-def export(size: str, work: Path, out: Path, adapter_step: bool = True) -> None:
-    """Export `WORK/weights.safetensors` through the exporter into a model directory."""
+def export(size: str, work: Path, out: Path, adapter_step: bool = True, resolution: int | None = None) -> None:
+    """Export `WORK/weights.safetensors` through the exporter into a model directory (at the size's
+    resolution, or `resolution`)."""
     from pva.export import export_all
 
     weights = load_trained(work / "weights.safetensors")
-    stack = build_stack(size, weights=weights)
+    stack = build_stack(size, weights=weights, resolution=resolution)
     export_all(stack, out, adapter_step=adapter_step)
     print(f"wrote {out}")
+
+
+def add_tuning_graph(size: str, work: Path, model: Path) -> None:
+    """Export the tuning graph of `WORK/weights.safetensors` into `model`, a directory exported from
+    the same weights without one (e.g. recovered by `import`), and share the frozen weights
+    (`pva.share`): the directory gains tuning for little more than the graph's structure."""
+    from pva.export import describe_graph
+    from pva.share import share_frozen_weights
+    from pva.tuning import export_adapter_step
+
+    manifest_path = Path(model) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    if "adapter_step" in manifest["graphs"]:
+        raise SystemExit(f"{model} has a tuning graph already")
+    stack = build_stack(size, weights=load_trained(work / "weights.safetensors"), resolution=manifest["resolution"])
+    path = Path(model) / "adapter_step.onnx"
+    export_adapter_step(stack, path)
+    manifest["graphs"]["adapter_step"] = describe_graph(path)
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    counts = share_frozen_weights(model)
+    own, shared = counts["adapter_step"]["stored"], counts["adapter_step"]["reused"] + counts["adapter_step"]["transposed"]
+    # NOTE: the tuning graph's own weights are a few constants (the noise schedule, position ids);
+    # anything more means the weights are not the ones the directory's graphs were exported from.
+    if own > 0.01 * shared:
+        raise SystemExit(f"{model}: the tuning graph shares only {shared} bytes of frozen weights with the "
+                         f"edit graphs and brings {own} of its own: WORK's weights are not this model's")
+    print(f"added {path} ({path.stat().st_size} bytes) sharing {shared} bytes of frozen weights")
 
 
 def import_model(size: str, model: Path, work: Path, force: bool = False) -> None:
@@ -136,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--base", help="sd2: local stable-diffusion-2-inpainting directory")
     run.add_argument("--face", help="sd2: ArcFace iresnet50 weights (or your own embedder's)")
     run.add_argument("--export", type=Path, default=None, help="export a model directory when done")
+    run.add_argument("--resolution", type=int, default=None,
+                     help="train (and export) at this image resolution instead of the size's, e.g. 256 for "
+                          "sd2 on a machine where 512 px does not fit (the weights do not depend on it)")
 
     exp = sub.add_parser("export", help="export WORK/weights.safetensors to a model directory")
     exp.add_argument("--size", choices=("demo", "tiny", "sd2"), default="demo")
@@ -143,6 +180,12 @@ def main(argv: list[str] | None = None) -> None:
     exp.add_argument("--out", type=Path, required=True)
     exp.add_argument("--no-adapter-step", action="store_true",
                      help="leave out adapter_step.onnx (the worker edits but refuses to tune)")
+    exp.add_argument("--resolution", type=int, default=None, help="export at this resolution instead of the size's")
+    tg = sub.add_parser("tuning-graph", help="add the tuning graph of WORK/weights.safetensors to a model "
+                                             "directory exported from them without one")
+    tg.add_argument("--size", choices=("demo", "tiny", "sd2"), default="demo")
+    tg.add_argument("--work", type=Path, required=True)
+    tg.add_argument("--model", type=Path, required=True, help="the model directory to extend")
     imp = sub.add_parser("import", help="recover WORK/weights.safetensors from an exported model directory")
     imp.add_argument("--size", choices=("demo", "tiny", "sd2"), default="demo")
     imp.add_argument("--model", type=Path, required=True, help="a model directory (manifest.json + graphs)")
@@ -171,11 +214,13 @@ def main(argv: list[str] | None = None) -> None:
                 seconds = None if args.budget_minutes is None else 60 * args.budget_minutes * BUDGET_SHARE[stage] / share
                 trainer.run_stage(stage, hyper_for(args.size, stage, overrides), seconds)
         if args.export is not None:
-            export(args.size, args.work, args.export)
+            export(args.size, args.work, args.export, resolution=args.resolution)
     elif args.command == "import":
         import_model(args.size, args.model, args.work, args.force)
+    elif args.command == "tuning-graph":
+        add_tuning_graph(args.size, args.work, args.model)
     else:
-        export(args.size, args.work, args.out, adapter_step=not args.no_adapter_step)
+        export(args.size, args.work, args.out, adapter_step=not args.no_adapter_step, resolution=args.resolution)
 
 
 if __name__ == "__main__":
