@@ -522,13 +522,6 @@ def load_checkpoints(
     return LoadedWeights(weights, sources, initialized, notes)
 
 
-def load_weights(config: PvaConfig, base: Path, pva: Path | None = None, face: Path | None = None) -> dict[str, Any]:
-    """`build_stack` weights for TRAINING from `base` (+ `face`, `pva`): the base parts must be there;
-    the parts the trainer trains may be missing (they keep `build_stack`'s init). An export uses
-    `load_checkpoints`, which requires every part."""
-    return load_checkpoints(config, base, [pva] if pva else [], face, partial=True).weights
-
-
 #: Weight groups of a trained checkpoint (`models/train`), each stored under its own key prefix.
 TRAINED_GROUPS = ("text_encoder", "face_embedder", "id_former", "unet", "vae")
 

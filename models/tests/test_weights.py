@@ -9,6 +9,7 @@ arcface_torch iresnet state dict; each loaded part must equal what was written.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from pva import PvaStack, build_stack
 from pva.checkpoints import paper_source, visual_state, write_diffusers, write_fpip
 from pva.config import get_config
 from pva.export import example_inputs, main
-from pva.weights import WeightsError, load_checkpoints, load_weights, save_trained
+from pva.weights import WeightsError, load_checkpoints, save_trained
 
 CONFIG_SIZE = "tiny"
 
@@ -220,9 +221,19 @@ def test_wrong_shapes_and_configs_are_errors(source, files, tmp_path) -> None:
         load_checkpoints(_config(), base, [files["fpip"]], files["arcface"])
 
 
-def test_trainer_loader_keeps_missing_trained_parts_at_init(files) -> None:
-    weights = load_weights(_config(), files["base"])
-    assert set(weights) == {"unet", "vae", "text_encoder"}
+def test_trainer_loader_keeps_missing_trained_parts_at_init(files, tmp_path) -> None:
+    # The trainer's load (pva.train.trainer): partial, the parts the stages train keep their init.
+    loaded = load_checkpoints(_config(), files["base"], [], None, partial=True)
+    assert set(loaded.weights) == {"unet", "vae", "text_encoder"}
+    summary = "\n".join(loaded.summary())
+    for label in ("face embedder", "id former", "visual projections", "<new1>"):
+        assert f"{label}: not loaded (build_stack's init)" in summary, summary
+    # The base model itself is not optional: a directory without the VAE stops the run naming it.
+    base = tmp_path / "base"
+    shutil.copytree(files["base"], base)
+    shutil.rmtree(base / "vae")
+    with pytest.raises(WeightsError, match=r"^vae: .*/base/vae missing"):
+        load_checkpoints(_config(), base, [], None, partial=True)
 
 
 def test_export_cli_stops_with_the_loader_error(files, capsys) -> None:

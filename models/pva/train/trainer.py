@@ -25,7 +25,7 @@ from pva.tokenizer import encode, render_prompt
 from pva.train.data import FaceDataset, face_crops, latent_mask, random_masks, to_unit
 from pva.train.stages import BUDGET_PROBE, PLANS, SMALL_ONLY, STAGES, Hyper, posterior_moments
 from pva.tuning import alphas_cumprod
-from pva.weights import load_trained, load_weights, save_trained
+from pva.weights import WeightsError, load_checkpoints, load_trained, save_trained
 
 
 class Progress:
@@ -77,10 +77,21 @@ class Trainer:
         elif args.size == "sd2":
             if args.base is None:
                 raise SystemExit("sd2 needs --base (a local stable-diffusion-2-inpainting directory)")
-            weights = load_weights(self.config, Path(args.base), None, Path(args.face) if args.face else None)
+            # The parts the stages train (id former, visual projections, <new1>) may be missing and
+            # keep their init; the summary says where every part came from.
+            try:
+                loaded = load_checkpoints(self.config, Path(args.base), [], Path(args.face) if args.face else None,
+                                          partial=True)
+            except WeightsError as err:
+                raise SystemExit(f"sd2: {err}") from None
+            for line in loaded.summary():
+                print(line, flush=True)
+            weights = loaded.weights
         else:
             weights = None
-        self.stack: PvaStack = build_stack(args.size, seed=args.seed, weights=weights)
+        self.stack: PvaStack = build_stack(args.size, seed=args.seed, weights=weights,
+                                           resolution=getattr(args, "resolution", None))
+        self.config = self.stack.config
         for module in self.stack.modules().values():
             module.to(self.device)
         self.new1 = self.stack.split_params(self.stack.initial_params)[1].clone().to(self.device)
