@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -89,10 +87,25 @@ async fn metrics_server_reports_readiness_and_shuts_down() {
     server.health.set_broker_connected(true);
     let ready = get(addr, "/readyz").await;
     assert_eq!((ready.status, ready.body.as_str()), (200, "ready"));
-    assert_eq!(
-        sample(&get(addr, "/metrics").await.body, "pva_broker_connected"),
-        Some(1.0)
+    let body = get(addr, "/metrics").await.body;
+    assert_eq!(sample(&body, "pva_broker_connected"), Some(1.0));
+    assert_eq!(sample(&body, "pva_ready"), Some(1.0));
+    let cold_start = sample(&body, "pva_cold_start_seconds").unwrap();
+    assert!(
+        cold_start > 0.0,
+        "process start to first ready: {cold_start}"
     );
+
+    // Readiness lost without a setter (the last inference thread died) shows at the next scrape.
+    let alive = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    server.health.watch_inference_threads(Arc::clone(&alive));
+    alive.store(0, std::sync::atomic::Ordering::Release);
+    assert_eq!(get(addr, "/readyz").await.status, 503);
+    assert_eq!(
+        sample(&get(addr, "/metrics").await.body, "pva_ready"),
+        Some(0.0)
+    );
+    alive.store(1, std::sync::atomic::Ordering::Release);
 
     // A lost connection makes the worker unready but still alive.
     server.health.set_broker_connected(false);
@@ -139,15 +152,12 @@ async fn metrics_body_is_valid_exposition_and_passes_promtool() {
     m.adapter_cache_miss();
     m.tuning_finished(95.0, 0.0713);
     m.adapter_cache_hit();
-    m.job_finished(JobOutcome::Succeeded);
-    m.job_finished(JobOutcome::Failed);
-    m.job_finished(JobOutcome::Retried {
-        reason: "storage_error",
-    });
-    m.job_finished(JobOutcome::DeadLettered {
-        reason: "delivery_limit",
-    });
-    m.job_finished(JobOutcome::Republished);
+    m.job_finished(JobOutcome::Succeeded, 9.5);
+    m.observe_identity_score(0.71);
+    m.job_retried("storage_error");
+    m.job_finished(JobOutcome::Failed, 0.4);
+    m.job_dead_lettered("delivery_limit");
+    m.job_finished(JobOutcome::Republished, 0.1);
 
     let response = get(server.addr, "/metrics").await;
     assert_eq!(response.status, 200);
@@ -157,6 +167,15 @@ async fn metrics_body_is_valid_exposition_and_passes_promtool() {
     );
     let body = &response.body;
     assert_eq!(sample(body, "pva_jobs_in_flight"), Some(1.0));
+    let oldest = sample(body, "pva_jobs_in_flight_oldest_seconds").unwrap();
+    assert!(
+        oldest > 0.0,
+        "the in-flight job is aged at the scrape: {oldest}"
+    );
+    assert!(
+        !body.contains("outcome=\"dead_lettered\"") && !body.contains("outcome=\"retried\""),
+        "one outcome per job:\n{body}"
+    );
     drop(in_flight);
     assert_eq!(
         sample(
@@ -167,9 +186,16 @@ async fn metrics_body_is_valid_exposition_and_passes_promtool() {
     );
     for expected in [
         "pva_jobs_total{outcome=\"succeeded\"} 1",
-        "pva_jobs_total{outcome=\"retried\"} 1",
+        "pva_jobs_total{outcome=\"failed\"} 1",
+        "pva_job_duration_seconds_bucket{outcome=\"succeeded\",le=\"10\"} 1",
         "pva_retries_total{reason=\"storage_error\"} 1",
+        "pva_retries_total{reason=\"model_error\"} 0",
         "pva_dead_letters_total{reason=\"delivery_limit\"} 1",
+        "pva_identity_score_bucket{le=\"0.8\"} 1",
+        "pva_tuning_final_loss_bucket{le=\"0.1\"} 1",
+        "pva_tuning_nonfinite_losses_total 0",
+        "pva_ready 0",
+        "process_resident_memory_bytes ",
         "pva_stage_duration_seconds_bucket{stage=\"denoise\",le=\"10\"} 1",
         "pva_stage_duration_seconds_count{stage=\"tune\"} 0",
         "pva_queue_wait_seconds_count 1",
@@ -192,35 +218,8 @@ async fn metrics_body_is_valid_exposition_and_passes_promtool() {
 }
 
 /// Runs `promtool check metrics` on `body` (its stdin); returns whether it exited 0 and its output.
-/// Fails the test when promtool is not installed: a lint that silently does not run proves nothing.
 fn promtool_check_metrics(body: &str) -> (bool, String) {
-    let mut child = match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            panic!("promtool is not on PATH: run scripts/setup-promtool.sh")
-        }
-        Err(e) => panic!("starting promtool: {e}"),
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool output");
-    let report = format!(
-        "exit {:?}\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), report)
+    common::promql::promtool(&["check", "metrics"], &common::repo(), body)
 }
 
 #[test]

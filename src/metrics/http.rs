@@ -16,17 +16,20 @@ use prometheus::IntGauge;
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::task::JoinHandle;
 
+use super::registry::Readiness;
 use super::Metrics;
 
 /// What readiness depends on: the model is loaded, an inference thread is alive and the broker
 /// connection is up.
 ///
 /// Cheap to clone; all clones share the same state. Setting the broker state also sets the
-/// `pva_broker_connected` gauge of the [`Metrics`] it was created from.
+/// `pva_broker_connected` gauge of the [`Metrics`] it was created from; every change of state, and
+/// every scrape, sets `pva_ready` (and, the first time the worker is ready, `pva_cold_start_seconds`).
 #[derive(Debug, Clone)]
 pub struct Health {
     state: Arc<HealthState>,
     broker_gauge: IntGauge,
+    readiness: Readiness,
 }
 
 #[derive(Debug, Default)]
@@ -41,20 +44,25 @@ impl Health {
     /// Not ready: no model loaded, no broker connection.
     pub fn new(metrics: &Metrics) -> Self {
         metrics.broker_connected.set(0);
-        Self {
+        let health = Self {
             state: Arc::default(),
             broker_gauge: metrics.broker_connected.clone(),
-        }
+            readiness: metrics.readiness.clone(),
+        };
+        health.refresh_metrics();
+        health
     }
 
     /// Whether the model is loaded and its sessions are ready to run.
     pub fn set_model_loaded(&self, loaded: bool) {
         self.state.model_loaded.store(loaded, Ordering::Release);
+        self.refresh_metrics();
     }
 
     /// Follows the inference pool's count of live threads: readiness needs at least one.
     pub fn watch_inference_threads(&self, alive: Arc<AtomicUsize>) {
         let _ = self.state.inference_threads.set(alive);
+        self.refresh_metrics();
     }
 
     /// Whether the worker holds an open connection to RabbitMQ (also sets `pva_broker_connected`).
@@ -63,6 +71,12 @@ impl Health {
             .broker_connected
             .store(connected, Ordering::Release);
         self.broker_gauge.set(i64::from(connected));
+        self.refresh_metrics();
+    }
+
+    /// Sets `pva_ready` from [`Health::ready`] (and the cold start, the first time it is ready).
+    fn refresh_metrics(&self) {
+        self.readiness.observe(self.ready());
     }
 
     /// Whether the model is loaded (`/startupz`).
@@ -131,6 +145,9 @@ where
 }
 
 async fn metrics_handler(State(state): State<HttpState>) -> Response {
+    // NOTE: readiness can change without a setter (an inference thread dies), so `pva_ready` is
+    // brought up to date at every scrape.
+    state.health.refresh_metrics();
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
         state.metrics.render(),
@@ -190,13 +207,21 @@ mod tests {
             ["broker not connected"],
             "clones share state"
         );
+        assert_eq!(sample(&m.render(), "pva_ready", ""), Some(0.0));
+        assert_eq!(sample(&m.render(), "pva_cold_start_seconds", ""), Some(0.0));
         health.set_broker_connected(true);
         assert!(clone.ready());
         assert_eq!(m.broker_connected.get(), 1);
+        let text = m.render();
+        assert_eq!(sample(&text, "pva_ready", ""), Some(1.0));
+        let cold_start = sample(&text, "pva_cold_start_seconds", "").unwrap();
+        assert!(cold_start > 0.0, "set when first ready: {cold_start}");
         health.set_broker_connected(false);
         assert!(!health.ready());
         assert_eq!(m.broker_connected.get(), 0);
-        assert_eq!(sample(&m.render(), "pva_broker_connected", ""), Some(0.0));
+        let text = m.render();
+        assert_eq!(sample(&text, "pva_broker_connected", ""), Some(0.0));
+        assert_eq!(sample(&text, "pva_ready", ""), Some(0.0));
     }
 
     #[test]

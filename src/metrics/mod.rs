@@ -3,9 +3,11 @@
 //! [`Metrics`] owns a private Prometheus [`Registry`](prometheus::Registry) and each metric in it; names, help texts, label
 //! sets and buckets are defined here and nowhere else. Callers record through typed methods
 //! ([`Metrics::job_finished`], [`Metrics::observe_stage`], [`Metrics::in_flight_guard`], ...), so no
-//! other module formats a metric name or picks a label value. [`Health`] holds the two facts readiness
-//! depends on (model loaded, broker connected). [`serve_http`] answers `GET /metrics`, `/healthz` and
-//! `/readyz`. The metrics are described for dashboard authors in `docs/metrics.md`.
+//! other module formats a metric name or picks a label value. [`Health`] holds the facts readiness
+//! depends on (model loaded, an inference thread alive, broker connected) and sets `pva_ready` and the
+//! cold start from them. [`serve_http`] answers `GET /metrics`, `/healthz`, `/readyz` and `/startupz`.
+//! Besides the worker's own `pva_*` metrics the registry holds the prometheus crate's process
+//! collector (`process_*`, Linux). The metrics are described for dashboard authors in `docs/metrics.md`.
 //!
 //! Its parts: `labels` (job outcomes, stages and histogram buckets), `registry` (the [`Metrics`]
 //! and how they are recorded) and `http` ([`Health`] and [`serve_http`], the module's only use of
@@ -17,7 +19,10 @@ mod registry;
 
 pub use crate::model::{Stage, UnknownStage};
 pub use http::{serve_http, Health};
-pub use labels::{JobOutcome, QUEUE_WAIT_BUCKETS, STAGE_BUCKETS, TUNING_BUCKETS};
+pub use labels::{
+    JobOutcome, ALERTED_REASONS, IDENTITY_SCORE_BUCKETS, JOB_BUCKETS, QUEUE_WAIT_BUCKETS,
+    STAGE_BUCKETS, TUNING_BUCKETS, TUNING_LOSS_BUCKETS,
+};
 pub use registry::{queue_wait_secs, InFlightGuard, Metrics};
 
 #[cfg(test)]

@@ -158,7 +158,12 @@ impl<S: ObjectStore> Service<S> {
                         return;
                     }
                     ack(&delivery).await;
-                    self.metrics.job_finished(outcome);
+                    if outcome == JobOutcome::Succeeded {
+                        for output in &result.outputs {
+                            self.metrics.observe_identity_score(f64::from(output.identity_score));
+                        }
+                    }
+                    self.metrics.job_finished(outcome, started.elapsed().as_secs_f64());
                     tracing::info!(seconds = started.elapsed().as_secs_f64(), outcome = outcome.label(), "job done");
                 }
                 Err(failure) if failure.retryable && previous + 1 < self.settings.worker.delivery_limit => {
@@ -172,7 +177,7 @@ impl<S: ObjectStore> Service<S> {
                     if let Err(e) = delivery.requeue().await {
                         tracing::warn!(error = %e, "nack failed; the broker will redeliver");
                     }
-                    self.metrics.job_finished(JobOutcome::Retried { reason: failure.code.as_str() });
+                    self.metrics.job_retried(failure.code.as_str());
                 }
                 Err(failure) => {
                     tracing::warn!(code = failure.code.as_str(), error = %failure.message, "job failed; dead-lettering");
@@ -202,8 +207,8 @@ impl<S: ObjectStore> Service<S> {
                         return;
                     }
                     ack(&delivery).await;
-                    self.metrics.job_finished(JobOutcome::Failed);
-                    self.metrics.job_finished(JobOutcome::DeadLettered { reason: code.as_str() });
+                    self.metrics.job_finished(JobOutcome::Failed, started.elapsed().as_secs_f64());
+                    self.metrics.job_dead_lettered(code.as_str());
                 }
             }
         }

@@ -22,21 +22,18 @@ const TARGET_LABELS: [&str; 7] = [
 ];
 
 /// `/metrics` of a worker that has recorded one of every kind of observation.
-fn busy_worker_metrics() -> String {
+pub fn busy_worker_metrics() -> String {
     let m = Metrics::new();
     for outcome in [
         JobOutcome::Succeeded,
         JobOutcome::Failed,
-        JobOutcome::Retried {
-            reason: "storage_error",
-        },
-        JobOutcome::DeadLettered {
-            reason: "bad_image",
-        },
         JobOutcome::Republished,
     ] {
-        m.job_finished(outcome);
+        m.job_finished(outcome, 4.0);
     }
+    m.job_retried("storage_error");
+    m.job_dead_lettered("bad_image");
+    m.observe_identity_score(0.7);
     for stage in Stage::ALL {
         m.observe_stage(stage, 0.5);
     }
@@ -152,7 +149,8 @@ fn dashboard_queries_only_metrics_and_labels_the_worker_exports() {
         }
     }
     // What the dashboard is for: throughput by outcome, stage latency, queue wait, in-flight jobs,
-    // dead letters and the adapter cache hit ratio.
+    // dead letters, the adapter cache hit ratio, the identity-score distribution, job duration and
+    // the oldest job in flight (what the stuck-job alert compares), cold starts and readiness.
     for metric in [
         "pva_jobs_total",
         "pva_stage_duration_seconds_bucket",
@@ -161,6 +159,12 @@ fn dashboard_queries_only_metrics_and_labels_the_worker_exports() {
         "pva_dead_letters_total",
         "pva_adapter_cache_hits_total",
         "pva_adapter_cache_misses_total",
+        "pva_identity_score_bucket",
+        "pva_job_duration_seconds_bucket",
+        "pva_jobs_in_flight_oldest_seconds",
+        "pva_tuning_final_loss_sum",
+        "pva_cold_start_seconds",
+        "pva_ready",
     ] {
         assert!(
             used.contains(metric),

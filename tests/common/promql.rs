@@ -3,6 +3,9 @@
 //! those references against.
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 /// A metric selector in a query: the name and its label matchers `(label, op, value)`.
 #[derive(Debug)]
@@ -199,4 +202,39 @@ pub fn exposition_series(text: &str) -> BTreeMap<String, Vec<BTreeMap<String, St
 pub fn sample(body: &str, name: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Runs `promtool args` in `dir` with `stdin` as its input; returns whether it exited 0 and its exit
+/// status and output. Fails the test when promtool is not installed: a check that silently does not
+/// run proves nothing.
+pub fn promtool(args: &[&str], dir: &Path, stdin: &str) -> (bool, String) {
+    let mut child = match Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("promtool is not on PATH: run scripts/setup-promtool.sh")
+        }
+        Err(e) => panic!("starting promtool: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    let report = format!(
+        "promtool {}: exit {:?}\n{}{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
 }

@@ -196,6 +196,21 @@ async fn transient_store_failures_are_retried_then_dead_lettered_with_the_reason
         "pva_retries_total{reason=\"storage_error\"} 2",
     )
     .await;
+    // One outcome for the job (failed), its dead letter in its own counter (counted last); retries
+    // are not outcomes.
+    let m = wait_metric(
+        env.workers[0].1,
+        "pva_dead_letters_total{reason=\"storage_error\"} 1",
+    )
+    .await;
+    for line in [
+        "pva_jobs_total{outcome=\"failed\"} 1",
+        "pva_jobs_total{outcome=\"succeeded\"} 0",
+    ] {
+        assert!(m.contains(line), "`{line}` missing in\n{m}");
+    }
+    assert!(!m.contains("outcome=\"dead_lettered\""), "{m}");
+    assert!(!m.contains("outcome=\"retried\""), "{m}");
 }
 
 /// A request that panics in its inference thread fails that job (`model_error`, not retried), the

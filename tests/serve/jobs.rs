@@ -72,7 +72,25 @@ async fn happy_path_outputs_in_s3_result_published_and_acked() {
         0,
         "acked"
     );
-    wait_metric(env.workers[0].1, "pva_jobs_total{outcome=\"succeeded\"} 1").await;
+    let m = wait_metric(env.workers[0].1, "pva_jobs_total{outcome=\"succeeded\"} 1").await;
+    // One identity score per output, the job's duration, readiness and the cold start (process
+    // start to first ready), and the process collector's metrics.
+    let value = |name: &str| {
+        crate::common::promql::sample(&m, name).unwrap_or_else(|| panic!("{name} in\n{m}"))
+    };
+    assert_eq!(value("pva_identity_score_count"), 2.0);
+    let score = f64::from(r.outputs[0].identity_score) + f64::from(r.outputs[1].identity_score);
+    assert!(
+        (value("pva_identity_score_sum") - score).abs() < 1e-5,
+        "{score}"
+    );
+    assert_eq!(
+        value("pva_job_duration_seconds_count{outcome=\"succeeded\"}"),
+        1.0
+    );
+    assert_eq!(value("pva_ready"), 1.0);
+    assert!(value("pva_cold_start_seconds") > 0.0);
+    assert!(value("process_resident_memory_bytes") > 1e6);
     env.assert_logs_clean();
 }
 
