@@ -9,14 +9,19 @@
 //! - the values schema's `config` keys, the keys the chart derives and the credentials from Secrets
 //!   are exactly the worker's settings;
 //! - every metric and label the dashboard queries exists in the worker's real `/metrics` output;
+//! - the alerts (PrometheusRule, off by default) pass `promtool check rules` and `promtool test rules`
+//!   with `alerts.test.yaml` (each alert fires on some synthetic series and stays quiet on others), link
+//!   their own section of docs/runbooks.md and query only metrics the worker exports;
 //! - the Dockerfile's stages, user and paths match the chart and `scripts/setup-ort.sh`.
 //!
-//! Needs Helm and the YAML parser: `scripts/setup-helm.sh`. The rendering helpers are in `helm`, the
-//! tests grouped by what they hold the worker to in the modules below.
+//! Needs Helm and the YAML parser (`scripts/setup-helm.sh`) and promtool (`scripts/setup-promtool.sh`).
+//! The rendering helpers are in `helm`, the tests grouped by what they hold the worker to in the
+//! modules below.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod alerts;
 mod dashboard;
 mod docker;
 mod helm;
