@@ -41,6 +41,9 @@ COPY --from=ort /src/.ort /opt/pva-worker/.ort
 COPY --from=build /out/pva-worker /usr/local/bin/pva-worker
 # The embedded defaults, for reference; the chart mounts its worker.toml under /etc/pva-worker.
 COPY config/default.toml /opt/pva-worker/config/default.toml
+# The face detector and landmark graphs (1.4 MB, Apache-2.0, shared by every model): the embedded
+# default engine.face_model_dir (models/faces) resolves against this WORKDIR.
+COPY models/faces/manifest.json models/faces/detector.onnx models/faces/landmarks.onnx models/faces/LICENSE /opt/pva-worker/models/faces/
 LABEL org.opencontainers.image.title="pva-worker" \
       org.opencontainers.image.description="PVA personalized face inpainting worker (ONNX Runtime 1.31, CUDA 13, cuDNN 9)" \
       org.opencontainers.image.licenses="Apache-2.0"

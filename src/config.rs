@@ -411,6 +411,7 @@ mod tests {
         let s = Settings::load_with_env(None, env(&[])).unwrap();
         assert_eq!(s.engine.execution_provider, ExecutionProvider::Cpu);
         assert_eq!(s.engine.model_dir, PathBuf::from("models/demo"));
+        assert_eq!(s.engine.face_model_dir, PathBuf::from("models/faces"));
         assert!(s.pipeline.require_prompt);
     }
 

@@ -10,8 +10,9 @@ mod settings;
 
 use ndarray::{Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4};
 
+pub use crate::model::faces::FaceManifest;
 pub use crate::model::manifest::{self, Manifest};
-pub use runtime::{OrtEngine, Workload};
+pub use runtime::{OrtEngine, OrtFaces, Workload};
 pub use settings::{EngineSettings, ExecutionProvider, TuningSession};
 
 /// Why an engine call failed.
@@ -132,6 +133,25 @@ pub trait Tuner {
     fn steps_done(&self) -> usize;
     /// The current adapter (visual + token), copied to the host.
     fn params(&self) -> Result<Vec<f32>, EngineError>;
+}
+
+/// The face graphs of the face-model directory (`engine.face_model_dir`, shared by every model):
+/// tensors as its manifest declares them (NHWC images, one at a time).
+pub trait FaceEngine {
+    /// The face-model manifest the graphs were loaded from.
+    fn face_manifest(&self) -> &FaceManifest;
+    /// The detector on one letterboxed image [1, S, S, 3] -> (`regressors` [1, anchors, coords],
+    /// `classificators` [1, anchors, 1]).
+    fn detect_faces(
+        &mut self,
+        input: ArrayView4<'_, f32>,
+    ) -> Result<(Array3<f32>, Array3<f32>), EngineError>;
+    /// The landmark model on one face crop [1, S, S, 3] -> (the landmarks' (x, y, z) in crop pixels,
+    /// flat; the face-presence logit).
+    fn face_landmarks(
+        &mut self,
+        input: ArrayView4<'_, f32>,
+    ) -> Result<(Vec<f32>, f32), EngineError>;
 }
 
 /// The model's graphs. All tensors are float32 unless stated; shapes follow models/CONTRACT.md.

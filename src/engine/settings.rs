@@ -39,6 +39,10 @@ pub struct EngineSettings {
     /// Model directory holding `manifest.json` and the graphs (relative paths are relative to the
     /// working directory).
     pub model_dir: PathBuf,
+    /// Face-model directory holding the face detector and landmark graphs with their
+    /// `manifest.json` (models/faces/README.md), shared by every model; relative paths are relative
+    /// to the working directory, as `model_dir`.
+    pub face_model_dir: PathBuf,
     /// Path of `libonnxruntime.so` (1.31), as laid out by `scripts/setup-ort.sh`.
     pub ort_library: PathBuf,
     /// `cpu` or `cuda`.
@@ -60,4 +64,26 @@ pub struct EngineSettings {
     /// encoder, tuning graph); off, a run's intermediate memory goes back to the system when the run
     /// ends, so the worker's peak is its largest single run. See docs/memory.md.
     pub cpu_arena: bool,
+}
+
+#[cfg(test)]
+impl EngineSettings {
+    /// Settings for tests on the bundled models: CPU, one thread per session (parallel tests share
+    /// the cores), hashes verified, ONNX Runtime where `scripts/setup-ort.sh` lays it out.
+    pub(crate) fn for_tests(model_dir: &std::path::Path) -> Self {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        EngineSettings {
+            model_dir: model_dir.to_path_buf(),
+            face_model_dir: repo.join("models/faces"),
+            // The embedded default (config/default.toml).
+            ort_library: repo.join(".ort/onnxruntime/capi/libonnxruntime.so.1.31.1"),
+            execution_provider: ExecutionProvider::Cpu,
+            cuda_device: 0,
+            intra_threads: 1,
+            inter_threads: 0,
+            verify_hashes: true,
+            tuning_session: TuningSession::OnDemand,
+            cpu_arena: true,
+        }
+    }
 }

@@ -323,17 +323,7 @@ pub struct Manifest {
 impl Manifest {
     /// Reads `dir/manifest.json` and checks its internal consistency (not the files).
     pub fn load(dir: &Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(dir.join("manifest.json")).map_err(|source| {
-            ManifestError::Read {
-                dir: dir.to_path_buf(),
-                source,
-            }
-        })?;
-        let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|source| ManifestError::Parse {
-                dir: dir.to_path_buf(),
-                source,
-            })?;
+        let manifest: Manifest = read_manifest(dir)?;
         manifest.check_fields(dir)?;
         Ok(manifest)
     }
@@ -592,6 +582,22 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Reads and parses `dir/manifest.json` (the model directory's, or the face-model directory's).
+pub(crate) fn read_manifest<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+) -> Result<T, ManifestError> {
+    let text = std::fs::read_to_string(dir.join("manifest.json")).map_err(|source| {
+        ManifestError::Read {
+            dir: dir.to_path_buf(),
+            source,
+        }
+    })?;
+    serde_json::from_str(&text).map_err(|source| ManifestError::Parse {
+        dir: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// Most threads [`Manifest::verify_files`] hashes on.

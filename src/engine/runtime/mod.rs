@@ -3,9 +3,11 @@
 //!
 //! Its parts: `session` (the environment, session options and execution providers), `interface`
 //! (each graph checked against the manifest), `io` (ndarray views as inputs, ort errors as
-//! [`EngineError`]), `denoise` (the UNet's sampling loop) and `tune` (the adapter tuning step).
+//! [`EngineError`]), `denoise` (the UNet's sampling loop), `tune` (the adapter tuning step) and
+//! `faces` ([`OrtFaces`]: the face-model directory's detector and landmark graphs).
 
 mod denoise;
+mod faces;
 mod interface;
 mod io;
 mod session;
@@ -26,6 +28,7 @@ use self::tune::OrtTuner;
 use super::manifest::{Manifest, TUNING_GRAPH};
 use super::{DenoiseInputs, Denoiser, Engine, EngineError, Tuner, TuningHyper};
 use crate::engine::{EngineSettings, ExecutionProvider, TuningSession};
+pub use faces::OrtFaces;
 
 /// One session per graph. The edit graphs' sessions are created at load and reused by every job (a
 /// graph the worker's use does not need at load, e.g. the UNet of a tuning-only command, is opened by
@@ -344,8 +347,7 @@ mod tests {
 
     use super::{Manifest, OrtEngine, Workload, TUNING_GRAPH};
     use crate::engine::{
-        Engine, EngineError, EngineSettings, ExecutionProvider, TuningBatch, TuningHyper,
-        TuningSession,
+        Engine, EngineError, EngineSettings, TuningBatch, TuningHyper, TuningSession,
     };
 
     fn repo() -> PathBuf {
@@ -354,17 +356,8 @@ mod tests {
 
     fn settings(model_dir: &Path, tuning_session: TuningSession) -> EngineSettings {
         EngineSettings {
-            model_dir: model_dir.to_path_buf(),
-            // The embedded default (config/default.toml), laid out by scripts/setup-ort.sh.
-            ort_library: repo().join(".ort/onnxruntime/capi/libonnxruntime.so.1.31.1"),
-            execution_provider: ExecutionProvider::Cpu,
-            cuda_device: 0,
-            // One thread per session, as the integration tests: parallel tests share the cores.
-            intra_threads: 1,
-            inter_threads: 0,
-            verify_hashes: true,
             tuning_session,
-            cpu_arena: true,
+            ..EngineSettings::for_tests(model_dir)
         }
     }
 

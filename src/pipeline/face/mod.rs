@@ -5,17 +5,25 @@
 //! Pasting back touches nothing it does not have to: a pixel farther than `feather_px` (Euclidean,
 //! in original pixels) from every masked pixel keeps its original bytes exactly.
 //!
-//! Its parts: `crop` (face boxes, the square [`CropRect`] around one, and cropping to model size),
+//! Its parts: `detect` ([`detect_faces`] and [`face_landmarks`]: the face-model directory's
+//! detector and landmark graphs, decoded as its manifest says; `resample`: their inputs resampled as
+//! Pillow does), `crop` (face boxes, the square [`CropRect`] around one, and cropping to model size),
 //! `window` ([`embed_input`]: the face embedder's input window, the paper's FaceNet crop), `paste`
 //! ([`paste_back`] and its feathered blend) and `distance` (the exact Euclidean distance transform the
 //! feathering measures with).
 
 mod crop;
+mod detect;
 mod distance;
 mod paste;
+mod resample;
 mod window;
 
 pub use crop::{crop_rect, crop_resize, face_crop, CropRect, FaceBox, FaceError, DEFAULT_MARGIN};
+pub use detect::{
+    detect_faces, face_landmarks, iou, landmark_roi, roi_to_photo, DetectedFace, FaceLandmarks,
+    LandmarkRoi,
+};
 pub use paste::paste_back;
 pub use window::embed_input;
 
