@@ -267,8 +267,10 @@ fn each_bad_input_gets_its_own_clear_error() {
         "prompt",
     );
     check(
-        "non-square target without a face box",
-        job_json(|v| v["target"] = serde_json::json!({"key": "photos/obama.jpg"})),
+        "non-square target said to be an aligned crop",
+        job_json(|v| {
+            v["target"] = serde_json::json!({"key": "photos/obama.jpg", "face": "aligned"})
+        }),
         good.clone(),
         "bad_input",
         "face_box",
@@ -523,4 +525,114 @@ fn edit_tunes_with_policy_auto_and_reuses_the_adapter_when_cached() {
         png(&tuned),
         "the tuned adapter changes the edit"
     );
+}
+
+/// Intersection over union of a result's face box and a job's `face_box` JSON.
+fn box_iou(found: &pva_worker::job::FaceBoxSpec, hand: &serde_json::Value) -> f64 {
+    let corners = |x: f64, y: f64, w: f64, h: f64| [x, y, x + w, y + h];
+    let a = corners(
+        f64::from(found.x),
+        f64::from(found.y),
+        f64::from(found.width),
+        f64::from(found.height),
+    );
+    let n = |k: &str| hand[k].as_f64().unwrap();
+    let b = corners(n("x"), n("y"), n("width"), n("height"));
+    pva_worker::pipeline::face::iou(&a, &b)
+}
+
+/// Without face boxes `edit` finds the faces (issue 16): the example job with its hand-drawn boxes
+/// taken out succeeds, its result reports the face of each photo, and on the upright photos the
+/// boxes the crops were built from have IoU >= 0.8 with the hand-drawn ones (obama2.jpg, a turned
+/// head, 0.70); a flat colour target fails with `no_face`, naming the target and its key.
+#[test]
+fn edit_finds_the_faces_of_photos_without_face_boxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings();
+    let hand: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join("examples/job.json")).unwrap()).unwrap();
+    let mut v = hand.clone();
+    v["job_id"] = "found".into();
+    v["steps"] = 2.into();
+    v["num_outputs"] = 1.into();
+    v["target"] = serde_json::json!({"key": "photos/obama.jpg"});
+    for r in v["identity"]["references"].as_array_mut().unwrap() {
+        r.as_object_mut().unwrap().remove("face_box");
+    }
+    let job = dir.path().join("found.json");
+    std::fs::write(&job, serde_json::to_vec(&v).unwrap()).unwrap();
+    let out = dir.path().join("out");
+    let report = common::run_edit(
+        &s,
+        &EditOptions {
+            job,
+            root: Some(repo().join("examples")),
+            out: out.clone(),
+            contact_sheet: None,
+        },
+    );
+    let result = &report.result;
+    assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
+    let images: Vec<&str> = result.faces.iter().map(|f| f.image.as_str()).collect();
+    assert_eq!(
+        images,
+        ["target", "identity.references[0]", "identity.references[1]"]
+    );
+    let hand_boxes = [
+        &hand["target"]["face_box"],
+        &hand["identity"]["references"][0]["face_box"],
+        &hand["identity"]["references"][1]["face_box"],
+    ];
+    let ious: Vec<f64> = result
+        .faces
+        .iter()
+        .zip(hand_boxes)
+        .map(|(f, h)| box_iou(&f.face_box, h))
+        .collect();
+    assert!(ious[0] >= 0.8 && ious[2] >= 0.8, "{ious:?}");
+    assert!(ious[1] >= 0.6, "{ious:?}");
+    for f in &result.faces {
+        assert_eq!(f.faces_found, 1, "{f:?}");
+        assert!(f.score > 0.8 && f.landmark_presence > 0.9, "{f:?}");
+    }
+    // The result message (result.json) carries them too.
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report.result_path).unwrap()).unwrap();
+    assert_eq!(stored["faces"][0]["image"], "target");
+
+    // A flat colour target: no face.
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("photos")).unwrap();
+    for f in ["obama2.jpg", "obama3.jpg"] {
+        std::fs::copy(
+            repo().join("examples/photos").join(f),
+            root.join("photos").join(f),
+        )
+        .unwrap();
+    }
+    image::RgbImage::from_pixel(300, 400, image::Rgb([120, 140, 160]))
+        .save(root.join("photos/flat.png"))
+        .unwrap();
+    let mut flat = hand.clone();
+    flat["job_id"] = "flat".into();
+    flat["steps"] = 2.into();
+    flat["target"] = serde_json::json!({"key": "photos/flat.png"});
+    let job = dir.path().join("flat.json");
+    std::fs::write(&job, serde_json::to_vec(&flat).unwrap()).unwrap();
+    let report = common::run_edit(
+        &s,
+        &EditOptions {
+            job,
+            root: Some(root),
+            out,
+            contact_sheet: None,
+        },
+    );
+    let error = report.result.error.as_ref().expect("failed");
+    assert_eq!(error.code, "no_face", "{error:?}");
+    assert!(
+        error.message.contains("target") && error.message.contains("photos/flat.png"),
+        "{error:?}"
+    );
+    assert!(!error.retryable);
 }

@@ -5,6 +5,7 @@
 use crate::engine::EngineError;
 use crate::job::store::StorageError;
 use crate::job::validate::JobError;
+use crate::pipeline::face::LocateError;
 use crate::pipeline::inpaint::PipelineError;
 use crate::pipeline::tune::TuneError;
 
@@ -46,11 +47,18 @@ pub enum FailureCode {
     DeadlineExceeded,
     /// The worker is shutting down (the job returns to the queue).
     WorkerStopping,
+    /// An image without a `face_box` shows no face the detector finds (or none at the asked index).
+    NoFace,
+    /// A reference without a `face_box` shows two or more faces of similar size (the message gives
+    /// their boxes).
+    AmbiguousFace,
+    /// The chosen face is smaller than the model needs (`pipeline::face::min_face_side`).
+    FaceTooSmall,
 }
 
 impl FailureCode {
     /// Every code.
-    pub const ALL: [FailureCode; 12] = [
+    pub const ALL: [FailureCode; 15] = [
         FailureCode::InvalidJob,
         FailureCode::ConsentRequired,
         FailureCode::NotFound,
@@ -63,6 +71,9 @@ impl FailureCode {
         FailureCode::TuningUnavailable,
         FailureCode::DeadlineExceeded,
         FailureCode::WorkerStopping,
+        FailureCode::NoFace,
+        FailureCode::AmbiguousFace,
+        FailureCode::FaceTooSmall,
     ];
 
     /// The code on the wire.
@@ -91,6 +102,9 @@ impl FailureCode {
             Self::TuningUnavailable => ("tuning_unavailable", Fail),
             Self::DeadlineExceeded => ("deadline_exceeded", Fail),
             Self::WorkerStopping => ("worker_stopping", Retry),
+            Self::NoFace => ("no_face", Fail),
+            Self::AmbiguousFace => ("ambiguous_face", Fail),
+            Self::FaceTooSmall => ("face_too_small", Fail),
         }
     }
 }
@@ -179,6 +193,20 @@ impl From<PipelineError> for JobFailure {
         // another delivery; the delivery limit bounds it.
         let transient = matches!(e, PipelineError::Engine(EngineError::Run { .. }));
         Self::with_cause(code, e.to_string(), transient)
+    }
+}
+
+impl JobFailure {
+    /// Why no face could be taken from the image `what` (names the field and key).
+    pub fn face(what: &str, e: LocateError) -> Self {
+        let code = match &e {
+            LocateError::NoFace | LocateError::NoSuchIndex { .. } => FailureCode::NoFace,
+            LocateError::Ambiguous { .. } => FailureCode::AmbiguousFace,
+            LocateError::TooSmall { .. } => FailureCode::FaceTooSmall,
+            LocateError::Engine(_) => FailureCode::ModelError,
+        };
+        let transient = matches!(e, LocateError::Engine(EngineError::Run { .. }));
+        Self::with_cause(code, format!("{what}: {e}"), transient)
     }
 }
 

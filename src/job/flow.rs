@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use crate::job::failure::{FailureCode, JobFailure};
 use crate::job::validate::{CheckedJob, JobRules, Limits};
 use crate::job::wire::{
-    Consent, JobRequest, JobResult, JobStatus, MaskSpec, OutputInfo, ResultError, SCHEMA_VERSION,
+    Consent, FaceBoxSpec, FaceFound, FaceMode, FaceSelector, ImageRef, JobRequest, JobResult,
+    JobStatus, MaskSpec, OutputInfo, ResultError, SCHEMA_VERSION,
 };
+use crate::pipeline::face::{FaceChoice, FaceRequest, LocatedFace};
 use crate::pipeline::image::{self, DecodeLimits};
 use crate::pipeline::inpaint::{EditInput, EditOutput, MaskInput};
 use crate::provenance::{self, OutputProvenance, Signer};
@@ -50,6 +52,71 @@ pub fn input_keys(job: &CheckedJob) -> Vec<(String, String)> {
         keys.push((format!("identity.references[{i}]"), reference.key.clone()));
     }
     keys
+}
+
+/// The face each of a job's images needs found, target first, then the references in order: `None`
+/// for an image with a `face_box` (it wins) or `"face": "aligned"` (used as it is). Without either,
+/// the target takes its largest face, a reference its one clear face.
+pub fn face_requests(job: &CheckedJob) -> Vec<Option<FaceRequest>> {
+    let r = &job.request;
+    let request = |what: String, image: &ImageRef, default: FaceChoice| {
+        if image.face_box.is_some() {
+            return None;
+        }
+        let choice = match image.face {
+            Some(FaceSelector::Mode(FaceMode::Aligned)) => return None,
+            Some(FaceSelector::Mode(FaceMode::Largest)) => FaceChoice::Largest,
+            Some(FaceSelector::Index(i)) => FaceChoice::Index(i.index as usize),
+            None => default,
+        };
+        Some(FaceRequest {
+            what: format!("{what} (`{}`)", image.key),
+            choice,
+        })
+    };
+    std::iter::once(request("target".into(), &r.target, FaceChoice::Largest))
+        .chain(r.identity.references.iter().enumerate().map(|(i, image)| {
+            request(
+                format!("identity.references[{i}]"),
+                image,
+                FaceChoice::Single,
+            )
+        }))
+        .collect()
+}
+
+/// Puts the faces found into the pipeline's input (each as its image's face box) and returns what
+/// the result message says of them; `found` is in [`face_requests`]' order.
+pub fn apply_faces(input: &mut EditInput, found: &[Option<LocatedFace>]) -> Vec<FaceFound> {
+    let mut report = Vec::new();
+    for (i, located) in found.iter().enumerate() {
+        let Some(located) = located else { continue };
+        let image = if i == 0 {
+            input.target_face = Some(located.face_box);
+            "target".to_string()
+        } else {
+            if let Some(reference) = input.references.get_mut(i - 1) {
+                reference.1 = Some(located.face_box);
+            }
+            format!("identity.references[{}]", i - 1)
+        };
+        let b = located.face_box;
+        let round = |v: f64| (v * 10.0).round() / 10.0;
+        report.push(FaceFound {
+            image,
+            face_box: FaceBoxSpec {
+                x: b.x,
+                y: b.y,
+                width: b.width,
+                height: b.height,
+            },
+            detector_box: located.detection.bbox.map(round),
+            score: (located.detection.score * 1e4).round() / 1e4,
+            landmark_presence: (located.landmark_presence * 1e4).round() / 1e4,
+            faces_found: located.faces_found,
+        });
+    }
+    report
 }
 
 /// Decodes the fetched objects (by key) into the pipeline's input.
@@ -207,5 +274,6 @@ pub fn result(
         model_version: by.model_version.to_string(),
         worker_id: by.worker_id.to_string(),
         consent,
+        faces: Vec::new(),
     }
 }

@@ -1,6 +1,7 @@
 //! [`Runner`]: one job from its message to its result, the same for `pva-worker edit` (local files)
-//! and `serve` (S3): parse -> a stored success answers as is -> deadline -> fetch -> prepare ->
-//! adapter per the job's tuning policy -> edit -> encode + mark -> put outputs -> put `result.json`.
+//! and `serve` (S3): parse -> a stored success answers as is -> deadline -> fetch -> prepare -> faces
+//! found (images without a face box) -> adapter per the job's tuning policy -> edit -> encode + mark
+//! -> put outputs -> put `result.json`.
 //! Delivery policy (ack, requeue, dead-letter, publish) belongs to the caller.
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,7 +19,7 @@ use crate::job::validate::{parse_rfc3339, CheckedJob, JobRules, Limits};
 use crate::job::wire::{JobResult, JobStatus, OutputInfo, TuningPolicy};
 use crate::model::adapter::{self, ModelRef, StoredAdapter};
 use crate::model::Stage;
-use crate::pipeline::face::FaceBox;
+use crate::pipeline::face::{FaceBox, FaceRequest, LocatedFace};
 use crate::pipeline::inpaint::{EditInput, EditOutput};
 use crate::pipeline::tune::Tuned;
 use crate::provenance::Signer;
@@ -39,6 +40,13 @@ pub trait Inference: Send + Sync + 'static {
         input: Arc<EditInput>,
         seed: u64,
     ) -> impl Future<Output = Result<EditOutput, JobFailure>> + Send;
+    /// The faces of a job's images without a face box ([`flow::face_requests`]' order: target,
+    /// then references), found where the face graphs run; `None` where nothing was asked.
+    fn locate_faces(
+        &self,
+        input: Arc<EditInput>,
+        requests: Vec<Option<FaceRequest>>,
+    ) -> impl Future<Output = Result<Vec<Option<LocatedFace>>, JobFailure>> + Send;
     /// One identity's adapter, tuned on its reference photos.
     fn tune(
         &self,
@@ -303,6 +311,19 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
         clock(Stage::Fetch, t, &mut timings);
 
         let mut input = flow::prepare(&job, &objects, &self.options.limits)?;
+        // Images without a face box (and not aligned crops) get the face the detector finds; the
+        // detections live in this job only (the result message reports their boxes and scores).
+        let requests = flow::face_requests(&job);
+        let mut faces = Vec::new();
+        if requests.iter().any(Option::is_some) {
+            let shared = Arc::new(input);
+            let found = self
+                .model
+                .locate_faces(Arc::clone(&shared), requests)
+                .await?;
+            input = Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone());
+            faces = flow::apply_faces(&mut input, &found);
+        }
         let target_bytes = objects.remove(&job.request.target.key).unwrap_or_default();
         if job.request.tuning != TuningPolicy::Never {
             // Hashing the reference bytes keys the stored adapter; only tuning jobs need it.
@@ -365,13 +386,14 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
             Stage::Upload.as_str().to_string(),
             t.elapsed().as_secs_f64(),
         );
-        let result = flow::result(
+        let mut result = flow::result(
             self.answerer(),
             &job.request.job_id,
             job.request.consent.clone(),
             Ok(outputs),
             timings,
         );
+        result.faces = faces;
         let json = serde_json::to_vec_pretty(&result).expect("a result serialises");
         // NOTE: written last: its presence means every output is in place.
         self.store

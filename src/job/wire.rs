@@ -109,10 +109,43 @@ pub struct Identity {
 pub struct ImageRef {
     /// Object key (S3) or path relative to the job's directory (`edit`).
     pub key: String,
-    /// Face box in the image's pixels (after EXIF orientation). Absent: the image is an aligned,
-    /// square face crop.
+    /// Face box in the image's pixels (after EXIF orientation). Given, it wins over `face`.
     #[serde(default)]
     pub face_box: Option<FaceBoxSpec>,
+    /// Without a `face_box`, which face: `"aligned"` (the image is an aligned, square face crop, used
+    /// as it is), `"largest"` (the face with the largest box; the target's default) or
+    /// `{"index": N}` (faces numbered from 0, left to right). A reference without either must show
+    /// one clear face (absent: the largest, refused when another face is of similar size).
+    #[serde(default)]
+    pub face: Option<FaceSelector>,
+}
+
+/// How an image without a `face_box` picks its face (`ImageRef::face`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FaceSelector {
+    /// `"aligned"` or `"largest"`.
+    Mode(FaceMode),
+    /// `{"index": N}`.
+    Index(FaceIndex),
+}
+
+/// The named ways of picking a face.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaceMode {
+    /// The image is an aligned, square face crop: no detection.
+    Aligned,
+    /// The face with the largest box.
+    Largest,
+}
+
+/// A face by its place, left to right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaceIndex {
+    /// 0 is the leftmost face (by the boxes' centres).
+    pub index: u32,
 }
 
 /// The photo to edit.
@@ -339,4 +372,25 @@ pub struct JobResult {
     /// The job's consent reference, as received (absent when the job had none or was unreadable).
     #[serde(default)]
     pub consent: Option<Consent>,
+    /// The faces the worker found, one per image it searched (those without a `face_box` or
+    /// `"face": "aligned"`); absent when it searched none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faces: Vec<FaceFound>,
+}
+
+/// The face found in one of a job's images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaceFound {
+    /// Which image: `target` or `identity.references[i]`.
+    pub image: String,
+    /// The face box the crop was built from (the `face_box` convention: forehead to chin).
+    pub face_box: FaceBoxSpec,
+    /// The detector's box `[xmin, ymin, xmax, ymax]` (brows to chin), in pixels.
+    pub detector_box: [f64; 4],
+    /// The detector's score (0..1).
+    pub score: f64,
+    /// The landmark model's face presence on it (0..1).
+    pub landmark_presence: f64,
+    /// How many faces the detector found in the image.
+    pub faces_found: usize,
 }

@@ -1,10 +1,10 @@
 //! Loading the model a worker runs: the engine's graphs, the model's untuned adapter and the pipeline
-//! around them, from the settings, with a [`LoadError`] that names the part that failed.
+//! around them, and the face graphs, from the settings, with a [`LoadError`] that names the part that failed.
 
 use std::path::{Path, PathBuf};
 
 use crate::config::Settings;
-use crate::engine::{EngineError, Manifest, OrtEngine, Workload};
+use crate::engine::{EngineError, Manifest, OrtEngine, OrtFaces, Workload};
 use crate::pipeline::inpaint::Pipeline;
 
 /// Why the model could not be loaded.
@@ -14,6 +14,14 @@ pub enum LoadError {
     #[error("loading the model from `{dir}` (paths are relative to the working directory; set engine.model_dir or PVA__ENGINE__MODEL_DIR): {source}")]
     Engine {
         /// The model directory.
+        dir: PathBuf,
+        /// Why.
+        source: EngineError,
+    },
+    /// The face-model directory or its graphs were refused.
+    #[error("loading the face graphs from `{dir}` (paths are relative to the working directory; set engine.face_model_dir or PVA__ENGINE__FACE_MODEL_DIR): {source}")]
+    Faces {
+        /// The face-model directory.
         dir: PathBuf,
         /// Why.
         source: EngineError,
@@ -81,4 +89,12 @@ pub fn load_pipeline_for(
         })?;
     let adapter = load_base_adapter(dir, crate::engine::Engine::manifest(&engine))?;
     Ok(Pipeline::new(engine, adapter, (&settings.pipeline).into()))
+}
+
+/// Loads the face detector and landmark graphs of `engine.face_model_dir`.
+pub fn load_faces(settings: &Settings) -> Result<OrtFaces, LoadError> {
+    OrtFaces::load(&settings.engine).map_err(|source| LoadError::Faces {
+        dir: settings.engine.face_model_dir.clone(),
+        source,
+    })
 }

@@ -15,14 +15,14 @@ use image::RgbImage;
 use tokio::sync::oneshot;
 
 use crate::config::Settings;
-use crate::engine::{Engine, OrtEngine};
+use crate::engine::{Engine, OrtEngine, OrtFaces};
 use crate::job::{FailureCode, Inference, JobFailure};
 use crate::model::adapter::ModelRef;
-use crate::pipeline::face::FaceBox;
+use crate::pipeline::face::{locate_face, min_face_side, FaceBox, FaceRequest, LocatedFace};
 use crate::pipeline::inpaint::{EditInput, EditOutput, Pipeline};
 use crate::pipeline::noise::SeededNoise;
 use crate::pipeline::tune::{tune_identity, ReferenceCrop, TuneError, Tuned};
-use crate::service::model::{load_pipeline, LoadError};
+use crate::service::model::{load_faces, load_pipeline, LoadError};
 
 /// In debug builds (the tests' binaries), an edit with exactly this prompt panics in its inference
 /// thread: the test hook for the pool's panic handling. Release builds have no such prompt.
@@ -41,6 +41,12 @@ enum Work {
         input: Arc<EditInput>,
         seed: u64,
         reply: oneshot::Sender<Result<EditOutput, JobFailure>>,
+    },
+    /// The faces of a job's images.
+    Locate {
+        input: Arc<EditInput>,
+        requests: Vec<Option<FaceRequest>>,
+        reply: oneshot::Sender<Result<Vec<Option<LocatedFace>>, JobFailure>>,
     },
     /// One identity's adapter tuning from its reference photos.
     Tune {
@@ -70,6 +76,33 @@ fn tune<E: Engine>(
         })
         .collect::<Result<Vec<_>, _>>()?;
     tune_identity(pipeline, &crops, &options, &mut |_, _| {})
+}
+
+/// The face of each image that asks for one (target first, then the references), as large as the
+/// model needs.
+fn locate<E: Engine>(
+    pipeline: &Pipeline<E>,
+    faces: &mut OrtFaces,
+    input: &EditInput,
+    requests: &[Option<FaceRequest>],
+) -> Result<Vec<Option<LocatedFace>>, JobFailure> {
+    let min_side = min_face_side(pipeline.manifest());
+    requests
+        .iter()
+        .enumerate()
+        .map(|(i, request)| {
+            let Some(request) = request else {
+                return Ok(None);
+            };
+            let image = match i {
+                0 => &input.target,
+                i => &input.references[i - 1].0,
+            };
+            locate_face(faces, image, request.choice, min_side)
+                .map(Some)
+                .map_err(|e| JobFailure::face(&request.what, e))
+        })
+        .collect()
 }
 
 fn edit<E: Engine>(
@@ -146,7 +179,9 @@ impl InferencePool {
                 .name(format!("inference-{i}"))
                 .spawn(move || {
                     let t = std::time::Instant::now();
-                    let mut pipeline = match load_pipeline(&settings) {
+                    let loaded = load_pipeline(&settings)
+                        .and_then(|pipeline| Ok((pipeline, load_faces(&settings)?)));
+                    let (mut pipeline, mut faces) = match loaded {
                         Ok(p) => p,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -157,7 +192,7 @@ impl InferencePool {
                     let _alive = Alive(alive);
                     let model = ModelRef::of(pipeline.manifest());
                     let _ = ready_tx.send(Ok((model, t.elapsed().as_secs_f64())));
-                    serve_requests(&mut pipeline, &settings, &receiver);
+                    serve_requests(&mut pipeline, &mut faces, &settings, &receiver);
                 })
                 .map_err(|e| LoadError::Thread(e.to_string()))?;
             handles.push(thread);
@@ -221,6 +256,7 @@ fn stopped() -> JobFailure {
 /// An inference thread's loop: one request at a time until the pool's sender is dropped.
 fn serve_requests(
     pipeline: &mut Pipeline<OrtEngine>,
+    faces: &mut OrtFaces,
     settings: &Settings,
     receiver: &Mutex<mpsc::Receiver<Request>>,
 ) {
@@ -236,6 +272,16 @@ fn serve_requests(
         match request.work {
             Work::Edit { input, seed, reply } => {
                 let _ = reply.send(run_caught("edit", || edit(pipeline, &input, seed)));
+            }
+            Work::Locate {
+                input,
+                requests,
+                reply,
+            } => {
+                let found = run_caught("face detection", || {
+                    locate(pipeline, faces, &input, &requests)
+                });
+                let _ = reply.send(found);
             }
             Work::Tune { references, reply } => {
                 let tuned = run_caught("tuning", || Ok(tune(pipeline, settings, &references)?));
@@ -253,6 +299,20 @@ impl Inference for InferencePool {
     async fn edit(&self, input: Arc<EditInput>, seed: u64) -> Result<EditOutput, JobFailure> {
         let (reply, rx) = oneshot::channel();
         self.send(Work::Edit { input, seed, reply })?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    async fn locate_faces(
+        &self,
+        input: Arc<EditInput>,
+        requests: Vec<Option<FaceRequest>>,
+    ) -> Result<Vec<Option<LocatedFace>>, JobFailure> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Work::Locate {
+            input,
+            requests,
+            reply,
+        })?;
         rx.await.map_err(|_| stopped())?
     }
 

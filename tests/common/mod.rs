@@ -44,6 +44,7 @@ pub fn settings_for(model_dir: &str) -> Settings {
     let mut s = Settings::load_with_env(None, Vec::new()).expect("default settings");
     s.engine.model_dir = repo().join(model_dir);
     s.engine.ort_library = repo().join(&s.engine.ort_library);
+    s.engine.face_model_dir = repo().join(&s.engine.face_model_dir);
     s.engine.intra_threads = 1;
     s
 }

@@ -110,6 +110,7 @@ impl Env {
         let toml = format!(
             r#"[engine]
 model_dir = "{model}"
+face_model_dir = "{faces}"
 ort_library = "{ort}"
 intra_threads = 1
 [worker]
@@ -147,6 +148,7 @@ format = "json"
 level = "info,ort=warn"
 "#,
             model = s.engine.model_dir.display(),
+            faces = s.engine.face_model_dir.display(),
             ort = s.engine.ort_library.display(),
             deadline = s.worker.shutdown_deadline_secs,
             concurrency = s.worker.concurrency,

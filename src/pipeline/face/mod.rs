@@ -7,14 +7,16 @@
 //!
 //! Its parts: `detect` ([`detect_faces`] and [`face_landmarks`]: the face-model directory's
 //! detector and landmark graphs, decoded as its manifest says; `resample`: their inputs resampled as
-//! Pillow does), `crop` (face boxes, the square [`CropRect`] around one, and cropping to model size),
-//! `window` ([`embed_input`]: the face embedder's input window, the paper's FaceNet crop), `paste`
-//! ([`paste_back`] and its feathered blend) and `distance` (the exact Euclidean distance transform the
-//! feathering measures with).
+//! Pillow does), `locate` ([`locate_face`]: which detected face a job means, its size checked, and
+//! the face box the crop is built from), `crop` (face boxes, the square [`CropRect`] around one, and
+//! cropping to model size), `window` ([`embed_input`]: the face embedder's input window, the paper's
+//! FaceNet crop), `paste` ([`paste_back`] and its feathered blend) and `distance` (the exact
+//! Euclidean distance transform the feathering measures with).
 
 mod crop;
 mod detect;
 mod distance;
+mod locate;
 mod paste;
 mod resample;
 mod window;
@@ -23,6 +25,10 @@ pub use crop::{crop_rect, crop_resize, face_crop, CropRect, FaceBox, FaceError, 
 pub use detect::{
     detect_faces, face_landmarks, iou, landmark_roi, roi_to_photo, DetectedFace, FaceLandmarks,
     LandmarkRoi,
+};
+pub use locate::{
+    choose, face_box_of, locate_face, min_face_side, FaceChoice, FaceRequest, LocateError,
+    LocatedFace, FOREHEAD, SIMILAR_AREA,
 };
 pub use paste::paste_back;
 pub use window::embed_input;

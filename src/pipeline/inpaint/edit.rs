@@ -152,7 +152,8 @@ impl<E: Engine> Pipeline<E> {
             None => Err(PipelineError::Input {
                 what: what.to_string(),
                 problem: format!(
-                    "is {w}x{h} and has no face_box; give a face_box or an aligned square face"
+                    "is {w}x{h} and has no face_box: an aligned face crop (\"face\": \"aligned\") \
+                     must be square; give a face_box or let the worker find the face"
                 ),
             }),
         }
