@@ -1,5 +1,5 @@
-//! Jobs that fail: invalid, missing, corrupt, oversized, late or consentless jobs fail with their
-//! code and are dead-lettered; transient store failures are retried to the delivery limit; a panic
+//! Jobs that fail: invalid, missing, corrupt, oversized, late or consentless jobs, and photos without
+//! a clear face, fail with their code and are dead-lettered; transient store failures are retried to the delivery limit; a panic
 //! in an inference thread fails only its job.
 
 use std::time::Duration;
@@ -49,9 +49,50 @@ async fn bad_jobs_fail_with_their_code_are_dead_lettered_and_the_worker_keeps_go
         )
         .await
         .unwrap();
+    // A flat colour photo (no face) and two faces of one size side by side (issue 16).
+    let png = |img: image::RgbImage| {
+        let mut bytes = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+        bytes
+    };
+    let flat = png(image::RgbImage::from_pixel(
+        300,
+        400,
+        image::Rgb([120, 140, 160]),
+    ));
+    let photo = image::load_from_memory(&jpeg).unwrap().to_rgb8();
+    // The face of obama.jpg (its box is about [348, 142, 626, 421]) twice, side by side.
+    let face = image::imageops::crop_imm(&photo, 300, 60, 380, 400).to_image();
+    let mut pair = image::RgbImage::new(760, 400);
+    image::imageops::replace(&mut pair, &face, 0, 0);
+    image::imageops::replace(&mut pair, &face, 380, 0);
+    for (key, bytes) in [("photos/flat.png", flat), ("photos/pair.png", png(pair))] {
+        env.store
+            .put(&bucket, key, bytes, "image/png")
+            .await
+            .unwrap();
+    }
     env.start_worker().await;
 
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "no-face",
+            env.job("no-face", |v| {
+                v["target"] = serde_json::json!({"key": "photos/flat.png"})
+            }),
+            "no_face",
+        ),
+        (
+            "two-faces",
+            env.job("two-faces", |v| {
+                v["identity"]["references"][0] = serde_json::json!({"key": "photos/pair.png"})
+            }),
+            "ambiguous_face",
+        ),
         ("unknown", b"{this is not json".to_vec(), "invalid_job"),
         (
             "bad-schema",
@@ -143,6 +184,22 @@ async fn bad_jobs_fail_with_their_code_are_dead_lettered_and_the_worker_keeps_go
     assert_eq!(
         stored, results["corrupt"][0],
         "the published result, stored"
+    );
+    // The face failures name the image, its key and what was found.
+    let message = |id: &str| results[id][0].error.as_ref().unwrap().message.clone();
+    assert!(
+        message("no-face").contains("target (`photos/flat.png`)"),
+        "{}",
+        message("no-face")
+    );
+    let two = message("two-faces");
+    assert!(
+        two.contains("identity.references[0] (`photos/pair.png`)") && two.contains("2 faces"),
+        "{two}"
+    );
+    assert_eq!(
+        super::stored_result(&env, "no-face").await,
+        results["no-face"][0]
     );
     assert!(
         env.workers[0].0.try_wait().unwrap().is_none(),

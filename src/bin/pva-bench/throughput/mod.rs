@@ -56,6 +56,7 @@ pub(crate) fn bench_throughput(
     let absolute = |p: &Path| std::fs::canonicalize(p).with_context(|| p.display().to_string());
     settings.engine.model_dir = absolute(&settings.engine.model_dir)?;
     settings.engine.ort_library = absolute(&settings.engine.ort_library)?;
+    settings.engine.face_model_dir = absolute(&settings.engine.face_model_dir)?;
     let work = opts.work.join(std::process::id().to_string());
     std::fs::create_dir_all(&work)?;
     let work = absolute(&work)?;

@@ -53,6 +53,7 @@ pub(crate) fn worker_config(
         r#"# Written by pva-bench throughput.
 [engine]
 model_dir = "{model}"
+face_model_dir = "{faces}"
 ort_library = "{ort}"
 intra_threads = {threads}
 [worker]
@@ -80,6 +81,7 @@ format = "json"
 level = "warn"
 "#,
         model = settings.engine.model_dir.display(),
+        faces = settings.engine.face_model_dir.display(),
         ort = settings.engine.ort_library.display(),
         threads = opts.threads,
         amqp = opts.amqp_url,
