@@ -442,8 +442,10 @@ fn whole_edit_matches(model: &str, fixtures: &str, at_least: usize) {
         let input = EditInput {
             target: load_png(&dir.join("target.png")),
             target_face: None,
+            target_roll: 0.0,
             mask: MaskInput::Image(load_png(&dir.join("mask.png"))),
             references: refs(&dir).into_iter().map(|r| (r, None)).collect(),
+            reference_rolls: Vec::new(),
             prompt: case.prompt.clone(),
             negative_prompt: case.negative_prompt.clone(),
             scheduler: kind(&case),

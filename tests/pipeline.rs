@@ -40,6 +40,7 @@ fn obama_input(num_outputs: usize, guidance: f32) -> EditInput {
             width: 290,
             height: 360,
         }),
+        target_roll: 0.0,
         mask: MaskInput::Region(Region::LowerFace),
         references: vec![(
             photo("obama2.jpg"),
@@ -50,6 +51,7 @@ fn obama_input(num_outputs: usize, guidance: f32) -> EditInput {
                 height: 395,
             }),
         )],
+        reference_rolls: Vec::new(),
         prompt: "with a beard".into(),
         negative_prompt: String::new(),
         scheduler: SchedulerKind::Ddim { eta: 1.0 },
@@ -541,6 +543,21 @@ fn box_iou(found: &pva_worker::job::FaceBoxSpec, hand: &serde_json::Value) -> f6
     pva_worker::pipeline::face::iou(&a, &b)
 }
 
+/// A job root under `dir` holding the example job's references (`photos/obama2.jpg`, `obama3.jpg`),
+/// for targets written beside them.
+fn root_with_references(dir: &Path) -> std::path::PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("photos")).unwrap();
+    for f in ["obama2.jpg", "obama3.jpg"] {
+        std::fs::copy(
+            repo().join("examples/photos").join(f),
+            root.join("photos").join(f),
+        )
+        .unwrap();
+    }
+    root
+}
+
 /// Without face boxes `edit` finds the faces (issue 16): the example job with its hand-drawn boxes
 /// taken out succeeds, its result reports the face of each photo, and on the upright photos the
 /// boxes the crops were built from have IoU >= 0.8 with the hand-drawn ones (obama2.jpg, a turned
@@ -601,15 +618,7 @@ fn edit_finds_the_faces_of_photos_without_face_boxes() {
     assert_eq!(stored["faces"][0]["image"], "target");
 
     // A flat colour target: no face.
-    let root = dir.path().join("root");
-    std::fs::create_dir_all(root.join("photos")).unwrap();
-    for f in ["obama2.jpg", "obama3.jpg"] {
-        std::fs::copy(
-            repo().join("examples/photos").join(f),
-            root.join("photos").join(f),
-        )
-        .unwrap();
-    }
+    let root = root_with_references(dir.path());
     image::RgbImage::from_pixel(300, 400, image::Rgb([120, 140, 160]))
         .save(root.join("photos/flat.png"))
         .unwrap();
@@ -635,4 +644,78 @@ fn edit_finds_the_faces_of_photos_without_face_boxes() {
         "{error:?}"
     );
     assert!(!error.retryable);
+}
+
+/// A tilted head (issue 16): on a copy of obama.jpg turned by 20°, the found face reports its roll,
+/// the crop is turned upright for the model and the edit turned back: the job succeeds, the output
+/// differs from the photo only inside the turned crop, and near the mouth (the `lower_face` region).
+#[test]
+fn edit_turns_a_tilted_face_upright_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings();
+    let original = photo("obama.jpg");
+    // The photo on a square canvas of its diagonal, turned by -20° (the head leans clockwise on
+    // screen by 20°).
+    let side = 1460u32;
+    let mut canvas = image::RgbImage::new(side, side);
+    let (ox, oy) = (
+        (side - original.width()) / 2,
+        (side - original.height()) / 2,
+    );
+    image::imageops::replace(&mut canvas, &original, i64::from(ox), i64::from(oy));
+    let whole = pva_worker::pipeline::face::CropRect {
+        x: 0,
+        y: 0,
+        size: side,
+    };
+    let tilted = pva_worker::pipeline::face::upright(&canvas, whole, (-20f64).to_radians());
+    let root = root_with_references(dir.path());
+    tilted.save(root.join("photos/tilted.png")).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join("examples/job.json")).unwrap()).unwrap();
+    v["job_id"] = "tilted".into();
+    v["steps"] = 2.into();
+    v["num_outputs"] = 1.into();
+    v["target"] = serde_json::json!({"key": "photos/tilted.png"});
+    let job = dir.path().join("tilted.json");
+    std::fs::write(&job, serde_json::to_vec(&v).unwrap()).unwrap();
+    let report = common::run_edit(
+        &s,
+        &EditOptions {
+            job,
+            root: Some(root),
+            out: dir.path().join("out"),
+            contact_sheet: None,
+        },
+    );
+    let result = &report.result;
+    assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
+    let face = &result.faces[0];
+    assert!(face.turned, "{face:?}");
+    assert!((face.roll_degrees - 20.0).abs() < 3.0, "{face:?}");
+    let out = image::open(&report.output_paths[0]).unwrap().to_rgb8();
+    let b = face.face_box;
+    let (cx, cy) = (
+        f64::from(b.x) + f64::from(b.width) / 2.0,
+        f64::from(b.y) + f64::from(b.height) / 2.0,
+    );
+    // The crop's half-diagonal bounds every changed pixel (margin 0.15 each side, then turned).
+    let half = f64::from(b.width.max(b.height)) * 1.3 / 2.0;
+    let mut changed = 0;
+    for (x, y, p) in out.enumerate_pixels() {
+        if p != tilted.get_pixel(x, y) {
+            changed += 1;
+            let d = (f64::from(x) + 0.5 - cx).hypot(f64::from(y) + 0.5 - cy);
+            assert!(
+                d <= half * 2f64.sqrt() + 2.0,
+                "({x}, {y}) changed, {d:.0} px from the face"
+            );
+            // The lower face: below the eyes.
+            assert!(
+                f64::from(y) > cy - half * 0.2,
+                "({x}, {y}) changed above the eyes"
+            );
+        }
+    }
+    assert!(changed > 1000, "the edit changed {changed} pixels");
 }

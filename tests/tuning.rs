@@ -407,8 +407,10 @@ fn the_edit_uses_a_tuned_adapter_from_its_stored_file() {
         let input = EditInput {
             target: crops[0].image.clone(),
             target_face: None,
+            target_roll: 0.0,
             mask: MaskInput::Region(Region::WholeFace),
             references: crops[1..].iter().map(|c| (c.face.clone(), None)).collect(),
+            reference_rolls: Vec::new(),
             prompt: "smiling".into(),
             negative_prompt: String::new(),
             scheduler: SchedulerKind::Ddim { eta: 0.0 },

@@ -93,11 +93,15 @@ pub fn apply_faces(input: &mut EditInput, found: &[Option<LocatedFace>]) -> Vec<
         let Some(located) = located else { continue };
         let image = if i == 0 {
             input.target_face = Some(located.face_box);
+            input.target_roll = located.turn;
             "target".to_string()
         } else {
             if let Some(reference) = input.references.get_mut(i - 1) {
                 reference.1 = Some(located.face_box);
             }
+            let rolls = &mut input.reference_rolls;
+            rolls.resize(rolls.len().max(i), 0.0);
+            rolls[i - 1] = located.turn;
             format!("identity.references[{}]", i - 1)
         };
         let b = located.face_box;
@@ -114,6 +118,8 @@ pub fn apply_faces(input: &mut EditInput, found: &[Option<LocatedFace>]) -> Vec<
             score: (located.detection.score * 1e4).round() / 1e4,
             landmark_presence: (located.landmark_presence * 1e4).round() / 1e4,
             faces_found: located.faces_found,
+            roll_degrees: (located.roll.to_degrees() * 10.0).round() / 10.0,
+            turned: located.turn != 0.0,
         });
     }
     report
@@ -161,8 +167,10 @@ pub fn prepare(
     Ok(EditInput {
         target,
         target_face: r.target.face_box.map(Into::into),
+        target_roll: 0.0,
         mask,
         references,
+        reference_rolls: Vec::new(),
         prompt: r.prompt.clone(),
         negative_prompt: r.negative_prompt.clone(),
         scheduler: job.scheduler,

@@ -393,4 +393,8 @@ pub struct FaceFound {
     pub landmark_presence: f64,
     /// How many faces the detector found in the image.
     pub faces_found: usize,
+    /// The face's roll: the angle of its eye line, degrees, clockwise on screen.
+    pub roll_degrees: f64,
+    /// Whether the crop was turned to stand the face upright (a roll of 3° or more).
+    pub turned: bool,
 }

@@ -41,7 +41,16 @@ pub struct LocatedFace {
     pub faces_found: usize,
     /// The landmark model's face presence on the chosen face (0..1).
     pub landmark_presence: f64,
+    /// The face's roll: the angle of the line from the subject's right eye centre to their left eye
+    /// centre (landmarks), radians, `atan2(dy, dx)` with y down.
+    pub roll: f64,
+    /// The roll the crop is turned by: `roll`, or 0 below [`MIN_TURN_DEGREES`].
+    pub turn: f64,
 }
+
+/// Below this roll (degrees) the crop is not turned: the named regions' boxes still fit, and the
+/// photo is not resampled once more.
+pub const MIN_TURN_DEGREES: f64 = 3.0;
 
 /// Why no face could be taken from an image.
 #[derive(Debug, thiserror::Error)]
@@ -183,11 +192,19 @@ pub fn locate_face(
         });
     }
     let landmarks = face_landmarks(engine, img, &face)?;
+    let [right, left] = landmarks.eye_centres();
+    let roll = (left[1] - right[1]).atan2(left[0] - right[0]);
     Ok(LocatedFace {
         face_box,
         detection: face,
         faces_found: faces.len(),
         landmark_presence: landmarks.presence,
+        roll,
+        turn: if roll.abs().to_degrees() >= MIN_TURN_DEGREES {
+            roll
+        } else {
+            0.0
+        },
     })
 }
 

@@ -11,8 +11,10 @@
 //! the face box the crop is built from), `crop` (face boxes, the square [`CropRect`] around one, and
 //! cropping to model size), `window` ([`embed_input`]: the face embedder's input window, the paper's
 //! FaceNet crop), `paste` ([`paste_back`] and its feathered blend) and `distance` (the exact
-//! Euclidean distance transform the feathering measures with).
+//! Euclidean distance transform the feathering measures with), and `align` (roll removal: the crop
+//! of a tilted face turned upright, [`paste_back_turned`] turning the edit back).
 
+mod align;
 mod crop;
 mod detect;
 mod distance;
@@ -21,6 +23,7 @@ mod paste;
 mod resample;
 mod window;
 
+pub use align::{paste_back_turned, upright, upright_box, upright_mask};
 pub use crop::{crop_rect, crop_resize, face_crop, CropRect, FaceBox, FaceError, DEFAULT_MARGIN};
 pub use detect::{
     detect_faces, face_landmarks, iou, landmark_roi, roi_to_photo, DetectedFace, FaceLandmarks,

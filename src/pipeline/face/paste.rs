@@ -69,6 +69,35 @@ pub fn paste_back(
     out
 }
 
+/// The blend weights over the whole `side` x `side` crop (0 beyond the feathered band) and the edited
+/// crop stretched to it: what [`paste_back`] lays into the photo, for a paste-back that turns it
+/// first (`super::align`). `None` when the mask is empty.
+pub(super) fn upright_layers(
+    side: u32,
+    edited: &RgbImage,
+    mask: &Mask,
+    feather_px: u32,
+) -> Option<(Vec<f32>, RgbImage)> {
+    if side == 0 || edited.width() == 0 || edited.height() == 0 {
+        return None;
+    }
+    let big_mask = mask.downsample_nearest(side);
+    let window = Window::around(&big_mask, side, feather_px)?;
+    let alpha = feather(&big_mask, side, &window, feather_px);
+    let mut full = vec![0.0f32; side as usize * side as usize];
+    for cy in window.y0..window.y1 {
+        for cx in window.x0..window.x1 {
+            full[cy as usize * side as usize + cx as usize] = alpha[window.index(cx, cy)];
+        }
+    }
+    let edit = if edited.dimensions() == (side, side) {
+        edited.clone()
+    } else {
+        imageops::resize(edited, side, side, RESAMPLE)
+    };
+    Some((full, edit))
+}
+
 /// The part of a `side` x `side` crop within `feather` pixels of the mask's bounding box: no pixel
 /// outside it can be blended. Half-open bounds in crop pixels.
 struct Window {

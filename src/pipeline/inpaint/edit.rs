@@ -19,6 +19,24 @@ use super::{
 use crate::engine::Engine;
 use crate::model::Stage;
 
+/// The crop of `rect` at `size`: as it is (roll 0), or turned upright first at the photo's scale
+/// (`face::upright`), then resized the same way.
+fn crop_turned(img: &RgbImage, rect: CropRect, roll: f64, size: u32) -> RgbImage {
+    if roll == 0.0 {
+        return face::crop_resize(img, rect, size);
+    }
+    let up = face::upright(img, rect, roll);
+    face::crop_resize(
+        &up,
+        CropRect {
+            x: 0,
+            y: 0,
+            size: rect.size,
+        },
+        size,
+    )
+}
+
 /// The bounded cache of unconditional (negative prompt) text embeddings.
 const UNCOND_CACHE_ENTRIES: usize = 16;
 
@@ -105,6 +123,7 @@ impl<E: Engine> Pipeline<E> {
     fn reference_faces(
         &self,
         references: &[(RgbImage, Option<FaceBox>)],
+        rolls: &[f64],
     ) -> Result<Array4<f32>, PipelineError> {
         let size = self.engine.manifest().face.source_size();
         let max = self.engine.manifest().max_references;
@@ -118,7 +137,7 @@ impl<E: Engine> Pipeline<E> {
         for (i, (image, face_box)) in references.iter().enumerate() {
             let what = format!("identity.references[{i}]");
             let rect = self.face_rect(&what, image, *face_box)?;
-            let crop = face::crop_resize(image, rect, size);
+            let crop = crop_turned(image, rect, rolls.get(i).copied().unwrap_or(0.0), size);
             img::to_chw(
                 &crop,
                 faces
@@ -164,10 +183,33 @@ impl<E: Engine> Pipeline<E> {
         input: &MaskInput,
         target: &RgbImage,
         rect: CropRect,
+        roll: f64,
     ) -> Result<Mask, PipelineError> {
         let res = self.engine.manifest().resolution;
+        let whole = CropRect {
+            x: 0,
+            y: 0,
+            size: rect.size,
+        };
         match input {
             MaskInput::Region(r) => Ok(Mask::from_region(*r, res)?),
+            // A turned crop: the box drawn into the upright square, resized as a mask image.
+            MaskInput::Box(b) if roll != 0.0 => {
+                let (x0, y0) = (f64::from(b.x), f64::from(b.y));
+                let bx = [x0, y0, x0 + f64::from(b.width), y0 + f64::from(b.height)];
+                let drawn = face::upright_box(rect, roll, bx);
+                let small = face::crop_resize(&drawn, whole, res);
+                if small.pixels().all(|p| p.0[0] < 128) {
+                    return Err(PipelineError::Input {
+                        what: "mask.box".into(),
+                        problem: "lies outside the face crop".into(),
+                    });
+                }
+                Ok(Mask::from_image(
+                    &image::DynamicImage::ImageRgb8(small),
+                    res,
+                )?)
+            }
             MaskInput::Box(b) => {
                 // Map the box from target pixels into crop pixels, rounding outward.
                 let scale = res as f64 / rect.size as f64;
@@ -209,7 +251,7 @@ impl<E: Engine> Pipeline<E> {
                         ),
                     });
                 }
-                let crop = face::crop_resize(m, rect, res);
+                let crop = crop_turned(m, rect, roll, res);
                 Ok(Mask::from_image(
                     &image::DynamicImage::ImageRgb8(crop),
                     res,
@@ -229,9 +271,10 @@ impl<E: Engine> Pipeline<E> {
         let m = self.engine.manifest().clone();
         let res = m.resolution;
         let rect = self.face_rect("target", &input.target, input.target_face)?;
-        let crop = face::crop_resize(&input.target, rect, res);
-        let mask = self.mask(&input.mask, &input.target, rect)?;
-        let refs = self.reference_faces(&input.references)?;
+        let roll = input.target_roll;
+        let crop = crop_turned(&input.target, rect, roll, res);
+        let mask = self.mask(&input.mask, &input.target, rect, roll)?;
+        let refs = self.reference_faces(&input.references, &input.reference_rolls)?;
         let mut image = Array4::<f32>::zeros((1, 3, res as usize, res as usize));
         img::to_chw(&crop, image.as_slice_mut().expect("standard layout"));
         let masked =
@@ -334,13 +377,18 @@ impl<E: Engine> Pipeline<E> {
             .into_iter()
             .enumerate()
             .map(|(i, crop)| EditedImage {
-                image: face::paste_back(
-                    &input.target,
-                    rect,
-                    &crop,
-                    &mask,
-                    self.settings.feather_px,
-                ),
+                image: if roll == 0.0 {
+                    face::paste_back(&input.target, rect, &crop, &mask, self.settings.feather_px)
+                } else {
+                    face::paste_back_turned(
+                        &input.target,
+                        rect,
+                        roll,
+                        &crop,
+                        &mask,
+                        self.settings.feather_px,
+                    )
+                },
                 identity_score: cosine(
                     out_embeddings.row(i).as_slice().expect("row"),
                     mean_ref.as_slice().expect("mean"),

@@ -64,10 +64,15 @@ pub struct EditInput {
     pub target: RgbImage,
     /// Face box in `target`; `None` when the target is a square, aligned face.
     pub target_face: Option<FaceBox>,
+    /// The target face's roll (radians, the eye line's `atan2(dy, dx)`, y down): the crop is turned
+    /// by it so the face stands upright, and the edit turned back at paste-back. 0: not turned.
+    pub target_roll: f64,
     /// The repaint region.
     pub mask: MaskInput,
     /// Reference photos with optional face boxes (1..=max_references).
     pub references: Vec<(RgbImage, Option<FaceBox>)>,
+    /// Each reference face's roll, as `target_roll` (missing entries: 0).
+    pub reference_rolls: Vec<f64>,
     /// The job's prompt ("with a beard").
     pub prompt: String,
     /// Negative prompt for the unconditional row.
