@@ -349,6 +349,7 @@ impl Settings {
             ("amqp.dead_letter_exchange", &self.amqp.dead_letter_exchange),
             ("amqp.dead_letter_queue", &self.amqp.dead_letter_queue),
             ("amqp.result_exchange", &self.amqp.result_exchange),
+            ("amqp.results_queue", &self.amqp.results_queue),
         ] {
             if name.trim().is_empty() {
                 return invalid(setting, "must not be empty");

@@ -130,7 +130,7 @@ impl JobClient {
             headers: Vec::new(),
             reply_to: reply_to.map(str::to_string),
         };
-        publish_confirmed(&self.channel, "", queue, &message).await
+        publish_confirmed(&self.channel, "", queue, &message, false).await
     }
 
     /// Deletes queues and exchanges, best effort (e.g. a benchmark's own topology).

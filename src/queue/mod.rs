@@ -2,6 +2,7 @@
 //! per-delivery facts the worker needs (delivery count, queue wait, reply-to). The only module that
 //! uses `lapin` types.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::options::{
@@ -31,6 +32,17 @@ pub enum QueueError {
         /// lapin's error.
         source: lapin::Error,
     },
+    /// The broker returned a `mandatory` message: no queue is bound for its routing key (a transient
+    /// failure: the caller retries later, once a queue is bound).
+    #[error("broker returned the message published to `{exchange}`/`{routing_key}`: no queue is bound for it ({reply})")]
+    Returned {
+        /// Exchange.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+        /// The broker's reply code and text (e.g. `312 NO_ROUTE`).
+        reply: String,
+    },
     /// The broker refused (nacked) a published message.
     #[error("broker refused the message published to `{exchange}`/`{routing_key}`")]
     Nacked {
@@ -52,6 +64,9 @@ pub struct Broker {
     consume: Channel,
     /// Channel results and dead letters are published on, with publisher confirms.
     publish: Channel,
+    /// One confirmed publish at a time on `publish`, so a returned message and its confirm belong
+    /// to the publish that waits for them.
+    publish_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A job message as delivered, answered with [`Delivery::ack`] or [`Delivery::requeue`].
@@ -60,9 +75,13 @@ pub struct Delivery(lapin::message::Delivery);
 /// The job queue's deliveries as they arrive.
 pub struct Jobs(Consumer);
 
-/// Publishes results and dead letters with confirms; cheap to clone (one channel).
+/// Publishes results and dead letters with confirms; cheap to clone (one channel, whose confirmed
+/// publishes take turns).
 #[derive(Clone)]
-pub struct Publisher(Channel);
+pub struct Publisher {
+    channel: Channel,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
 
 impl Jobs {
     /// The next delivery; `None` when the broker cancelled the consumer.
@@ -168,7 +187,20 @@ impl Publisher {
         routing_key: &str,
         message: &Outgoing,
     ) -> Result<(), QueueError> {
-        publish_confirmed(&self.0, exchange, routing_key, message).await
+        let _turn = self.lock.lock().await;
+        publish_confirmed(&self.channel, exchange, routing_key, message, false).await
+    }
+
+    /// Publishes persistently with `mandatory` and waits for the broker's confirm: a message no
+    /// queue is bound for is [`QueueError::Returned`], never a success.
+    pub async fn publish_mandatory(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Outgoing,
+    ) -> Result<(), QueueError> {
+        let _turn = self.lock.lock().await;
+        publish_confirmed(&self.channel, exchange, routing_key, message, true).await
     }
 }
 
@@ -195,6 +227,7 @@ impl Broker {
             connection,
             consume,
             publish,
+            publish_lock: Arc::default(),
         })
     }
 
@@ -218,7 +251,10 @@ impl Broker {
 
     /// The publisher on this connection's confirm channel.
     pub fn publisher(&self) -> Publisher {
-        Publisher(self.publish.clone())
+        Publisher {
+            channel: self.publish.clone(),
+            lock: Arc::clone(&self.publish_lock),
+        }
     }
 
     /// Stops the job consumer `tag` (in-flight deliveries stay with this worker until answered).
@@ -266,7 +302,9 @@ pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, 
 }
 
 /// Declares (idempotently) the dead-letter exchange and queue, the durable quorum job queue with
-/// its dead-letter exchange and delivery limit, and the result exchange.
+/// its dead-letter exchange and delivery limit, the result exchange and (when
+/// `declare_results_queue`) the durable quorum results queue bound to it with the final results'
+/// routing key.
 pub async fn declare_topology(
     channel: &Channel,
     settings: &AmqpSettings,
@@ -351,6 +389,34 @@ pub async fn declare_topology(
         )
         .await
         .map_err(broker("declaring the result exchange"))?;
+    if settings.declare_results_queue {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        channel
+            .queue_declare(
+                settings.results_queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .map_err(broker("declaring the results queue (an existing queue with other arguments is refused: delete it, or set amqp.declare_results_queue = false)"))?;
+        channel
+            .queue_bind(
+                settings.results_queue.as_str().into(),
+                settings.result_exchange.as_str().into(),
+                settings.result_routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker("binding the results queue"))?;
+    }
     Ok(())
 }
 
@@ -367,12 +433,15 @@ pub struct Outgoing {
     pub reply_to: Option<String>,
 }
 
-/// Publishes persistently and waits for the broker's confirm.
+/// Publishes persistently (with `mandatory` when asked) and waits for the broker's confirm; a
+/// returned message is [`QueueError::Returned`]. The caller makes sure no other confirmed publish
+/// is in flight on `channel` (the return travels just before its confirm, unnumbered).
 async fn publish_confirmed(
     channel: &Channel,
     exchange: &str,
     routing_key: &str,
     message: &Outgoing,
+    mandatory: bool,
 ) -> Result<(), QueueError> {
     let mut headers = FieldTable::default();
     for (k, v) in &message.headers {
@@ -401,7 +470,10 @@ async fn publish_confirmed(
         .basic_publish(
             exchange.into(),
             routing_key.into(),
-            BasicPublishOptions::default(),
+            BasicPublishOptions {
+                mandatory,
+                ..Default::default()
+            },
             &message.body,
             properties,
         )
@@ -409,6 +481,15 @@ async fn publish_confirmed(
         .map_err(broker("publishing"))?
         .await
         .map_err(broker("waiting for the publisher confirm"))?;
+    if let lapin::Confirmation::Ack(Some(returned)) | lapin::Confirmation::Nack(Some(returned)) =
+        &confirm
+    {
+        return Err(QueueError::Returned {
+            exchange: exchange.to_string(),
+            routing_key: routing_key.to_string(),
+            reply: format!("{} {}", returned.reply_code, returned.reply_text.as_str()),
+        });
+    }
     if confirm.is_nack() {
         return Err(QueueError::Nacked {
             exchange: exchange.to_string(),

@@ -18,8 +18,15 @@ pub struct AmqpSettings {
     pub dead_letter_queue: String,
     /// Exchange result messages are published to.
     pub result_exchange: String,
-    /// Routing key of result messages.
+    /// Routing key of final result messages (`succeeded` / `failed`); published with `mandatory`, so
+    /// a result no queue is bound for is returned by the broker and the job retried, never dropped.
     pub result_routing_key: String,
+    /// Durable quorum queue the worker declares and binds to `result_exchange` with
+    /// `result_routing_key` (when `declare_results_queue`), so final results have a queue to go to
+    /// before any consumer binds one.
+    pub results_queue: String,
+    /// Declare `results_queue` and its binding at start; off for deployments that bind their own.
+    pub declare_results_queue: bool,
     /// AMQP heartbeat interval in seconds.
     pub heartbeat_secs: u16,
     /// First reconnect delay; doubles up to `reconnect_max_ms`.

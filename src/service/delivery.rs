@@ -116,8 +116,9 @@ impl<S: ObjectStore> Service<S> {
             reply_to: None,
         };
         let amqp = &self.settings.amqp;
+        // Mandatory: a result no queue is bound for comes back as `Returned`, never a success.
         publisher
-            .publish_confirmed(&amqp.result_exchange, &amqp.result_routing_key, &message)
+            .publish_mandatory(&amqp.result_exchange, &amqp.result_routing_key, &message)
             .await?;
         if let Some(reply_to) = reply_to {
             publisher.publish_confirmed("", &reply_to, &message).await?;
@@ -152,10 +153,19 @@ impl<S: ObjectStore> Service<S> {
                     };
                     let crate::job::Done { result, artefacts, .. } = done;
                     drop(artefacts);
-                    if let Err(e) = self.publish_result(&publish, &result, &delivery).await {
-                        // Not acked: the broker redelivers, and the stored result is republished.
-                        tracing::warn!(error = %e, "result not confirmed; the job will be redelivered");
-                        return;
+                    match self.publish_result(&publish, &result, &delivery).await {
+                        Ok(()) => {}
+                        Err(e @ queue::QueueError::Returned { .. }) => {
+                            // The stored result is republished by the next delivery.
+                            self.result_returned(&delivery, &publish, &job_id, previous, &e, started)
+                                .await;
+                            return;
+                        }
+                        Err(e) => {
+                            // Not acked: the broker redelivers, and the stored result is republished.
+                            tracing::warn!(error = %e, "result not confirmed; the job will be redelivered");
+                            return;
+                        }
                     }
                     ack(&delivery).await;
                     if outcome == JobOutcome::Succeeded {
@@ -202,9 +212,25 @@ impl<S: ObjectStore> Service<S> {
                     if let Err(e) = self.runner.store_failure(delivery.body(), &result).await {
                         tracing::warn!(error = %e, "failed result not stored");
                     }
-                    if let Err(e) = self.publish_result(&publish, &result, &delivery).await {
-                        tracing::warn!(error = %e, "failed result not confirmed; the job will be redelivered");
-                        return;
+                    match self.publish_result(&publish, &result, &delivery).await {
+                        Ok(()) => {}
+                        Err(e @ queue::QueueError::Returned { .. })
+                            if previous + 1 < self.settings.worker.delivery_limit =>
+                        {
+                            // Retried as a transient failure; the next delivery fails alike and is
+                            // dead-lettered again (each dead letter says which delivery it was).
+                            self.requeue_after_backoff(&delivery, previous, RESULT_UNROUTABLE, &e)
+                                .await;
+                            return;
+                        }
+                        Err(e @ queue::QueueError::Returned { .. }) => {
+                            // The outcome is in the dead-letter queue and in the store.
+                            tracing::error!(error = %e, "failed result returned at the delivery limit; the job stays dead-lettered");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "failed result not confirmed; the job will be redelivered");
+                            return;
+                        }
                     }
                     ack(&delivery).await;
                     self.metrics.job_finished(JobOutcome::Failed, started.elapsed().as_secs_f64());
@@ -214,6 +240,65 @@ impl<S: ObjectStore> Service<S> {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// The reason (metrics label, dead-letter code) of a final result the broker returned.
+const RESULT_UNROUTABLE: &str = "result_unroutable";
+
+impl<S: ObjectStore> Service<S> {
+    /// Sleeps the retry delay of delivery `previous + 1`, then returns the delivery to the queue.
+    async fn requeue_after_backoff(
+        &self,
+        delivery: &Delivery,
+        previous: u32,
+        reason: &'static str,
+        error: &(dyn std::fmt::Display + Sync),
+    ) {
+        let w = &self.settings.worker;
+        let delay = backoff(w.retry_initial_ms, w.retry_max_ms, previous);
+        tracing::warn!(reason, error = %error, retry_in_ms = delay.as_millis() as u64, "transient failure; requeueing");
+        tokio::time::sleep(delay).await;
+        if let Err(e) = delivery.requeue().await {
+            tracing::warn!(error = %e, "nack failed; the broker will redeliver");
+        }
+        self.metrics.job_retried(reason);
+    }
+
+    /// A final success the broker returned (no queue bound for its routing key): a transient
+    /// failure, requeued with backoff (the next delivery republishes the stored result); at the
+    /// delivery limit the job is dead-lettered with reason `result_unroutable`.
+    async fn result_returned(
+        &self,
+        delivery: &Delivery,
+        publish: &Publisher,
+        job_id: &str,
+        previous: u32,
+        error: &queue::QueueError,
+        started: Instant,
+    ) {
+        if previous + 1 < self.settings.worker.delivery_limit {
+            self.requeue_after_backoff(delivery, previous, RESULT_UNROUTABLE, error)
+                .await;
+            return;
+        }
+        tracing::error!(error = %error, "result returned at the delivery limit; dead-lettering (the result is stored)");
+        let amqp = &self.settings.amqp;
+        let message = error.to_string();
+        let dead_letter = delivery.dead_letter(
+            publish,
+            (&amqp.dead_letter_exchange, &amqp.job_queue),
+            job_id,
+            (RESULT_UNROUTABLE, &message),
+        );
+        if let Err(e) = dead_letter.await {
+            tracing::warn!(error = %e, "dead letter not confirmed; the job will be redelivered");
+            return;
+        }
+        ack(delivery).await;
+        self.metrics
+            .job_finished(JobOutcome::Failed, started.elapsed().as_secs_f64());
+        self.metrics.job_dead_lettered(RESULT_UNROUTABLE);
     }
 }
 

@@ -62,6 +62,7 @@ impl Env {
         a.dead_letter_queue = format!("test.{id}.dead");
         a.result_exchange = format!("test.{id}.results");
         a.result_routing_key = "result".into();
+        a.results_queue = format!("test.{id}.finals");
         a.reconnect_initial_ms = 100;
         a.reconnect_max_ms = 1000;
         settings.worker.delivery_limit = 3;
@@ -127,6 +128,8 @@ dead_letter_exchange = "{dlx}"
 dead_letter_queue = "{dlq}"
 result_exchange = "{rx}"
 result_routing_key = "{rk}"
+results_queue = "{rq}"
+declare_results_queue = {drq}
 reconnect_initial_ms = 100
 reconnect_max_ms = 1000
 [s3]
@@ -160,6 +163,8 @@ level = "info,ort=warn"
             dlq = s.amqp.dead_letter_queue,
             rx = s.amqp.result_exchange,
             rk = s.amqp.result_routing_key,
+            rq = s.amqp.results_queue,
+            drq = s.amqp.declare_results_queue,
             endpoint = s.s3.endpoint,
             ak = self.s3.access_key(),
             sk = self.s3.secret_key(),

@@ -10,6 +10,7 @@ mod commands;
 mod failures;
 mod jobs;
 mod lifecycle;
+mod results;
 mod tuning;
 
 use pva_worker::job::JobResult;

@@ -66,6 +66,8 @@ dead_letter_exchange = "{dlx}"
 dead_letter_queue = "{dead}"
 result_exchange = "{results}"
 result_routing_key = "result"
+# The bench binds its own results queue (deleted with its topology).
+declare_results_queue = false
 [s3]
 endpoint = "{endpoint}"
 force_path_style = true
