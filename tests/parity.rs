@@ -443,6 +443,7 @@ fn whole_edit_matches(model: &str, fixtures: &str, at_least: usize) {
             target: load_png(&dir.join("target.png")),
             target_face: None,
             target_roll: 0.0,
+            target_landmarks: Vec::new(),
             mask: MaskInput::Image(load_png(&dir.join("mask.png"))),
             references: refs(&dir).into_iter().map(|r| (r, None)).collect(),
             reference_rolls: Vec::new(),

@@ -41,6 +41,7 @@ fn obama_input(num_outputs: usize, guidance: f32) -> EditInput {
             height: 360,
         }),
         target_roll: 0.0,
+        target_landmarks: Vec::new(),
         mask: MaskInput::Region(Region::LowerFace),
         references: vec![(
             photo("obama2.jpg"),
@@ -558,6 +559,33 @@ fn root_with_references(dir: &Path) -> std::path::PathBuf {
     root
 }
 
+/// The example job through `edit` (2 steps, one output) with `patch` applied, its keys read from
+/// `root`, its outputs under `dir/out`.
+fn edit_example(
+    dir: &Path,
+    id: &str,
+    root: &Path,
+    patch: impl FnOnce(&mut serde_json::Value),
+) -> pva_worker::commands::edit::EditReport {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join("examples/job.json")).unwrap()).unwrap();
+    v["job_id"] = id.into();
+    v["steps"] = 2.into();
+    v["num_outputs"] = 1.into();
+    patch(&mut v);
+    let job = dir.join(format!("{id}.json"));
+    std::fs::write(&job, serde_json::to_vec(&v).unwrap()).unwrap();
+    common::run_edit(
+        &settings(),
+        &EditOptions {
+            job,
+            root: Some(root.to_path_buf()),
+            out: dir.join("out"),
+            contact_sheet: None,
+        },
+    )
+}
+
 /// Without face boxes `edit` finds the faces (issue 16): the example job with its hand-drawn boxes
 /// taken out succeeds, its result reports the face of each photo, and on the upright photos the
 /// boxes the crops were built from have IoU >= 0.8 with the hand-drawn ones (obama2.jpg, a turned
@@ -565,29 +593,14 @@ fn root_with_references(dir: &Path) -> std::path::PathBuf {
 #[test]
 fn edit_finds_the_faces_of_photos_without_face_boxes() {
     let dir = tempfile::tempdir().unwrap();
-    let s = settings();
     let hand: serde_json::Value =
         serde_json::from_slice(&std::fs::read(repo().join("examples/job.json")).unwrap()).unwrap();
-    let mut v = hand.clone();
-    v["job_id"] = "found".into();
-    v["steps"] = 2.into();
-    v["num_outputs"] = 1.into();
-    v["target"] = serde_json::json!({"key": "photos/obama.jpg"});
-    for r in v["identity"]["references"].as_array_mut().unwrap() {
-        r.as_object_mut().unwrap().remove("face_box");
-    }
-    let job = dir.path().join("found.json");
-    std::fs::write(&job, serde_json::to_vec(&v).unwrap()).unwrap();
-    let out = dir.path().join("out");
-    let report = common::run_edit(
-        &s,
-        &EditOptions {
-            job,
-            root: Some(repo().join("examples")),
-            out: out.clone(),
-            contact_sheet: None,
-        },
-    );
+    let report = edit_example(dir.path(), "found", &repo().join("examples"), |v| {
+        v["target"] = serde_json::json!({"key": "photos/obama.jpg"});
+        for r in v["identity"]["references"].as_array_mut().unwrap() {
+            r.as_object_mut().unwrap().remove("face_box");
+        }
+    });
     let result = &report.result;
     assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
     let images: Vec<&str> = result.faces.iter().map(|f| f.image.as_str()).collect();
@@ -622,21 +635,9 @@ fn edit_finds_the_faces_of_photos_without_face_boxes() {
     image::RgbImage::from_pixel(300, 400, image::Rgb([120, 140, 160]))
         .save(root.join("photos/flat.png"))
         .unwrap();
-    let mut flat = hand.clone();
-    flat["job_id"] = "flat".into();
-    flat["steps"] = 2.into();
-    flat["target"] = serde_json::json!({"key": "photos/flat.png"});
-    let job = dir.path().join("flat.json");
-    std::fs::write(&job, serde_json::to_vec(&flat).unwrap()).unwrap();
-    let report = common::run_edit(
-        &s,
-        &EditOptions {
-            job,
-            root: Some(root),
-            out,
-            contact_sheet: None,
-        },
-    );
+    let report = edit_example(dir.path(), "flat", &root, |v| {
+        v["target"] = serde_json::json!({"key": "photos/flat.png"})
+    });
     let error = report.result.error.as_ref().expect("failed");
     assert_eq!(error.code, "no_face", "{error:?}");
     assert!(
@@ -652,7 +653,6 @@ fn edit_finds_the_faces_of_photos_without_face_boxes() {
 #[test]
 fn edit_turns_a_tilted_face_upright_and_back() {
     let dir = tempfile::tempdir().unwrap();
-    let s = settings();
     let original = photo("obama.jpg");
     // The photo on a square canvas of its diagonal, turned by -20° (the head leans clockwise on
     // screen by 20°).
@@ -671,23 +671,9 @@ fn edit_turns_a_tilted_face_upright_and_back() {
     let tilted = pva_worker::pipeline::face::upright(&canvas, whole, (-20f64).to_radians());
     let root = root_with_references(dir.path());
     tilted.save(root.join("photos/tilted.png")).unwrap();
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(repo().join("examples/job.json")).unwrap()).unwrap();
-    v["job_id"] = "tilted".into();
-    v["steps"] = 2.into();
-    v["num_outputs"] = 1.into();
-    v["target"] = serde_json::json!({"key": "photos/tilted.png"});
-    let job = dir.path().join("tilted.json");
-    std::fs::write(&job, serde_json::to_vec(&v).unwrap()).unwrap();
-    let report = common::run_edit(
-        &s,
-        &EditOptions {
-            job,
-            root: Some(root),
-            out: dir.path().join("out"),
-            contact_sheet: None,
-        },
-    );
+    let report = edit_example(dir.path(), "tilted", &root, |v| {
+        v["target"] = serde_json::json!({"key": "photos/tilted.png"})
+    });
     let result = &report.result;
     assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
     let face = &result.faces[0];
@@ -718,4 +704,84 @@ fn edit_turns_a_tilted_face_upright_and_back() {
         }
     }
     assert!(changed > 1000, "the edit changed {changed} pixels");
+}
+
+/// Distance from (x, y) to a polygon: 0 inside, else to its nearest edge.
+fn polygon_distance(poly: &[[f64; 2]], x: f64, y: f64) -> f64 {
+    let mut odd = false;
+    let mut best = f64::INFINITY;
+    for i in 0..poly.len() {
+        let (a, b) = (poly[i], poly[(i + 1) % poly.len()]);
+        if (a[1] > y) != (b[1] > y) && x < (b[0] - a[0]) * (y - a[1]) / (b[1] - a[1]) + a[0] {
+            odd = !odd;
+        }
+        let (ex, ey) = (b[0] - a[0], b[1] - a[1]);
+        let t = (((x - a[0]) * ex + (y - a[1]) * ey) / (ex * ex + ey * ey)).clamp(0.0, 1.0);
+        best = best.min((a[0] + t * ex - x).hypot(a[1] + t * ey - y));
+    }
+    if odd {
+        0.0
+    } else {
+        best
+    }
+}
+
+/// A found face's named region is its landmark polygon (issue 16): with `mouth`, every pixel the
+/// edit changed lies within the polygon's dilation (4% of the crop), the mask's cell at model size
+/// and the feathered band of the lips' landmarks; everything farther keeps the photo's bytes.
+#[test]
+fn a_found_faces_region_is_its_landmark_polygon() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings();
+    let report = edit_example(dir.path(), "mouth", &repo().join("examples"), |v| {
+        v["target"] = serde_json::json!({"key": "photos/obama.jpg"});
+        v["mask"] = serde_json::json!({"region": "mouth"});
+    });
+    assert_eq!(
+        report.result.status,
+        JobStatus::Succeeded,
+        "{:?}",
+        report.result
+    );
+    let original = photo("obama.jpg");
+    let mut faces = pva_worker::engine::OrtFaces::load(&s.engine).unwrap();
+    let found = pva_worker::pipeline::face::locate_face(
+        &mut faces,
+        &original,
+        pva_worker::pipeline::face::FaceChoice::Largest,
+        28,
+    )
+    .unwrap();
+    assert_eq!(found.face_box, {
+        let b = report.result.faces[0].face_box;
+        FaceBox {
+            x: b.x,
+            y: b.y,
+            width: b.width,
+            height: b.height,
+        }
+    });
+    let lips: Vec<[f64; 2]> = pva_worker::pipeline::face::region_polygons(Region::Mouth)[0]
+        .iter()
+        .map(|&i| found.landmarks[i])
+        .collect();
+    let side = (f64::from(found.face_box.width.max(found.face_box.height)) * 1.3).round();
+    let res = 64.0;
+    let reach = pva_worker::pipeline::face::DILATE * side
+        + 1.5 * side / res
+        + f64::from(s.pipeline.feather_px)
+        + 2.0;
+    let out = image::open(&report.output_paths[0]).unwrap().to_rgb8();
+    let mut changed = 0;
+    for (x, y, p) in out.enumerate_pixels() {
+        if p != original.get_pixel(x, y) {
+            changed += 1;
+            let d = polygon_distance(&lips, f64::from(x) + 0.5, f64::from(y) + 0.5);
+            assert!(
+                d <= reach,
+                "({x}, {y}) changed {d:.1} px from the lips (reach {reach:.1})"
+            );
+        }
+    }
+    assert!(changed > 500, "{changed} pixels changed");
 }

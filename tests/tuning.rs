@@ -408,6 +408,7 @@ fn the_edit_uses_a_tuned_adapter_from_its_stored_file() {
             target: crops[0].image.clone(),
             target_face: None,
             target_roll: 0.0,
+            target_landmarks: Vec::new(),
             mask: MaskInput::Region(Region::WholeFace),
             references: crops[1..].iter().map(|c| (c.face.clone(), None)).collect(),
             reference_rolls: Vec::new(),

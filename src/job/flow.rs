@@ -94,6 +94,7 @@ pub fn apply_faces(input: &mut EditInput, found: &[Option<LocatedFace>]) -> Vec<
         let image = if i == 0 {
             input.target_face = Some(located.face_box);
             input.target_roll = located.turn;
+            input.target_landmarks = located.landmarks.clone();
             "target".to_string()
         } else {
             if let Some(reference) = input.references.get_mut(i - 1) {
@@ -168,6 +169,7 @@ pub fn prepare(
         target,
         target_face: r.target.face_box.map(Into::into),
         target_roll: 0.0,
+        target_landmarks: Vec::new(),
         mask,
         references,
         reference_rolls: Vec::new(),

@@ -46,6 +46,8 @@ pub struct LocatedFace {
     pub roll: f64,
     /// The roll the crop is turned by: `roll`, or 0 below [`MIN_TURN_DEGREES`].
     pub turn: f64,
+    /// The 468 landmarks (x, y) in photo pixels.
+    pub landmarks: Vec<[f64; 2]>,
 }
 
 /// Below this roll (degrees) the crop is not turned: the named regions' boxes still fit, and the
@@ -205,6 +207,7 @@ pub fn locate_face(
         } else {
             0.0
         },
+        landmarks: landmarks.points.iter().map(|p| [p[0], p[1]]).collect(),
     })
 }
 

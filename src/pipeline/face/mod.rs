@@ -12,7 +12,8 @@
 //! cropping to model size), `window` ([`embed_input`]: the face embedder's input window, the paper's
 //! FaceNet crop), `paste` ([`paste_back`] and its feathered blend) and `distance` (the exact
 //! Euclidean distance transform the feathering measures with), and `align` (roll removal: the crop
-//! of a tilted face turned upright, [`paste_back_turned`] turning the edit back).
+//! of a tilted face turned upright, [`paste_back_turned`] turning the edit back) and `regions` (the
+//! named regions as landmark polygons, [`landmark_mask`]).
 
 mod align;
 mod crop;
@@ -20,6 +21,7 @@ mod detect;
 mod distance;
 mod locate;
 mod paste;
+mod regions;
 mod resample;
 mod window;
 
@@ -34,6 +36,7 @@ pub use locate::{
     LocatedFace, FOREHEAD, SIMILAR_AREA,
 };
 pub use paste::paste_back;
+pub use regions::{landmark_mask, points_in_crop, region_polygons, DILATE};
 pub use window::embed_input;
 
 /// The fixture photos the crop and paste tests share.

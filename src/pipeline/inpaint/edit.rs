@@ -178,13 +178,8 @@ impl<E: Engine> Pipeline<E> {
         }
     }
 
-    fn mask(
-        &self,
-        input: &MaskInput,
-        target: &RgbImage,
-        rect: CropRect,
-        roll: f64,
-    ) -> Result<Mask, PipelineError> {
+    fn mask(&self, edit: &EditInput, rect: CropRect, roll: f64) -> Result<Mask, PipelineError> {
+        let (input, target) = (&edit.mask, &edit.target);
         let res = self.engine.manifest().resolution;
         let whole = CropRect {
             x: 0,
@@ -192,6 +187,11 @@ impl<E: Engine> Pipeline<E> {
             size: rect.size,
         };
         match input {
+            // A face the worker found: the region's landmark polygons.
+            MaskInput::Region(r) if !edit.target_landmarks.is_empty() => {
+                let points = face::points_in_crop(&edit.target_landmarks, rect, roll, res);
+                Ok(face::landmark_mask(*r, &points, res)?)
+            }
             MaskInput::Region(r) => Ok(Mask::from_region(*r, res)?),
             // A turned crop: the box drawn into the upright square, resized as a mask image.
             MaskInput::Box(b) if roll != 0.0 => {
@@ -266,6 +266,16 @@ impl<E: Engine> Pipeline<E> {
         input: &EditInput,
         noise: &mut dyn NoiseSource,
     ) -> Result<EditOutput, PipelineError> {
+        self.edit_with_progress(input, noise, &mut |_, _| {})
+    }
+
+    /// As [`Self::edit`], calling `on_step(step, steps)` after each denoising step (1-based).
+    pub fn edit_with_progress(
+        &mut self,
+        input: &EditInput,
+        noise: &mut dyn NoiseSource,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<EditOutput, PipelineError> {
         let mut timings = Timings::default();
         let t = Instant::now();
         let m = self.engine.manifest().clone();
@@ -273,7 +283,7 @@ impl<E: Engine> Pipeline<E> {
         let rect = self.face_rect("target", &input.target, input.target_face)?;
         let roll = input.target_roll;
         let crop = crop_turned(&input.target, rect, roll, res);
-        let mask = self.mask(&input.mask, &input.target, rect, roll)?;
+        let mask = self.mask(input, rect, roll)?;
         let refs = self.reference_faces(&input.references, &input.reference_rolls)?;
         let mut image = Array4::<f32>::zeros((1, 3, res as usize, res as usize));
         img::to_chw(&crop, image.as_slice_mut().expect("standard layout"));
@@ -329,7 +339,7 @@ impl<E: Engine> Pipeline<E> {
                 num_outputs: input.num_outputs,
             },
             noise,
-            &mut |_, _| {},
+            &mut |i, _| on_step(i + 1, input.steps),
         )?;
         let t = timings.record(Stage::Denoise, t);
 

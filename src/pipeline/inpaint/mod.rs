@@ -67,6 +67,9 @@ pub struct EditInput {
     /// The target face's roll (radians, the eye line's `atan2(dy, dx)`, y down): the crop is turned
     /// by it so the face stands upright, and the edit turned back at paste-back. 0: not turned.
     pub target_roll: f64,
+    /// The target face's 468 landmarks (x, y, photo pixels) when the worker found it: the named
+    /// regions become landmark polygons (`face::landmark_mask`). Empty: the regions' fixed boxes.
+    pub target_landmarks: Vec<[f64; 2]>,
     /// The repaint region.
     pub mask: MaskInput,
     /// Reference photos with optional face boxes (1..=max_references).
