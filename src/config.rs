@@ -350,6 +350,10 @@ impl Settings {
             ("amqp.dead_letter_queue", &self.amqp.dead_letter_queue),
             ("amqp.result_exchange", &self.amqp.result_exchange),
             ("amqp.results_queue", &self.amqp.results_queue),
+            (
+                "amqp.event_routing_key_prefix",
+                &self.amqp.event_routing_key_prefix,
+            ),
         ] {
             if name.trim().is_empty() {
                 return invalid(setting, "must not be empty");

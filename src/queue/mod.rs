@@ -67,6 +67,48 @@ pub struct Broker {
     /// One confirmed publish at a time on `publish`, so a returned message and its confirm belong
     /// to the publish that waits for them.
     publish_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Channel lifecycle events are published on (confirm mode, but nobody waits for a single
+    /// event's confirm: see [`Events`]).
+    events: Channel,
+}
+
+/// Publishes lifecycle events, best effort: each is sent without waiting for its confirm; before a
+/// job's final result, [`Events::settle`] waits (bounded) until the broker has taken every event
+/// sent, so a job's events are routed before its final result. Cheap to clone (one channel).
+#[derive(Clone)]
+pub struct Events(Channel);
+
+impl Events {
+    /// Sends an event (transient, not mandatory); does not wait for the broker's confirm.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: Vec<u8>,
+        correlation_id: &str,
+    ) -> Result<(), QueueError> {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(1)
+            .with_content_type("application/json".into())
+            .with_correlation_id(correlation_id.into());
+        // NOTE: the confirm is dropped; `settle` waits for every confirm of the channel.
+        self.0
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+            .map(drop)
+            .map_err(broker("publishing an event"))
+    }
+
+    /// Waits up to `within` for the broker's confirms of every event sent so far on this channel.
+    pub async fn settle(&self, within: Duration) {
+        let _ = tokio::time::timeout(within, self.0.wait_for_confirms()).await;
+    }
 }
 
 /// A job message as delivered, answered with [`Delivery::ack`] or [`Delivery::requeue`].
@@ -218,6 +260,7 @@ impl Broker {
             .await
             .map_err(broker("opening a channel"))?;
         let publish = confirm_channel(&connection).await?;
+        let events = confirm_channel(&connection).await?;
         declare_topology(&consume, settings, delivery_limit).await?;
         consume
             .basic_qos(prefetch, BasicQosOptions::default())
@@ -228,6 +271,7 @@ impl Broker {
             consume,
             publish,
             publish_lock: Arc::default(),
+            events,
         })
     }
 
@@ -257,6 +301,11 @@ impl Broker {
         }
     }
 
+    /// The lifecycle-event publisher on this connection's events channel.
+    pub fn events(&self) -> Events {
+        Events(self.events.clone())
+    }
+
     /// Stops the job consumer `tag` (in-flight deliveries stay with this worker until answered).
     pub async fn cancel(&self, tag: &str) {
         let _ = self
@@ -269,6 +318,7 @@ impl Broker {
     pub async fn close(&self) {
         let _ = self.consume.close(200, "shutdown".into()).await;
         let _ = self.publish.close(200, "shutdown".into()).await;
+        let _ = self.events.close(200, "shutdown".into()).await;
         let _ = self.connection.close(200, "shutdown".into()).await;
     }
 }

@@ -27,6 +27,9 @@ pub struct AmqpSettings {
     pub results_queue: String,
     /// Declare `results_queue` and its binding at start; off for deployments that bind their own.
     pub declare_results_queue: bool,
+    /// Routing-key prefix of lifecycle events on `result_exchange`: `{prefix}.started`,
+    /// `{prefix}.progress` (best effort, unconfirmed). Final results keep `result_routing_key`.
+    pub event_routing_key_prefix: String,
     /// AMQP heartbeat interval in seconds.
     pub heartbeat_secs: u16,
     /// First reconnect delay; doubles up to `reconnect_max_ms`.

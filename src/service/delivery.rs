@@ -28,7 +28,8 @@ use crate::job::{JobResult, ObjectStore, Observer, Runner};
 use crate::metrics::{serve_http, Health, JobOutcome, Metrics};
 use crate::model::Stage;
 use crate::provenance::Signer;
-use crate::queue::{self, Broker, Delivery, Outgoing, Publisher};
+use crate::queue::{self, Broker, Delivery, Events, Outgoing, Publisher};
+use crate::service::events::{JobEvents, PROGRESS};
 use crate::service::pool::InferencePool;
 
 /// Everything a delivery handler needs; shared by all in-flight jobs.
@@ -97,14 +98,16 @@ impl<S: ObjectStore> Service<S> {
         &self.runner.options().worker_id
     }
 
-    /// Publishes a result to the result exchange and, when the request asked, to its reply queue.
+    /// Publishes a final result (with its event fields, after the delivery's earlier events) to the
+    /// result exchange and, when the request asked, to its reply queue.
     async fn publish_result(
         &self,
         publisher: &Publisher,
         result: &JobResult,
         delivery: &Delivery,
+        events: &mut JobEvents,
     ) -> Result<(), queue::QueueError> {
-        let body = serde_json::to_vec(result).expect("a result serialises");
+        let body = events.final_message(result).await;
         let (reply_to, correlation) = delivery.reply_to();
         let message = Outgoing {
             body,
@@ -127,7 +130,7 @@ impl<S: ObjectStore> Service<S> {
     }
 
     /// Handles one delivery end to end: process, publish, then ack / requeue / dead-letter.
-    pub async fn handle(self: Arc<Self>, delivery: Delivery, publish: Publisher) {
+    pub async fn handle(self: Arc<Self>, delivery: Delivery, publish: Publisher, events: Events) {
         let previous = delivery.previous_deliveries();
         let job_id = flow::job_id_hint(delivery.body());
         let consent = flow::consent_hint(delivery.body());
@@ -144,7 +147,10 @@ impl<S: ObjectStore> Service<S> {
                 self.metrics.observe_queue_wait_since(published);
             }
             let started = Instant::now();
-            match self.runner.run(delivery.body()).await {
+            let mut events = JobEvents::new(events, &self.settings.amqp, &job_id, previous + 1);
+            events.started(self.worker_id()).await;
+            let progress = events.progress_sink();
+            match PROGRESS.scope(progress, self.runner.run(delivery.body())).await {
                 Ok(done) => {
                     let outcome = if done.republished() {
                         JobOutcome::Republished
@@ -153,7 +159,7 @@ impl<S: ObjectStore> Service<S> {
                     };
                     let crate::job::Done { result, artefacts, .. } = done;
                     drop(artefacts);
-                    match self.publish_result(&publish, &result, &delivery).await {
+                    match self.publish_result(&publish, &result, &delivery, &mut events).await {
                         Ok(()) => {}
                         Err(e @ queue::QueueError::Returned { .. }) => {
                             // The stored result is republished by the next delivery.
@@ -212,7 +218,7 @@ impl<S: ObjectStore> Service<S> {
                     if let Err(e) = self.runner.store_failure(delivery.body(), &result).await {
                         tracing::warn!(error = %e, "failed result not stored");
                     }
-                    match self.publish_result(&publish, &result, &delivery).await {
+                    match self.publish_result(&publish, &result, &delivery, &mut events).await {
                         Ok(()) => {}
                         Err(e @ queue::QueueError::Returned { .. })
                             if previous + 1 < self.settings.worker.delivery_limit =>
@@ -342,7 +348,7 @@ async fn consume<S: ObjectStore>(
             _ = shutdown.changed() => break Ended::Shutdown,
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    tasks.spawn(Arc::clone(service).handle(delivery, broker.publisher()));
+                    tasks.spawn(Arc::clone(service).handle(delivery, broker.publisher(), broker.events()));
                 }
                 Some(Err(e)) => break Ended::Lost(e.to_string()),
                 None => break Ended::Lost("the consumer was cancelled by the broker".into()),

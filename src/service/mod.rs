@@ -1,8 +1,9 @@
 //! The queue service and what every command shares to run jobs: loading the model ([`model`]), the
-//! inference threads ([`pool`]) and the delivery policy of `serve` ([`delivery`]: ack, requeue with
-//! backoff, dead-letter, publish).
+//! inference threads ([`pool`]), the delivery policy of `serve` ([`delivery`]: ack, requeue with
+//! backoff, dead-letter, publish) and a job's lifecycle events ([`events`]).
 
 pub mod delivery;
+pub mod events;
 pub mod model;
 pub mod pool;
 

@@ -18,10 +18,14 @@ use crate::config::Settings;
 use crate::engine::{Engine, OrtEngine, OrtFaces};
 use crate::job::{FailureCode, Inference, JobFailure};
 use crate::model::adapter::ModelRef;
-use crate::pipeline::face::{locate_face, min_face_side, FaceBox, FaceRequest, LocatedFace};
+use crate::model::Stage;
+use crate::pipeline::face::{
+    locate_face, min_face_side, upright_reference, FaceBox, FaceRequest, LocatedFace,
+};
 use crate::pipeline::inpaint::{EditInput, EditOutput, Pipeline};
 use crate::pipeline::noise::SeededNoise;
 use crate::pipeline::tune::{tune_identity, ReferenceCrop, TuneError, Tuned};
+use crate::service::events::{ProgressSink, PROGRESS};
 use crate::service::model::{load_faces, load_pipeline, LoadError};
 
 /// In debug builds (the tests' binaries), an edit with exactly this prompt panics in its inference
@@ -29,10 +33,11 @@ use crate::service::model::{load_faces, load_pipeline, LoadError};
 #[cfg(debug_assertions)]
 pub const PANIC_PROBE_PROMPT: &str = "__pva_test_panic_in_inference__";
 
-/// Work for an inference thread, with the caller's span.
+/// Work for an inference thread, with the caller's span and its job's progress sink.
 struct Request {
     work: Work,
     span: tracing::Span,
+    progress: Option<ProgressSink>,
 }
 
 enum Work {
@@ -59,6 +64,7 @@ fn tune<E: Engine>(
     pipeline: &mut Pipeline<E>,
     settings: &Settings,
     references: &[(RgbImage, Option<FaceBox>)],
+    progress: Option<&ProgressSink>,
 ) -> Result<Tuned, TuneError> {
     let manifest = pipeline.manifest().clone();
     let options = settings.tuning.options_for(&manifest)?;
@@ -75,7 +81,12 @@ fn tune<E: Engine>(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    tune_identity(pipeline, &crops, &options, &mut |_, _| {})
+    let steps = options.steps;
+    tune_identity(pipeline, &crops, &options, &mut |step, _| {
+        if let Some(report) = progress {
+            report(Stage::Tune, step, steps);
+        }
+    })
 }
 
 /// The face of each image that asks for one (target first, then the references), as large as the
@@ -85,6 +96,7 @@ fn locate<E: Engine>(
     faces: &mut OrtFaces,
     input: &EditInput,
     requests: &[Option<FaceRequest>],
+    margin: f32,
 ) -> Result<Vec<Option<LocatedFace>>, JobFailure> {
     let min_side = min_face_side(pipeline.manifest());
     requests
@@ -98,9 +110,15 @@ fn locate<E: Engine>(
                 0 => &input.target,
                 i => &input.references[i - 1].0,
             };
-            locate_face(faces, image, request.choice, min_side)
-                .map(Some)
-                .map_err(|e| JobFailure::face(&request.what, e))
+            let mut found = locate_face(faces, image, request.choice, min_side)
+                .map_err(|e| JobFailure::face(&request.what, e))?;
+            if i > 0 {
+                // A tilted reference becomes its upright crop, for the edit and tuning alike.
+                found.upright = upright_reference(image, &found, margin).map_err(|e| {
+                    JobFailure::new(FailureCode::BadInput, format!("{}: {e}", request.what))
+                })?;
+            }
+            Ok(Some(found))
         })
         .collect()
 }
@@ -109,12 +127,18 @@ fn edit<E: Engine>(
     pipeline: &mut Pipeline<E>,
     input: &EditInput,
     seed: u64,
+    progress: Option<&ProgressSink>,
 ) -> Result<EditOutput, JobFailure> {
     #[cfg(debug_assertions)]
     if input.prompt == PANIC_PROBE_PROMPT {
         panic!("the test hook's prompt");
     }
-    Ok(pipeline.edit(input, &mut SeededNoise::new(seed))?)
+    let mut on_step = |step, steps| {
+        if let Some(report) = progress {
+            report(Stage::Denoise, step, steps);
+        }
+    };
+    Ok(pipeline.edit_with_progress(input, &mut SeededNoise::new(seed), &mut on_step)?)
 }
 
 /// Runs one request's work, turning a panic into a failure of that job.
@@ -232,6 +256,7 @@ impl InferencePool {
         let request = Request {
             work,
             span: tracing::Span::current(),
+            progress: PROGRESS.try_with(Arc::clone).ok(),
         };
         self.sender
             .as_ref()
@@ -268,10 +293,13 @@ fn serve_requests(
         };
         let Ok(request) = request else { return };
         let _enter = request.span.enter();
+        let progress = request.progress.as_ref();
         // The caller may have given up (shutdown deadline); nothing to do then.
         match request.work {
             Work::Edit { input, seed, reply } => {
-                let _ = reply.send(run_caught("edit", || edit(pipeline, &input, seed)));
+                let _ = reply.send(run_caught("edit", || {
+                    edit(pipeline, &input, seed, progress)
+                }));
             }
             Work::Locate {
                 input,
@@ -279,12 +307,20 @@ fn serve_requests(
                 reply,
             } => {
                 let found = run_caught("face detection", || {
-                    locate(pipeline, faces, &input, &requests)
+                    locate(
+                        pipeline,
+                        faces,
+                        &input,
+                        &requests,
+                        settings.pipeline.face_margin,
+                    )
                 });
                 let _ = reply.send(found);
             }
             Work::Tune { references, reply } => {
-                let tuned = run_caught("tuning", || Ok(tune(pipeline, settings, &references)?));
+                let tuned = run_caught("tuning", || {
+                    Ok(tune(pipeline, settings, &references, progress)?)
+                });
                 let _ = reply.send(tuned);
             }
         }

@@ -308,6 +308,10 @@ level = "info,ort=warn"
                 ),
             };
             delivery.ack(BasicAckOptions::default()).await.unwrap();
+            // Lifecycle events (`started`, `progress`) share the exchange; finals have their key.
+            if delivery.routing_key.as_str() != self.settings.amqp.result_routing_key {
+                continue;
+            }
             let r: JobResult = serde_json::from_slice(&delivery.data).unwrap();
             got.entry(r.job_id.clone()).or_default().push(r);
         }

@@ -7,6 +7,7 @@
 mod common;
 
 mod commands;
+mod events;
 mod failures;
 mod jobs;
 mod lifecycle;

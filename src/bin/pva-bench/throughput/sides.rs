@@ -33,7 +33,8 @@ impl QueueSide {
             .results(ResultsQueue::Bound {
                 queue: &names.observed,
                 exchange: &names.results,
-                routing_key: "#",
+                // Final results only (lifecycle events share the exchange).
+                routing_key: "result",
             })
             .await?;
         Ok(Self {
