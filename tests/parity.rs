@@ -446,7 +446,6 @@ fn whole_edit_matches(model: &str, fixtures: &str, at_least: usize) {
             target_landmarks: Vec::new(),
             mask: MaskInput::Image(load_png(&dir.join("mask.png"))),
             references: refs(&dir).into_iter().map(|r| (r, None)).collect(),
-            reference_rolls: Vec::new(),
             prompt: case.prompt.clone(),
             negative_prompt: case.negative_prompt.clone(),
             scheduler: kind(&case),

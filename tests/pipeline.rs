@@ -52,7 +52,6 @@ fn obama_input(num_outputs: usize, guidance: f32) -> EditInput {
                 height: 395,
             }),
         )],
-        reference_rolls: Vec::new(),
         prompt: "with a beard".into(),
         negative_prompt: String::new(),
         scheduler: SchedulerKind::Ddim { eta: 1.0 },
@@ -672,12 +671,16 @@ fn edit_turns_a_tilted_face_upright_and_back() {
     let root = root_with_references(dir.path());
     tilted.save(root.join("photos/tilted.png")).unwrap();
     let report = edit_example(dir.path(), "tilted", &root, |v| {
-        v["target"] = serde_json::json!({"key": "photos/tilted.png"})
+        v["target"] = serde_json::json!({"key": "photos/tilted.png"});
+        // The tilted photo as a reference too: turned upright for the face embedder (and tuning).
+        v["identity"]["references"][0] = serde_json::json!({"key": "photos/tilted.png"});
     });
     let result = &report.result;
     assert_eq!(result.status, JobStatus::Succeeded, "{result:?}");
     let face = &result.faces[0];
     assert!(face.turned, "{face:?}");
+    assert_eq!(result.faces[1].image, "identity.references[0]");
+    assert!(result.faces[1].turned, "{:?}", result.faces[1]);
     assert!((face.roll_degrees - 20.0).abs() < 3.0, "{face:?}");
     let out = image::open(&report.output_paths[0]).unwrap().to_rgb8();
     let b = face.face_box;

@@ -411,7 +411,6 @@ fn the_edit_uses_a_tuned_adapter_from_its_stored_file() {
             target_landmarks: Vec::new(),
             mask: MaskInput::Region(Region::WholeFace),
             references: crops[1..].iter().map(|c| (c.face.clone(), None)).collect(),
-            reference_rolls: Vec::new(),
             prompt: "smiling".into(),
             negative_prompt: String::new(),
             scheduler: SchedulerKind::Ddim { eta: 0.0 },

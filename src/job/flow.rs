@@ -98,11 +98,12 @@ pub fn apply_faces(input: &mut EditInput, found: &[Option<LocatedFace>]) -> Vec<
             "target".to_string()
         } else {
             if let Some(reference) = input.references.get_mut(i - 1) {
-                reference.1 = Some(located.face_box);
+                match &located.upright {
+                    // A turned reference is its upright crop: an aligned, square face.
+                    Some(upright) => *reference = (upright.clone(), None),
+                    None => reference.1 = Some(located.face_box),
+                }
             }
-            let rolls = &mut input.reference_rolls;
-            rolls.resize(rolls.len().max(i), 0.0);
-            rolls[i - 1] = located.turn;
             format!("identity.references[{}]", i - 1)
         };
         let b = located.face_box;
@@ -172,7 +173,6 @@ pub fn prepare(
         target_landmarks: Vec::new(),
         mask,
         references,
-        reference_rolls: Vec::new(),
         prompt: r.prompt.clone(),
         negative_prompt: r.negative_prompt.clone(),
         scheduler: job.scheduler,

@@ -4,7 +4,8 @@
 
 use image::RgbImage;
 
-use super::crop::FaceBox;
+use super::align::upright;
+use super::crop::{crop_rect, FaceBox, FaceError};
 use super::detect::{detect_faces, face_landmarks, DetectedFace};
 use crate::engine::{EngineError, FaceEngine};
 use crate::model::Manifest;
@@ -48,6 +49,9 @@ pub struct LocatedFace {
     pub turn: f64,
     /// The 468 landmarks (x, y) in photo pixels.
     pub landmarks: Vec<[f64; 2]>,
+    /// For a reference that is turned: its square crop around the face box, turned upright at the
+    /// photo's scale ([`upright_reference`]), which the edit and tuning then use as an aligned crop.
+    pub upright: Option<RgbImage>,
 }
 
 /// Below this roll (degrees) the crop is not turned: the named regions' boxes still fit, and the
@@ -208,7 +212,22 @@ pub fn locate_face(
             0.0
         },
         landmarks: landmarks.points.iter().map(|p| [p[0], p[1]]).collect(),
+        upright: None,
     })
+}
+
+/// A found face's square crop (its face box with `margin`, as every crop) turned upright at the
+/// photo's scale, when its roll is turned (`turn` not 0): an aligned, square face crop.
+pub fn upright_reference(
+    img: &RgbImage,
+    found: &LocatedFace,
+    margin: f32,
+) -> Result<Option<RgbImage>, FaceError> {
+    if found.turn == 0.0 {
+        return Ok(None);
+    }
+    let rect = crop_rect(found.face_box, margin, img.width(), img.height())?;
+    Ok(Some(upright(img, rect, found.turn)))
 }
 
 #[cfg(test)]

@@ -32,8 +32,8 @@ pub use detect::{
     LandmarkRoi,
 };
 pub use locate::{
-    choose, face_box_of, locate_face, min_face_side, FaceChoice, FaceRequest, LocateError,
-    LocatedFace, FOREHEAD, SIMILAR_AREA,
+    choose, face_box_of, locate_face, min_face_side, upright_reference, FaceChoice, FaceRequest,
+    LocateError, LocatedFace, FOREHEAD, SIMILAR_AREA,
 };
 pub use paste::paste_back;
 pub use regions::{landmark_mask, points_in_crop, region_polygons, DILATE};

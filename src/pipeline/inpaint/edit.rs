@@ -123,7 +123,6 @@ impl<E: Engine> Pipeline<E> {
     fn reference_faces(
         &self,
         references: &[(RgbImage, Option<FaceBox>)],
-        rolls: &[f64],
     ) -> Result<Array4<f32>, PipelineError> {
         let size = self.engine.manifest().face.source_size();
         let max = self.engine.manifest().max_references;
@@ -137,7 +136,7 @@ impl<E: Engine> Pipeline<E> {
         for (i, (image, face_box)) in references.iter().enumerate() {
             let what = format!("identity.references[{i}]");
             let rect = self.face_rect(&what, image, *face_box)?;
-            let crop = crop_turned(image, rect, rolls.get(i).copied().unwrap_or(0.0), size);
+            let crop = face::crop_resize(image, rect, size);
             img::to_chw(
                 &crop,
                 faces
@@ -284,7 +283,7 @@ impl<E: Engine> Pipeline<E> {
         let roll = input.target_roll;
         let crop = crop_turned(&input.target, rect, roll, res);
         let mask = self.mask(input, rect, roll)?;
-        let refs = self.reference_faces(&input.references, &input.reference_rolls)?;
+        let refs = self.reference_faces(&input.references)?;
         let mut image = Array4::<f32>::zeros((1, 3, res as usize, res as usize));
         img::to_chw(&crop, image.as_slice_mut().expect("standard layout"));
         let masked =

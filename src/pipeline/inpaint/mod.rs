@@ -74,8 +74,6 @@ pub struct EditInput {
     pub mask: MaskInput,
     /// Reference photos with optional face boxes (1..=max_references).
     pub references: Vec<(RgbImage, Option<FaceBox>)>,
-    /// Each reference face's roll, as `target_roll` (missing entries: 0).
-    pub reference_rolls: Vec<f64>,
     /// The job's prompt ("with a beard").
     pub prompt: String,
     /// Negative prompt for the unconditional row.
