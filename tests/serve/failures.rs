@@ -70,7 +70,13 @@ async fn bad_jobs_fail_with_their_code_are_dead_lettered_and_the_worker_keeps_go
     let mut pair = image::RgbImage::new(760, 400);
     image::imageops::replace(&mut pair, &face, 0, 0);
     image::imageops::replace(&mut pair, &face, 380, 0);
-    for (key, bytes) in [("photos/flat.png", flat), ("photos/pair.png", png(pair))] {
+    // obama.jpg shrunk until its face is about 20 px: under the tiny model's 28 px.
+    let small = png(image::imageops::thumbnail(&photo, 48, 60));
+    for (key, bytes) in [
+        ("photos/flat.png", flat),
+        ("photos/pair.png", png(pair)),
+        ("photos/small.png", small),
+    ] {
         env.store
             .put(&bucket, key, bytes, "image/png")
             .await
@@ -92,6 +98,13 @@ async fn bad_jobs_fail_with_their_code_are_dead_lettered_and_the_worker_keeps_go
                 v["identity"]["references"][0] = serde_json::json!({"key": "photos/pair.png"})
             }),
             "ambiguous_face",
+        ),
+        (
+            "small-face",
+            env.job("small-face", |v| {
+                v["target"] = serde_json::json!({"key": "photos/small.png"})
+            }),
+            "face_too_small",
         ),
         ("unknown", b"{this is not json".to_vec(), "invalid_job"),
         (

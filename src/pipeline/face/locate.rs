@@ -287,7 +287,8 @@ mod tests {
 
     /// Two people side by side (two public-domain photos at one height): `largest` and `index` pick
     /// as asked, a reference fails as ambiguous naming both boxes; a face below the minimum size is
-    /// refused with its size.
+    /// refused with its size (a threshold above the face, then the photo shrunk to a 20 px face); a
+    /// face cut by the border is found, its box reaching past the edge; a flat image has none.
     #[test]
     fn two_people_and_a_small_face_on_the_graphs() {
         use crate::engine::{EngineSettings, OrtFaces};
@@ -346,6 +347,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // The photo shrunk until its face box is about 20 px: found, and too small for a model that
+        // needs 28 px.
+        let small = image::imageops::resize(&left, 48, 60, image::imageops::FilterType::Triangle);
+        match locate_face(&mut faces, &small, FaceChoice::Largest, 28) {
+            Err(LocateError::TooSmall { side, min: 28, .. }) => assert!(side < 28.0, "{side}"),
+            other => panic!("{other:?}"),
+        }
+        // A face cut by the left border: found, its box reaching past the edge.
+        let cut =
+            image::imageops::crop_imm(&left, 230, 0, left.width() - 230, left.height()).to_image();
+        let found = locate_face(&mut faces, &cut, FaceChoice::Single, 28).unwrap();
+        assert!(found.face_box.x <= 0, "{:?}", found.face_box);
         // A flat image has none.
         let flat = RgbImage::from_pixel(200, 300, image::Rgb([90, 90, 90]));
         assert!(matches!(
