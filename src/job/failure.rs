@@ -54,11 +54,14 @@ pub enum FailureCode {
     AmbiguousFace,
     /// The chosen face is smaller than the model needs (`pipeline::face::min_face_side`).
     FaceTooSmall,
+    /// The job id already has a stored success for another request (another digest of the
+    /// expanded job and its inputs' ETags; the message names both).
+    Conflict,
 }
 
 impl FailureCode {
     /// Every code.
-    pub const ALL: [FailureCode; 15] = [
+    pub const ALL: [FailureCode; 16] = [
         FailureCode::InvalidJob,
         FailureCode::ConsentRequired,
         FailureCode::NotFound,
@@ -74,6 +77,7 @@ impl FailureCode {
         FailureCode::NoFace,
         FailureCode::AmbiguousFace,
         FailureCode::FaceTooSmall,
+        FailureCode::Conflict,
     ];
 
     /// The code on the wire.
@@ -105,6 +109,7 @@ impl FailureCode {
             Self::NoFace => ("no_face", Fail),
             Self::AmbiguousFace => ("ambiguous_face", Fail),
             Self::FaceTooSmall => ("face_too_small", Fail),
+            Self::Conflict => ("conflict", Fail),
         }
     }
 }

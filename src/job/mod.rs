@@ -1,8 +1,9 @@
 //! Jobs: the wire types ([`wire`]) and their validation ([`validate`]), why a job failed ([`failure`]), the store
 //! it reads and writes ([`store`]) and where tuned adapters live in it ([`adapters`]), the steps without I/O ([`flow`]) and the one job flow of every
-//! command ([`runner`]).
+//! command ([`runner`]), and the request digest that makes re-sends safe ([`digest`]).
 
 pub mod adapters;
+pub mod digest;
 pub mod failure;
 pub mod flow;
 pub mod runner;

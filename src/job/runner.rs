@@ -1,5 +1,6 @@
 //! [`Runner`]: one job from its message to its result, the same for `pva-worker edit` (local files)
-//! and `serve` (S3): parse -> a stored success answers as is -> deadline -> fetch -> prepare -> faces
+//! and `serve` (S3): parse -> the request digest (inputs' ETags) -> a stored success of the same
+//! request answers as is (of another request: `conflict`) -> deadline -> fetch -> prepare -> faces
 //! found (images without a face box) -> adapter per the job's tuning policy -> edit -> encode + mark
 //! -> put outputs -> put `result.json`.
 //! Delivery policy (ack, requeue, dead-letter, publish) belongs to the caller.
@@ -12,6 +13,7 @@ use std::time::{Instant, SystemTime};
 use image::RgbImage;
 
 use crate::job::adapters::{self, AdapterCache};
+use crate::job::digest;
 use crate::job::failure::{FailureCode, JobFailure};
 use crate::job::flow::{self, Answerer, Marking};
 use crate::job::store::{ObjectStore, StorageError};
@@ -273,15 +275,45 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
         bucket: &str,
         key: &str,
     ) -> Result<Option<JobResult>, JobFailure> {
+        Ok(self
+            .stored_success_digest(bucket, key)
+            .await?
+            .map(|(r, _)| r))
+    }
+
+    /// A stored success of this job with the request digest it records (none in results stored
+    /// before digests).
+    async fn stored_success_digest(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(JobResult, Option<String>)>, JobFailure> {
         // NOTE: one GET, not HEAD + GET: this runs for every message.
         let stored = match self.store.get(bucket, key, MAX_RESULT_BYTES).await {
             Ok(bytes) => bytes,
             Err(StorageError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        Ok(serde_json::from_slice::<JobResult>(&stored)
-            .ok()
-            .filter(|r| r.status == JobStatus::Succeeded))
+        Ok(digest::read_stored(&stored).filter(|(r, _)| r.status == JobStatus::Succeeded))
+    }
+
+    /// The job's request digest: its canonical expanded request and each input object's ETag
+    /// (HEAD requests, concurrently), so that an object replaced under the same key is another
+    /// request.
+    async fn request_digest(&self, job: &CheckedJob) -> Result<String, JobFailure> {
+        let bucket = &self.options.input_bucket;
+        let heads = flow::input_keys(job)
+            .into_iter()
+            .map(|(field, key)| async move {
+                let tag = self
+                    .store
+                    .etag(bucket, &key)
+                    .await
+                    .map_err(|e| JobFailure::from(e).context(&field))?;
+                Ok::<_, JobFailure>((key, tag))
+            });
+        let etags = futures_util::future::try_join_all(heads).await?;
+        Ok(digest::request_digest(job, &etags))
     }
 
     /// Does the job, short of publishing its result: the outputs and `result.json` are stored.
@@ -289,9 +321,23 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
         let job = flow::parse(body, &self.options.limits, self.options.rules)?;
         let bucket = self.output_bucket(&job)?;
         self.check_input_prefixes(&job)?;
-        // A re-sent job whose work is done: answer from the stored result, never overwrite it.
+        // A re-sent job whose work is done: answer from the stored result, never overwrite it; a
+        // stored success of another request under this job id is a conflict, never the old image.
         let result_key = flow::result_key(&job);
-        if let Some(result) = self.stored_success(&bucket, &result_key).await? {
+        let stored = self.stored_success_digest(&bucket, &result_key).await?;
+        let request_digest = self.request_digest(&job).await?;
+        if let Some((result, stored_digest)) = stored {
+            if let Some(stored_digest) = stored_digest.filter(|d| *d != request_digest) {
+                return Err(JobFailure::new(
+                    FailureCode::Conflict,
+                    format!(
+                        "job_id `{}` already has a stored success for request digest \
+                         {stored_digest}; this request's digest is {request_digest} (another \
+                         prompt, setting or input object): send it under another job_id",
+                        job.request.job_id
+                    ),
+                ));
+            }
             return Ok(Done {
                 result,
                 artefacts: None,
@@ -394,7 +440,7 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
             timings,
         );
         result.faces = faces;
-        let json = serde_json::to_vec_pretty(&result).expect("a result serialises");
+        let json = digest::stored_json(&result, &request_digest);
         // NOTE: written last: its presence means every output is in place.
         self.store
             .put(&bucket, &result_key, json, "application/json")

@@ -21,6 +21,13 @@ pub trait ObjectStore: Send + Sync + 'static {
         bytes: Vec<u8>,
         content_type: &str,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// The object's entity tag, read without its body (S3: HeadObject's ETag): another version of
+    /// the object under the same key has another tag. [`StorageError::NotFound`] when missing.
+    fn etag(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<String, StorageError>> + Send;
     /// Whether an object exists.
     fn exists(
         &self,

@@ -69,6 +69,35 @@ impl LocalStore {
         std::fs::read(&path).map_err(io)
     }
 
+    /// An object's entity tag: the sha256 of its bytes (read in chunks), so that another file under
+    /// the key has another tag whatever its modification time.
+    pub fn etag(&self, key: &str) -> Result<String, StorageError> {
+        use sha2::Digest;
+        use std::io::Read;
+        let path = self.path(key)?;
+        let io = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => StorageError::NotFound {
+                key: key.to_string(),
+            },
+            _ => StorageError::Io {
+                key: key.to_string(),
+                message: e.to_string(),
+                transient: false,
+            },
+        };
+        let mut file = std::fs::File::open(&path).map_err(io)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = file.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+    }
+
     /// Writes an object atomically (temporary file + rename), creating parent directories.
     pub fn put(&self, key: &str, bytes: &[u8]) -> Result<PathBuf, StorageError> {
         let path = self.path(key)?;
@@ -107,6 +136,10 @@ impl ObjectStore for LocalStore {
         _content_type: &str,
     ) -> Result<(), StorageError> {
         self.bucket(bucket)?.put(key, &bytes).map(|_| ())
+    }
+
+    async fn etag(&self, bucket: &str, key: &str) -> Result<String, StorageError> {
+        self.bucket(bucket)?.etag(key)
     }
 
     async fn exists(&self, bucket: &str, key: &str) -> Result<bool, StorageError> {

@@ -234,6 +234,26 @@ impl ObjectStore for S3Store {
             .map_err(|e| missing_bucket(failure("PutObject", bucket, key, e), bucket))
     }
 
+    /// HeadObject's ETag (a store that gives none: its size and modification time instead).
+    async fn etag(&self, bucket: &str, key: &str) -> Result<String, StorageError> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| failure("HeadObject", bucket, key, e))?;
+        Ok(match head.e_tag() {
+            Some(tag) => tag.to_string(),
+            None => format!(
+                "size={};modified={}",
+                head.content_length().unwrap_or(-1),
+                head.last_modified().map(|t| t.secs()).unwrap_or(0)
+            ),
+        })
+    }
+
     /// HeadObject: a 404 is `false`.
     async fn exists(&self, bucket: &str, key: &str) -> Result<bool, StorageError> {
         match self

@@ -9,6 +9,7 @@ mod common;
 mod commands;
 mod events;
 mod failures;
+mod idempotency;
 mod jobs;
 mod lifecycle;
 mod results;
