@@ -580,7 +580,7 @@ fn edit_example(
             job,
             root: Some(root.to_path_buf()),
             out: dir.join("out"),
-            contact_sheet: None,
+            contact_sheet: Some(dir.join(format!("{id}-sheet.png"))),
         },
     )
 }
@@ -681,6 +681,8 @@ fn edit_turns_a_tilted_face_upright_and_back() {
     assert!(face.turned, "{face:?}");
     assert_eq!(result.faces[1].image, "identity.references[0]");
     assert!(result.faces[1].turned, "{:?}", result.faces[1]);
+    assert!(report.contact_sheet_written);
+    image::open(dir.path().join("tilted-sheet.png")).unwrap();
     assert!((face.roll_degrees - 20.0).abs() < 3.0, "{face:?}");
     let out = image::open(&report.output_paths[0]).unwrap().to_rgb8();
     let b = face.face_box;

@@ -1,8 +1,10 @@
 //! A contact sheet for people who review edits by eye: references | input with the mask outlined |
-//! outputs, each output labelled with its identity score.
+//! outputs, each output labelled with its identity score, and each image whose face the worker found
+//! labelled with the detector's score (a turned target is shown upright, as the model saw it).
 
 use image::{Rgb, RgbImage};
 
+use crate::job::FaceFound;
 use crate::pipeline::face::{self, CropRect};
 use crate::pipeline::image::{encode, ImageError, OutputFormat};
 use crate::pipeline::inpaint::{EditInput, EditOutput};
@@ -70,8 +72,24 @@ fn place(sheet: &mut RgbImage, tile: &RgbImage, column: u32) {
     }
 }
 
-/// Renders the sheet as PNG bytes.
-pub fn render(input: &EditInput, output: &EditOutput) -> Result<Vec<u8>, ImageError> {
+/// Writes `text` under the tile of `column`.
+fn label(sheet: &mut RgbImage, column: u32, text: &str) {
+    let x = GAP + column * (TILE + GAP) + 4;
+    draw_text(sheet, text, x, GAP + TILE + 4, 3);
+}
+
+/// Renders the sheet as PNG bytes; `faces` are the result's faces found (labels under their images).
+pub fn render(
+    input: &EditInput,
+    output: &EditOutput,
+    faces: &[FaceFound],
+) -> Result<Vec<u8>, ImageError> {
+    let score = |image: &str| {
+        faces
+            .iter()
+            .find(|f| f.image == image)
+            .map(|f| format!("{:.3}", f.score))
+    };
     let columns = (input.references.len() + 1 + output.images.len()) as u32;
     let mut sheet = RgbImage::from_pixel(
         GAP + columns * (TILE + GAP),
@@ -83,10 +101,18 @@ pub fn render(input: &EditInput, output: &EditOutput) -> Result<Vec<u8>, ImageEr
         let rect = face_box
             .and_then(|b| face::crop_rect(b, 0.4, reference.width(), reference.height()).ok());
         place(&mut sheet, &square_of(reference, rect), column);
+        if let Some(text) = score(&format!("identity.references[{column}]")) {
+            label(&mut sheet, column, &text);
+        }
         column += 1;
     }
     // The input crop with the mask's edge drawn on it.
-    let mut target = square_of(&input.target, Some(output.crop_rect));
+    let mut target = if input.target_roll == 0.0 {
+        square_of(&input.target, Some(output.crop_rect))
+    } else {
+        let up = face::upright(&input.target, output.crop_rect, input.target_roll);
+        square_of(&up, None)
+    };
     let res = output.mask.size();
     let inside = |x: i64, y: i64| -> bool {
         let (mx, my) = (x * res as i64 / TILE as i64, y * res as i64 / TILE as i64);
@@ -106,6 +132,9 @@ pub fn render(input: &EditInput, output: &EditOutput) -> Result<Vec<u8>, ImageEr
         }
     }
     place(&mut sheet, &target, column);
+    if let Some(text) = score("target") {
+        label(&mut sheet, column, &text);
+    }
     column += 1;
     for edited in &output.images {
         place(
@@ -113,14 +142,7 @@ pub fn render(input: &EditInput, output: &EditOutput) -> Result<Vec<u8>, ImageEr
             &square_of(&edited.image, Some(output.crop_rect)),
             column,
         );
-        let x = GAP + column * (TILE + GAP) + 4;
-        draw_text(
-            &mut sheet,
-            &format!("{:.3}", edited.identity_score),
-            x,
-            GAP + TILE + 4,
-            3,
-        );
+        label(&mut sheet, column, &format!("{:.3}", edited.identity_score));
         column += 1;
     }
     encode(&sheet, OutputFormat::Png)

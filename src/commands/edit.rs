@@ -118,7 +118,11 @@ fn succeeded(
     let out = &options.out;
     let mut contact_sheet_written = false;
     if let (Some(sheet), Some(artefacts)) = (&options.contact_sheet, &done.artefacts) {
-        let png = crate::commands::contact_sheet::render(&artefacts.input, &artefacts.output)?;
+        let png = crate::commands::contact_sheet::render(
+            &artefacts.input,
+            &artefacts.output,
+            &done.result.faces,
+        )?;
         std::fs::write(sheet, png)
             .map_err(|e| anyhow::anyhow!("contact sheet {}: {e}", sheet.display()))?;
         contact_sheet_written = true;
