@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv (gitignored) with the exporter's pinned packages (models/requirements.txt), then
+# Creates .venv (gitignored) with the exporter's pinned packages (models/requirements.txt) and the
+# Python client's (clients/python/requirements.txt), then
 # installs the `pva` package (models/pyproject.toml) editable, so that `.venv/bin/python -m pva.<module>`
 # and the tests import it from this checkout. Idempotent: a second run only checks the pins and that
 # `pva` resolves to this checkout. The default torch wheel brings ~4 GB of CUDA packages (~3 min).
@@ -14,6 +15,13 @@ want=$(sha256sum models/requirements.txt | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${pip[@]}" -r models/requirements.txt
   echo "$want" > "$stamp"
+fi
+# The Python client's pinned packages (clients/python/requirements.txt: pika, boto3), checked alike.
+client_stamp=.venv/.client-requirements.sha256
+client_want=$(sha256sum clients/python/requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$client_stamp" 2>/dev/null)" != "$client_want" ]; then
+  "${pip[@]}" -r clients/python/requirements.txt
+  echo "$client_want" > "$client_stamp"
 fi
 # The package: editable, without dependencies (the pins above are the dependencies). Reinstalled when
 # pyproject.toml changes or `pva` does not resolve to this checkout's models/pva (a moved checkout).
