@@ -76,4 +76,19 @@ pub(crate) enum Bench {
         #[arg(long, default_value = "target/bench/throughput")]
         work: PathBuf,
     },
+    /// The face graphs on the checked public-domain photos: times, boxes, rotated eyes, drawings.
+    Faces {
+        /// The checked boxes; photo keys are relative to the repository (`examples/`) or its parent.
+        #[arg(long, default_value = "models/faces/checked_boxes.json")]
+        checked: PathBuf,
+        /// Timed repetitions per photo.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// ONNX Runtime intra-op threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Where the photos with the face box and the region polygons drawn are written.
+        #[arg(long, default_value = "target/bench/faces")]
+        out: PathBuf,
+    },
 }

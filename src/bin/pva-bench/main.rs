@@ -15,8 +15,13 @@
 //!
 //! `scripts/bench.sh` builds the release binaries and runs both; docs/benchmarks.md explains them.
 //!
+//! - `pva-bench faces`: the face graphs on the public-domain photos of
+//!   `models/faces/checked_boxes.json`: detection and landmark times, boxes against the checked ones,
+//!   eye-landmark error on rotated copies, and each photo with its face box and region polygons drawn.
+//!
 //! Modules: [`cli`] (the command line), [`edit`] (`pva-bench edit`), [`throughput`]
-//! (`pva-bench throughput`) and [`jobs`] (the job-file helpers both use).
+//! (`pva-bench throughput`), [`faces`] (`pva-bench faces`) and [`jobs`] (the job-file helpers the
+//! first two use).
 //!
 //! [`Pipeline::edit`]: pva_worker::pipeline::inpaint::Pipeline::edit
 //! [`TimedEngine`]: edit::timed::TimedEngine
@@ -24,6 +29,7 @@
 
 mod cli;
 mod edit;
+mod faces;
 mod jobs;
 mod throughput;
 
@@ -34,6 +40,7 @@ use pva_worker::config::Settings;
 
 use cli::{Bench, Cli};
 use edit::{bench_edit, EditBench};
+use faces::{bench_faces, FacesBench};
 use throughput::{bench_throughput, ThroughputBench};
 
 fn main() -> ExitCode {
@@ -85,6 +92,20 @@ fn main() -> ExitCode {
                     s3s_fs,
                     amqp_url,
                     work,
+                },
+            ),
+            Bench::Faces {
+                checked,
+                reps,
+                threads,
+                out,
+            } => bench_faces(
+                settings,
+                &FacesBench {
+                    checked,
+                    reps,
+                    threads,
+                    out,
                 },
             ),
         });

@@ -49,6 +49,35 @@ pub fn upright_box(rect: CropRect, roll: f64, bx: [f64; 4]) -> RgbImage {
     })
 }
 
+/// `img` turned counter-clockwise on screen by `radians` about its centre, the frame expanded to
+/// hold it all (bilinear, black corners; as Pillow's `rotate(expand=True)`), and the map of a photo
+/// point into it: `p' = R (p - centre) + centre'` with `R = [[cos, sin], [-sin, cos]]`. For tests and
+/// the face benchmark: rotated copies of photos.
+pub fn rotate_expanded(img: &RgbImage, radians: f64) -> (RgbImage, impl Fn([f64; 2]) -> [f64; 2]) {
+    let (c, s) = (radians.cos(), radians.sin());
+    let (w, h) = (f64::from(img.width()), f64::from(img.height()));
+    let (w2, h2) = (
+        (w * c.abs() + h * s.abs()).ceil(),
+        (w * s.abs() + h * c.abs()).ceil(),
+    );
+    let (cx, cy, cx2, cy2) = (w / 2.0, h / 2.0, w2 / 2.0, h2 / 2.0);
+    // The sampling map is the inverse of the forward one.
+    let m = [
+        [c, -s, cx - c * cx2 + s * cy2],
+        [s, c, cy - s * cx2 - c * cy2],
+    ];
+    let side = w2.max(h2) as u32;
+    let square = affine_bilinear(img, &m, side);
+    let turned = image::imageops::crop_imm(&square, 0, 0, w2 as u32, h2 as u32).to_image();
+    let forward = move |p: [f64; 2]| {
+        [
+            c * (p[0] - cx) + s * (p[1] - cy) + cx2,
+            -s * (p[0] - cx) + c * (p[1] - cy) + cy2,
+        ]
+    };
+    (turned, forward)
+}
+
 /// Bilinear sample of a `side` x `side` single-channel layer at (u, v) (pixel centres at integers);
 /// 0 outside.
 fn sample(layer: &[f32], side: u32, u: f64, v: f64) -> f32 {

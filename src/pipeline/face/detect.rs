@@ -588,24 +588,7 @@ mod tests {
             let iod =
                 ((eyes[1][0] - eyes[0][0]).powi(2) + (eyes[1][1] - eyes[0][1]).powi(2)).sqrt();
             for degrees in [-30.0f64, -15.0, 15.0, 30.0] {
-                let a = degrees.to_radians();
-                let (c, s) = (a.cos(), a.sin());
-                let (w, h) = (f64::from(img.width()), f64::from(img.height()));
-                let (w2, h2) = (
-                    (w * c.abs() + h * s.abs()).ceil(),
-                    (w * s.abs() + h * c.abs()).ceil(),
-                );
-                // Counter-clockwise on screen: p' = R (p - centre) + centre', R = [[c, s], [-s, c]];
-                // the sampling map is its inverse.
-                let (cx, cy, cx2, cy2) = (w / 2.0, h / 2.0, w2 / 2.0, h2 / 2.0);
-                let m = [
-                    [c, -s, cx - c * cx2 + s * cy2],
-                    [s, c, cy - s * cx2 - c * cy2],
-                ];
-                let side = w2.max(h2) as u32;
-                let square = super::affine_bilinear(&img, &m, side);
-                let turned =
-                    image::imageops::crop_imm(&square, 0, 0, w2 as u32, h2 as u32).to_image();
+                let (turned, forward) = super::super::rotate_expanded(&img, degrees.to_radians());
                 let faces = detect_faces(&mut engine, &turned).unwrap();
                 assert!(
                     !faces.is_empty(),
@@ -616,10 +599,7 @@ mod tests {
                     .unwrap()
                     .eye_centres();
                 for (g, e) in got.iter().zip(eyes) {
-                    let want = [
-                        c * (e[0] - cx) + s * (e[1] - cy) + cx2,
-                        -s * (e[0] - cx) + c * (e[1] - cy) + cy2,
-                    ];
+                    let want = forward(e);
                     let err = ((g[0] - want[0]).powi(2) + (g[1] - want[1]).powi(2)).sqrt() / iod;
                     assert!(
                         err <= 0.05,

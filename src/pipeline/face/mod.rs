@@ -25,7 +25,7 @@ mod regions;
 mod resample;
 mod window;
 
-pub use align::{paste_back_turned, upright, upright_box, upright_mask};
+pub use align::{paste_back_turned, rotate_expanded, upright, upright_box, upright_mask};
 pub use crop::{crop_rect, crop_resize, face_crop, CropRect, FaceBox, FaceError, DEFAULT_MARGIN};
 pub use detect::{
     detect_faces, face_landmarks, iou, landmark_roi, roi_to_photo, DetectedFace, FaceLandmarks,
