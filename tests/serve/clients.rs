@@ -1,19 +1,49 @@
 //! The CMS clients against a serving worker: `clients/python/example.py` (pika + boto3, from the
-//! project's .venv) uploads a job's images, publishes the job, prints its events in order and
-//! downloads the outputs; a job that fails exits 3 with its code.
+//! project's .venv) and `clients/typescript`'s example (amqplib + @aws-sdk/client-s3, built by
+//! scripts/setup-node-client.sh) each upload a job's images, publish the job, print its events in
+//! order and download the outputs; a job that fails exits 3 with its code.
 
 use std::time::Duration;
 
 use crate::common::repo;
 use crate::common::service::{Env, SERIAL};
 
-/// Runs the Python example on `job` against `env`'s broker and store.
-async fn python_example(env: &Env, job: &[u8], out: &std::path::Path) -> std::process::Output {
+/// A client's example program.
+#[derive(Clone, Copy)]
+enum Client {
+    Python,
+    TypeScript,
+}
+
+/// Runs a client's example on `job` against `env`'s broker and store.
+async fn example(
+    client: Client,
+    env: &Env,
+    job: &[u8],
+    out: &std::path::Path,
+) -> std::process::Output {
     let file = env.dir.path().join("client-job.json");
     std::fs::write(&file, job).unwrap();
     let s = &env.settings;
-    let run = tokio::process::Command::new(repo().join(".venv/bin/python"))
-        .arg(repo().join("clients/python/example.py"))
+    let mut command = match client {
+        Client::Python => {
+            let mut c = tokio::process::Command::new(repo().join(".venv/bin/python"));
+            c.arg(repo().join("clients/python/example.py"));
+            c
+        }
+        Client::TypeScript => {
+            let script = repo().join("clients/typescript/dist/example.js");
+            assert!(
+                script.is_file(),
+                "{} missing: run scripts/setup-node-client.sh",
+                script.display()
+            );
+            let mut c = tokio::process::Command::new("node");
+            c.arg(script);
+            c
+        }
+    };
+    let run = command
         .arg(&file)
         .arg("--root")
         .arg(repo().join("examples"))
@@ -35,18 +65,28 @@ async fn python_example(env: &Env, job: &[u8], out: &std::path::Path) -> std::pr
     tokio::time::timeout(Duration::from_secs(180), run)
         .await
         .expect("the client finished")
-        .expect("the project's .venv (scripts/setup-python.sh)")
+        .expect("the client's runtime (scripts/setup-python.sh, scripts/setup-node-client.sh)")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_client_uploads_publishes_follows_events_and_downloads() {
+    client_end_to_end(Client::Python, "py-client").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typescript_client_uploads_publishes_follows_events_and_downloads() {
+    client_end_to_end(Client::TypeScript, "ts-client").await;
+}
+
+async fn client_end_to_end(client: Client, name: &str) {
     let _serial = SERIAL.lock().await;
-    let mut env = Env::new("py-client").await;
+    let mut env = Env::new(name).await;
     env.start_worker().await;
     let out = env.dir.path().join("client-out");
 
-    let job = env.job("py-client-job", |v| v["steps"] = 10.into());
-    let run = python_example(&env, &job, &out).await;
+    let id = format!("{name}-job");
+    let job = env.job(&id, |v| v["steps"] = 10.into());
+    let run = example(client, &env, &job, &out).await;
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stdout}\n{stderr}\n{}", env.log(0));
@@ -60,25 +100,25 @@ async fn the_python_client_uploads_publishes_follows_events_and_downloads() {
         "{stdout}"
     );
     assert!(lines.iter().any(|l| l.ends_with(" succeeded")), "{stdout}");
-    let image = out.join("edits/py-client-job/0.png");
+    let image = out.join(format!("edits/{id}/0.png"));
     assert!(
         stdout.contains(&format!("downloaded {}", image.display())),
         "{stdout}"
     );
     assert_eq!(
         std::fs::read(&image).unwrap(),
-        crate::output_png(&env, "py-client-job").await
+        crate::output_png(&env, &id).await
     );
 
     // A job the worker refuses: exit status 3 with its code.
-    let missing = env.job("py-client-missing", |v| {
+    let missing = env.job(&format!("{name}-missing"), |v| {
         v["target"]["key"] = "photos/nope.jpg".into()
     });
     // The client uploads the job's inputs first: a missing local file is the client's own error.
-    let run = python_example(&env, &missing, &out).await;
+    let run = example(client, &env, &missing, &out).await;
     assert!(!run.status.success());
-    let invalid = env.job("py-client-invalid", |v| v["steps"] = 9999.into());
-    let run = python_example(&env, &invalid, &out).await;
+    let invalid = env.job(&format!("{name}-invalid"), |v| v["steps"] = 9999.into());
+    let run = example(client, &env, &invalid, &out).await;
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert_eq!(run.status.code(), Some(3), "{stdout}");
     assert!(stdout.contains("failed: invalid_job"), "{stdout}");
