@@ -162,92 +162,91 @@ pub fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
     }
 }
 
-/// A detection in the detector's input (0..1).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct NormDetection {
-    pub(crate) score: f64,
-    pub(crate) box_norm: [f64; 4],
-    pub(crate) keypoints_norm: Vec<[f64; 2]>,
-}
-
 /// The detector's raw outputs (`regressors` [anchors, coords], `classificators` [anchors]) ->
-/// detections, after MediaPipe's `TensorsToDetectionsCalculator` and its weighted non-maximum
-/// suppression (each cluster of boxes overlapping its best by more than the threshold becomes their
-/// score-weighted mean, with the best one's score), best first.
+/// detections in the detector's input (0..1), after MediaPipe's `TensorsToDetectionsCalculator` and
+/// its weighted non-maximum suppression ([`weighted_nms`]), best first.
 pub(crate) fn decode(
     regressors: ArrayView2<'_, f32>,
     logits: &[f32],
     anchors: &[[f64; 2]],
     dec: &DecodingSpec,
-) -> Vec<NormDetection> {
+) -> Vec<DetectedFace> {
     let clip = dec.score_clipping_thresh;
-    let scores: Vec<f64> = logits
-        .iter()
-        .map(|&l| 1.0 / (1.0 + (-f64::from(l).clamp(-clip, clip)).exp()))
-        .collect();
-    let rows = anchors.len().min(regressors.nrows()).min(scores.len());
+    let rows = anchors.len().min(regressors.nrows()).min(logits.len());
     let raw = |i: usize, j: usize| f64::from(regressors[[i, j]]);
-    let boxes: Vec<[f64; 4]> = (0..rows)
-        .map(|i| {
+    let mut candidates: Vec<DetectedFace> = (0..rows)
+        .filter_map(|i| {
+            let score = 1.0 / (1.0 + (-f64::from(logits[i]).clamp(-clip, clip)).exp());
+            if score < dec.min_score_thresh {
+                return None;
+            }
             let o = dec.box_coord_offset;
             let cx = raw(i, o) / dec.x_scale + anchors[i][0];
             let cy = raw(i, o + 1) / dec.y_scale + anchors[i][1];
             let w = raw(i, o + 2) / dec.w_scale;
             let h = raw(i, o + 3) / dec.h_scale;
-            [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0]
+            let keypoints = (0..dec.num_keypoints)
+                .map(|k| {
+                    let o = dec.keypoint_coord_offset + k * dec.num_values_per_keypoint;
+                    [
+                        raw(i, o) / dec.x_scale + anchors[i][0],
+                        raw(i, o + 1) / dec.y_scale + anchors[i][1],
+                    ]
+                })
+                .collect();
+            Some(DetectedFace {
+                score,
+                bbox: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
+                keypoints,
+            })
         })
         .collect();
-    let keypoints = |i: usize| -> Vec<[f64; 2]> {
-        (0..dec.num_keypoints)
-            .map(|k| {
-                let o = dec.keypoint_coord_offset + k * dec.num_values_per_keypoint;
-                [
-                    raw(i, o) / dec.x_scale + anchors[i][0],
-                    raw(i, o + 1) / dec.y_scale + anchors[i][1],
-                ]
-            })
-            .collect()
-    };
-    let mut remaining: Vec<usize> = (0..rows)
-        .filter(|&i| scores[i] >= dec.min_score_thresh)
-        .collect();
     // Stable: equal scores keep anchor order, as numpy's stable argsort.
-    remaining.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
+    weighted_nms(candidates, dec.min_suppression_threshold)
+}
+
+/// MediaPipe's weighted non-maximum suppression of detections sorted best first: each cluster of
+/// boxes overlapping its best by more than `threshold` (IoU) becomes their score-weighted mean (box
+/// and keypoints), with the best one's score.
+fn weighted_nms(mut remaining: Vec<DetectedFace>, threshold: f64) -> Vec<DetectedFace> {
     let mut out = Vec::new();
-    while let Some(&best) = remaining.first() {
-        let (cluster, rest): (Vec<usize>, Vec<usize>) = remaining.iter().partition(|&&i| {
-            i == best || iou(&boxes[best], &boxes[i]) > dec.min_suppression_threshold
-        });
+    while !remaining.is_empty() {
+        let best = remaining.remove(0);
+        let (mut cluster, rest): (Vec<DetectedFace>, Vec<DetectedFace>) = remaining
+            .into_iter()
+            .partition(|f| iou(&best.bbox, &f.bbox) > threshold);
+        cluster.insert(0, best);
         remaining = rest;
-        let total: f64 = cluster.iter().map(|&i| scores[i]).sum();
-        let mut box_norm = [0.0; 4];
-        let mut kps = vec![[0.0; 2]; dec.num_keypoints];
-        for &i in &cluster {
-            for (acc, v) in box_norm.iter_mut().zip(boxes[i]) {
-                *acc += v * scores[i];
+        let total: f64 = cluster.iter().map(|f| f.score).sum();
+        let mut bbox = [0.0; 4];
+        let mut keypoints = vec![[0.0; 2]; cluster[0].keypoints.len()];
+        for f in &cluster {
+            for (acc, v) in bbox.iter_mut().zip(f.bbox) {
+                *acc += v * f.score;
             }
-            for (acc, p) in kps.iter_mut().zip(keypoints(i)) {
-                acc[0] += p[0] * scores[i];
-                acc[1] += p[1] * scores[i];
+            for (acc, p) in keypoints.iter_mut().zip(&f.keypoints) {
+                acc[0] += p[0] * f.score;
+                acc[1] += p[1] * f.score;
             }
         }
-        box_norm.iter_mut().for_each(|v| *v /= total);
-        kps.iter_mut().for_each(|p| {
+        bbox.iter_mut().for_each(|v| *v /= total);
+        keypoints.iter_mut().for_each(|p| {
             p[0] /= total;
             p[1] /= total;
         });
-        out.push(NormDetection {
-            score: scores[best],
-            box_norm,
-            keypoints_norm: kps,
+        out.push(DetectedFace {
+            score: cluster[0].score,
+            bbox,
+            keypoints,
         });
     }
     out
 }
 
-/// The faces in a photo, best first: the whole photo letterboxed into the detector, its detections
-/// mapped back to photo pixels.
-pub fn detect_faces(
+/// One pass of the detector: the whole image letterboxed, its detections mapped back to image
+/// pixels, best first.
+fn detect_once(
     engine: &mut dyn FaceEngine,
     img: &RgbImage,
 ) -> Result<Vec<DetectedFace>, EngineError> {
@@ -268,18 +267,77 @@ pub fn detect_faces(
         .map(|d| DetectedFace {
             score: d.score,
             bbox: [
-                to_photo(d.box_norm[0], lb.pad_x),
-                to_photo(d.box_norm[1], lb.pad_y),
-                to_photo(d.box_norm[2], lb.pad_x),
-                to_photo(d.box_norm[3], lb.pad_y),
+                to_photo(d.bbox[0], lb.pad_x),
+                to_photo(d.bbox[1], lb.pad_y),
+                to_photo(d.bbox[2], lb.pad_x),
+                to_photo(d.bbox[3], lb.pad_y),
             ],
             keypoints: d
-                .keypoints_norm
+                .keypoints
                 .iter()
                 .map(|p| [to_photo(p[0], lb.pad_x), to_photo(p[1], lb.pad_y)])
                 .collect(),
         })
         .collect())
+}
+
+/// The side of the second pass's square tiles, as a share of the photo's shorter side: a face is 2-3
+/// times larger in a tile's letterbox than in the whole photo's (models/faces/README.md).
+pub const TILE_SHARE: f64 = 0.6;
+
+/// The faces in a photo, best first: the whole photo letterboxed into the detector (the reference's
+/// pass, `models/faces/facedetect.py`), and, when that finds none, a second pass over overlapping
+/// square tiles ([`TILE_SHARE`] of the shorter side, at half-tile steps) for faces too small for the
+/// short-range detector's smallest anchors in the whole photo (full-length photos, turned ones); the
+/// tiles' detections are merged by the same weighted non-maximum suppression.
+pub fn detect_faces(
+    engine: &mut dyn FaceEngine,
+    img: &RgbImage,
+) -> Result<Vec<DetectedFace>, EngineError> {
+    let faces = detect_once(engine, img)?;
+    if !faces.is_empty() {
+        return Ok(faces);
+    }
+    let (w, h) = img.dimensions();
+    let side = ((f64::from(w.min(h)) * TILE_SHARE).round() as u32).max(1);
+    let starts = |extent: u32| -> Vec<u32> {
+        let step = (side / 2).max(1);
+        let last = extent.saturating_sub(side);
+        let mut v: Vec<u32> = (0..=last).step_by(step as usize).collect();
+        if v.last() != Some(&last) {
+            v.push(last);
+        }
+        v
+    };
+    let mut found = Vec::new();
+    for y in starts(h) {
+        for x in starts(w) {
+            let tile = image::imageops::crop_imm(img, x, y, side, side).to_image();
+            let (dx, dy) = (f64::from(x), f64::from(y));
+            found.extend(
+                detect_once(engine, &tile)?
+                    .into_iter()
+                    .map(|f| DetectedFace {
+                        score: f.score,
+                        bbox: [
+                            f.bbox[0] + dx,
+                            f.bbox[1] + dy,
+                            f.bbox[2] + dx,
+                            f.bbox[3] + dy,
+                        ],
+                        keypoints: f.keypoints.iter().map(|p| [p[0] + dx, p[1] + dy]).collect(),
+                    }),
+            );
+        }
+    }
+    found.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let threshold = engine
+        .face_manifest()
+        .graphs
+        .detector
+        .decoding
+        .min_suppression_threshold;
+    Ok(weighted_nms(found, threshold))
 }
 
 /// The landmark model's crop of a detection, as MediaPipe's face_landmark_front graph makes it:
@@ -400,13 +458,10 @@ mod tests {
         let (s0, s1) = (1.0 / (1.0 + (-f64::from(logits[0])).exp()), 0.6);
         let cx = (0.25 * s0 + 0.27 * s1) / (s0 + s1);
         assert!((found[0].score - s0).abs() < 1e-6);
-        assert!(
-            (found[0].box_norm[0] - (cx - 0.1)).abs() < 1e-6,
-            "{found:?}"
-        );
+        assert!((found[0].bbox[0] - (cx - 0.1)).abs() < 1e-6, "{found:?}");
         // Keypoints are relative to the anchor, not to the box.
-        assert!((found[0].keypoints_norm[0][0] - 0.2).abs() < 1e-6);
-        assert!((found[1].box_norm[2] - 0.85).abs() < 1e-6);
+        assert!((found[0].keypoints[0][0] - 0.2).abs() < 1e-6);
+        assert!((found[1].bbox[2] - 0.85).abs() < 1e-6);
         assert!((found[1].score - 0.8).abs() < 1e-6);
     }
 
@@ -570,6 +625,8 @@ mod tests {
         let mut engine = OrtFaces::load(&settings).unwrap();
         let photos: Vec<PathBuf> = [
             repo().join("examples/photos/obama.jpg"),
+            // Full length: turned by +15° or +30° its face is found by the tiled second pass only.
+            repo().join("examples/photos/obama3.jpg"),
             repo()
                 .parent()
                 .unwrap()
