@@ -77,7 +77,9 @@ if at checkpoints; then
   measure export "$py" -m pva.export --size "$size" "${sources[@]}" --out "$work/model" ${resolution:+--resolution "$resolution"}
   # The loader's summary lines (not the per-graph timing lines, "unet: 99.9 s, ...").
   grep -E '^(unet|vae|text encoder|face embedder|id former|visual projections|<new1>):' "$work/export.log" \
-    | grep -vE ': [0-9.]+ s, ' | tee -a "$summary"
+    | grep -vE ': [0-9.]+ s, |bytes stored' | tee -a "$summary"
+  # pva.share: what each graph stores in frozen_weights.bin and what the tuning graph reads from it.
+  grep -E 'bytes stored|^frozen_weights.bin:' "$work/export.log" | tee -a "$summary"
   du -sh "$work/model" | awk '{print "model directory: " $1}' | tee -a "$summary"
 fi
 
