@@ -63,6 +63,10 @@ impl Env {
         a.result_exchange = format!("test.{id}.results");
         a.result_routing_key = "result".into();
         a.results_queue = format!("test.{id}.finals");
+        // The worker's own results queue only where a test asks for it (tests/serve/results.rs):
+        // every test's observer queue is bound to all results, and a durable quorum queue per test
+        // would pile up on the shared broker.
+        a.declare_results_queue = false;
         a.reconnect_initial_ms = 100;
         a.reconnect_max_ms = 1000;
         settings.worker.delivery_limit = 3;

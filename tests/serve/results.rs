@@ -54,6 +54,7 @@ async fn finals(env: &Env, ids: &[&str], within: Duration) -> Vec<JobResult> {
 async fn final_results_reach_the_declared_queue_and_a_failed_job_leaves_its_result_json() {
     let _serial = SERIAL.lock().await;
     let mut env = Env::new("finals").await;
+    env.settings.amqp.declare_results_queue = true;
     let jpeg = std::fs::read(repo().join("examples/photos/obama.jpg")).unwrap();
     env.store
         .put(
@@ -83,12 +84,25 @@ async fn final_results_reach_the_declared_queue_and_a_failed_job_leaves_its_resu
     assert_eq!(stored.status, JobStatus::Failed);
     assert_eq!(stored, failed);
     assert_eq!(super::stored_result(&env, "fine").await, by_id("fine"));
+    delete_results_queue(&env).await;
+}
+
+/// Deletes the test's durable results queue (it would outlive the test on the shared broker).
+async fn delete_results_queue(env: &Env) {
+    env.channel
+        .queue_delete(
+            env.settings.amqp.results_queue.as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_the_broker_returns_is_retried_until_a_queue_is_bound() {
     let _serial = SERIAL.lock().await;
     let mut env = Env::new("returned").await;
+    env.settings.amqp.declare_results_queue = true;
     // Room to re-create the queue between the first return and the next delivery.
     env.settings.worker.retry_initial_ms = 2500;
     env.settings.worker.retry_max_ms = 5000;
@@ -137,4 +151,5 @@ async fn a_result_the_broker_returns_is_retried_until_a_queue_is_bound() {
     assert!(m.contains("pva_jobs_total{outcome=\"succeeded\"} 0"), "{m}");
     assert_eq!(env.queue_len(&a.job_queue).await, 0);
     assert_eq!(env.queue_len(&a.dead_letter_queue).await, 0);
+    delete_results_queue(&env).await;
 }
