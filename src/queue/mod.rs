@@ -221,6 +221,49 @@ impl Delivery {
     }
 }
 
+/// The arguments of a quorum queue (the job queue adds its dead-lettering to them).
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args
+}
+
+/// Declares the durable queue `queue` with `args` and binds it to `(exchange, routing key)`;
+/// `what` names the two steps in errors.
+async fn declare_bound_quorum_queue(
+    channel: &Channel,
+    args: FieldTable,
+    queue: &str,
+    (exchange, routing_key): (&str, &str),
+    what: (&'static str, &'static str),
+) -> Result<(), QueueError> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .map_err(broker(what.0))?;
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker(what.1))?;
+    Ok(())
+}
+
 impl Publisher {
     /// Publishes persistently and waits for the broker's confirm.
     pub async fn publish_confirmed(
@@ -373,37 +416,18 @@ pub async fn declare_topology(
         )
         .await
         .map_err(broker("declaring the dead-letter exchange"))?;
-    let mut dlq_args = FieldTable::default();
-    dlq_args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    channel
-        .queue_declare(
-            settings.dead_letter_queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            dlq_args,
-        )
-        .await
-        .map_err(broker("declaring the dead-letter queue"))?;
-    channel
-        .queue_bind(
-            settings.dead_letter_queue.as_str().into(),
-            settings.dead_letter_exchange.as_str().into(),
-            settings.job_queue.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(broker("binding the dead-letter queue"))?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
+    declare_bound_quorum_queue(
+        channel,
+        quorum_args(),
+        &settings.dead_letter_queue,
+        (&settings.dead_letter_exchange, &settings.job_queue),
+        (
+            "declaring the dead-letter queue",
+            "binding the dead-letter queue",
+        ),
+    )
+    .await?;
+    let mut args = quorum_args();
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(settings.dead_letter_exchange.as_str().into()),
@@ -440,32 +464,18 @@ pub async fn declare_topology(
         .await
         .map_err(broker("declaring the result exchange"))?;
     if settings.declare_results_queue {
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-        channel
-            .queue_declare(
-                settings.results_queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await
-            .map_err(broker("declaring the results queue (an existing queue with other arguments is refused: delete it, or set amqp.declare_results_queue = false)"))?;
-        channel
-            .queue_bind(
-                settings.results_queue.as_str().into(),
-                settings.result_exchange.as_str().into(),
-                settings.result_routing_key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(broker("binding the results queue"))?;
+        declare_bound_quorum_queue(
+            channel,
+            quorum_args(),
+            &settings.results_queue,
+            (&settings.result_exchange, &settings.result_routing_key),
+            (
+                "declaring the results queue (an existing queue with other arguments is refused: \
+                 delete it, or set amqp.declare_results_queue = false)",
+                "binding the results queue",
+            ),
+        )
+        .await?;
     }
     Ok(())
 }
