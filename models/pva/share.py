@@ -60,9 +60,9 @@ class _Store:
         h.update(data)
         return h.hexdigest()
 
-    def put(self, data_type: int, dims: tuple[int, ...], data: bytes, index_transpose: bool) -> tuple[int, int]:
-        """The (offset, length) of this content, written now unless it is there already."""
-        k = self.key(data_type, dims, data)
+    def put(self, k: str, data_type: int, dims: tuple[int, ...], data: bytes,
+            index_transpose: bool) -> tuple[int, int]:
+        """The (offset, length) of this content (content key `k`), written now unless it is there already."""
         if k not in self.offsets:
             pad = -self.size % ALIGN
             self.file.write(b"\0" * pad)
@@ -74,9 +74,9 @@ class _Store:
                 self.transposed[self.key(data_type, t.shape, t.tobytes())] = (*self.offsets[k], dims)
         return self.offsets[k]
 
-    def find_transpose(self, data_type: int, dims: tuple[int, ...], data: bytes):
-        """(offset, length, stored dims) of a stored 2-D tensor whose transpose this is, else None."""
-        return self.transposed.get(self.key(data_type, dims, data)) if len(dims) == 2 else None
+    def find_transpose(self, k: str):
+        """(offset, length, stored dims) of a stored 2-D tensor whose transpose has content key `k`, else None."""
+        return self.transposed.get(k)
 
     def close(self) -> None:
         self.file.close()
@@ -129,8 +129,10 @@ def _share_graph(model: onnx.ModelProto, base: Path, store: _Store, tuning: bool
             keep.append(t)
             continue
         before = store.size
-        found = store.find_transpose(t.data_type, dims, data) if tuning else None
-        if found is not None and t.name not in inputs and store.key(t.data_type, dims, data) not in store.offsets:
+        # NOTE: one content hash per tensor (gigabytes at full size): put and the lookups share it.
+        k = store.key(t.data_type, dims, data)
+        found = store.find_transpose(k) if tuning else None
+        if found is not None and t.name not in inputs and k not in store.offsets:
             offset, length, stored_dims = found
             source = TensorProto(name=f"{t.name}__shared_transposed", data_type=t.data_type, dims=stored_dims)
             _point_at(source, offset, length)
@@ -139,7 +141,7 @@ def _share_graph(model: onnx.ModelProto, base: Path, store: _Store, tuning: bool
                                                name=f"{t.name}__shared_transpose"))
             counts["transposed"] += len(data)
             continue
-        offset, length = store.put(t.data_type, dims, data, index_transpose=not tuning)
+        offset, length = store.put(k, t.data_type, dims, data, index_transpose=not tuning)
         counts["stored" if store.size > before else "reused"] += len(data)
         _point_at(t, offset, length)
         keep.append(t)
