@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,42 @@ def test_goals_say_when_the_autoencoder_floor_puts_a_goal_out_of_reach() -> None
     assert results[2]["floor_passes"] is True and not results[2]["pass"] and "floor" not in results[2]["detail"]
 
 
+def test_skin_groups_cut_the_drawn_skin_axis_into_thirds() -> None:
+    def person(skin: tuple[float, float, float]) -> IdentityParams:
+        return replace(IdentityParams.draw(SEED, 100_000), skin=skin)
+
+    # The ends of IdentityParams.draw's skin axis, and the luminance thresholds just either side.
+    assert bench.skin_luminance(person((212, 182, 152))) == pytest.approx(186.2, abs=0.05)
+    assert bench.skin_luminance(person((110, 75, 55))) == pytest.approx(81.0, abs=0.05)
+    assert bench.skin_group(person((212, 182, 152))) == "light"
+    assert bench.skin_group(person((110, 75, 55))) == "dark"
+    assert bench.skin_group(person((151, 151, 151))) == "light"
+    assert bench.skin_group(person((150.9, 150.9, 150.9))) == "medium"
+    assert bench.skin_group(person((116, 116, 116))) == "medium"
+    assert bench.skin_group(person((115.9, 115.9, 115.9))) == "dark"
+    # Over many drawn persons each group holds roughly a third (uniform t, +-10 jitter).
+    groups = [bench.skin_group(IdentityParams.draw(SEED, n)) for n in range(100_000, 100_600)]
+    assert all(150 <= groups.count(g) <= 250 for g in bench.SKIN_GROUPS), {g: groups.count(g) for g in bench.SKIN_GROUPS}
+
+
+def test_group_ratios_take_worst_over_best_per_measure() -> None:
+    def summary(colour: float, score: float) -> dict:
+        return {row: _row(colour, 40.0, score, 1.0, 1.0) for row in bench.ROWS}
+
+    by_group = {"light": summary(32.6, 0.30), "medium": summary(27.2, 0.36), "dark": summary(26.3, 0.33)}
+    ratios = bench.group_ratios(by_group)
+    colour, score = ratios["a"]["own_colour_error"], ratios["a"]["identity_score"]
+    assert colour == {"ratio": pytest.approx(32.6 / 26.3), "worst": "light", "best": "dark"}
+    assert score == {"ratio": pytest.approx(0.36 / 0.30), "worst": "light", "best": "medium"}
+    goals = bench.fairness_goals(ratios)
+    assert [g["pass"] for g in goals] == [False, True, False, True]  # 1.24 > 1.2; 1.2 <= 1.2
+    assert "1.24 (light vs dark" in goals[0]["detail"]
+    # A single group has no ratio, and the goal cannot pass on it.
+    single = bench.group_ratios({"medium": summary(27.2, 0.36)})
+    assert single["a"]["own_colour_error"]["ratio"] is None
+    assert not any(g["pass"] for g in bench.fairness_goals(single))
+
+
 def test_held_out_persons_are_deterministic_and_distinct() -> None:
     persons = bench.held_out_persons(SEED, 3, 3, SIZE, 112)
     again = bench.held_out_persons(SEED, 3, 3, SIZE, 112)
@@ -217,7 +254,15 @@ def test_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     for summary in results["summary"].values():
         assert summary["masked_mse"] is not None and summary["own_colour_error"] is not None
         assert summary["accuracy"]["glasses"]["scored"] >= 2  # whole_face covers the glasses
-    assert len(results["goals"]) == 4 and all(isinstance(g["pass"], bool) for g in results["goals"])
+    # The four goals, then worst/best skin-tone group ratios of (a) and (e), two measures each.
+    assert len(results["goals"]) == 8 and all(isinstance(g["pass"], bool) for g in results["goals"])
+    assert all("skin-tone groups" in g["goal"] for g in results["goals"][4:])
+    groups = results["skin_groups"]
+    assert sum(len(p) for p in groups["persons"].values()) == 2
+    for sample in results["samples"]:
+        assert sample["skin_group"] == bench.skin_group(IdentityParams.draw(SEED, sample["person"]))
+        assert sample["person"] in groups["persons"][sample["skin_group"]]
+    assert set(groups["worst_best_ratios"]) == set(bench.ROWS)
     assert {s["person"] for s in results["samples"]} == {100_000, 100_001}
     with Image.open(out / "grid.png") as grid:
         scale = bench.grid_scale(64)

@@ -29,6 +29,10 @@ the other person's parameters; edit accuracy (nearest of the face's 8 attribute 
         [--seed 1000] [--steps 25] [--scheduler ddim] [--refs 3] [--tune-steps 40] [--guidance 1.0] [--threads 0] \
         [--tune-lr-visual X] [--tune-lr-token Y]
 
+Every measure is also reported per skin-tone group (``skin_group``: light / medium / dark by the
+luminance of the person's skin parameter) with the worst/best group ratio of the identity colour error
+and the identity score (goal <= ``MAX_GROUP_RATIO`` for (a) and (e)).
+
 Another ``--seed`` draws other held-out identities: pick settings (e.g. the tuning rates) on one seed
 and report them on the default one.
 
@@ -98,6 +102,18 @@ MIN_REDUCTION_PERCENT = 30.0
 MIN_EDIT_ACCURACY = 0.9
 #: The tuning hyper-parameters a run may override (``--tune-lr-visual``, ``--tune-lr-token``).
 TUNING_RATES = ("lr_visual", "lr_token")
+#: Skin-tone groups by the relative luminance (Rec. 709 weights on 0..255 sRGB values, no gamma) of the
+#: person's skin parameter. ``synthetic.IdentityParams.draw`` spreads skin tones uniformly between
+#: (212, 182, 152) (luminance 186.2) and (110, 75, 55) (81.0), plus a +-10 jitter per channel; the
+#: thresholds cut that axis into thirds: dark below 116, light from 151 up.
+SKIN_GROUPS = ("light", "medium", "dark")
+SKIN_LIGHT_FROM = 151.0
+SKIN_DARK_BELOW = 116.0
+#: Goal of the fairness measures: the worst group's value over the best group's, for the identity
+#: colour error (lower is better) and the identity score (higher is better).
+MAX_GROUP_RATIO = 1.2
+#: The rows the fairness goal is judged on: the product's edit (a) and the tuned edit (e).
+FAIRNESS_ROWS = ("a", "e")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -267,6 +283,19 @@ def held_out_persons(seed: int, count: int, refs: int, size: int, crop: int) -> 
     return persons
 
 
+def skin_luminance(identity: IdentityParams) -> float:
+    """The relative luminance (0..255) of the person's skin parameter: Rec. 709 weights, no gamma."""
+    r, g, b = identity.skin
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def skin_group(identity: IdentityParams) -> str:
+    """``light``, ``medium`` or ``dark``: the person's skin luminance against ``SKIN_LIGHT_FROM`` and
+    ``SKIN_DARK_BELOW``."""
+    y = skin_luminance(identity)
+    return "light" if y >= SKIN_LIGHT_FROM else "dark" if y < SKIN_DARK_BELOW else "medium"
+
+
 def sub_seed(*words: int) -> int:
     """A 32-bit seed from a tuple of integers (the same tuple always gives the same seed)."""
     return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1)[0])
@@ -327,6 +356,48 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "accuracy": accuracy,
         }
     return summary
+
+
+def group_ratios(by_group: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per row: the worst group's value over the best group's, for the identity colour error
+    (max / min) and the identity score (max / min, higher is better), over the groups that have samples.
+    None where fewer than two groups have a value (or the best is 0)."""
+
+    def ratio(values: dict[str, float | None], higher_is_better: bool) -> dict[str, Any]:
+        kept = {g: v for g, v in values.items() if v is not None and not math.isnan(v)}
+        if len(kept) < 2:
+            return {"ratio": None, "worst": None, "best": None}
+        best = (max if higher_is_better else min)(kept, key=kept.get)
+        worst = (min if higher_is_better else max)(kept, key=kept.get)
+        num, den = (kept[best], kept[worst]) if higher_is_better else (kept[worst], kept[best])
+        return {"ratio": None if den <= 0 else float(num / den), "worst": worst, "best": best}
+
+    out = {}
+    for row in ROWS:
+        groups = {g: s[row] for g, s in by_group.items()}
+        out[row] = {
+            "own_colour_error": ratio({g: s["own_colour_error"] for g, s in groups.items()}, False),
+            "identity_score": ratio({g: s["identity_score"] for g, s in groups.items()}, True),
+        }
+    return out
+
+
+def fairness_goals(ratios: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One goal per ``FAIRNESS_ROWS`` row and measure: worst/best group ratio <= ``MAX_GROUP_RATIO``."""
+    goal_list = []
+    for row in FAIRNESS_ROWS:
+        for measure in ("own_colour_error", "identity_score"):
+            r = ratios[row][measure]
+            floor = ratios["vae"][measure]["ratio"]
+            goal_list.append(
+                {
+                    "goal": f"({row}) skin-tone groups: worst/best {measure.replace('_', ' ')} <= {MAX_GROUP_RATIO}",
+                    "pass": r["ratio"] is not None and r["ratio"] <= MAX_GROUP_RATIO,
+                    "detail": f"{_fmt(r['ratio'], 2)} ({r['worst']} vs {r['best']}; VAE floor {_fmt(floor, 2)})",
+                    "floor_passes": None if floor is None else floor <= MAX_GROUP_RATIO,
+                }
+            )
+    return goal_list
 
 
 def goals(summary: dict[str, dict[str, Any]]) -> tuple[float | None, list[dict[str, Any]]]:
@@ -535,6 +606,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             records.append(
                 {
                     "person": person.number,
+                    "skin_luminance": skin_luminance(person.identity),
+                    "skin_group": skin_group(person.identity),
                     "other_person": other.number,
                     "region": region,
                     "edit_seed": seed,
@@ -553,7 +626,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     summary = summarise(records)
     by_region = {region: summarise([r for r in records if r["region"] == region]) for region in BENCH_REGIONS}
+    by_group = {
+        group: summarise([r for r in records if r["skin_group"] == group])
+        for group in SKIN_GROUPS
+        if any(r["skin_group"] == group for r in records)
+    }
+    ratios = group_ratios(by_group)
     reduction, goal_list = goals(summary)
+    goal_list += fairness_goals(ratios)
     elapsed = time.perf_counter() - start
     results = {
         "model": str(args.model),
@@ -569,6 +649,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": ROWS,
         "summary": summary,
         "by_region": by_region,
+        "skin_groups": {
+            "thresholds": {"light_from": SKIN_LIGHT_FROM, "dark_below": SKIN_DARK_BELOW},
+            "persons": {g: sorted({r["person"] for r in records if r["skin_group"] == g}) for g in by_group},
+            "summary": by_group,
+            "worst_best_ratios": ratios,
+        },
         "colour_error_reduction_a_vs_b_percent": reduction,
         "goals": goal_list,
         "samples": records,
@@ -620,6 +706,27 @@ def render_report(results: dict[str, Any]) -> str:
         summary_lines(results).replace("\n", "  \n"),
         "",
     ]
+    groups = results["skin_groups"]
+    t = groups["thresholds"]
+    parts += [
+        "## Skin-tone groups",
+        "",
+        f"By the luminance of the person's skin parameter (Rec. 709 weights, 0..255): light >= {t['light_from']:g}, "
+        f"dark < {t['dark_below']:g}, medium between. Persons: "
+        + ", ".join(f"{g} {len(p)}" for g, p in groups["persons"].items()) + ".",
+        "",
+        "| row | colour error worst/best | identity score best/worst |",
+        "|---|---|---|",
+        *(
+            f"| ({row}) | {_fmt(r['own_colour_error']['ratio'], 2)} ({r['own_colour_error']['worst']} vs "
+            f"{r['own_colour_error']['best']}) | {_fmt(r['identity_score']['ratio'], 2)} "
+            f"({r['identity_score']['worst']} vs {r['identity_score']['best']}) |"
+            for row, r in groups["worst_best_ratios"].items()
+        ),
+        "",
+    ]
+    for group, summary in groups["summary"].items():
+        parts += [f"### {group} skin", "", table(summary), ""]
     for region, summary in results["by_region"].items():
         parts += [f"## {region}", "", table(summary), ""]
     parts.append(f"Total time {results['seconds']:.1f} s.")
