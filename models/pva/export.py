@@ -15,6 +15,7 @@ axes. The manifest's input/output descriptions are read back from the written ON
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import time
@@ -33,7 +34,11 @@ from pva.config import get_config
 
 OPSET = 18
 GRAPH_ORDER = ("text_encoder", "face_embedder", "id_former", "unet", "vae_encoder", "vae_decoder")
-_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64"}
+_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT16: "float16"}
+#: `--precision`: what the edit graphs compute in (pva.precision); the tuning graph is always fp32.
+PRECISIONS = ("fp32", "fp16")
+#: `--attention`: the UNet's attention as explicit MatMul/Softmax nodes or fused (pva.fused).
+ATTENTIONS = ("explicit", "fused")
 
 
 @dataclass
@@ -99,11 +104,18 @@ def graph_spec(stack: PvaStack, name: str) -> GraphSpec:
     return GraphSpec(inputs, outputs, {k: (None if k in fixed else {0: batch}) for k in inputs})
 
 
-def export_graph(stack: PvaStack, name: str, path: Path, external_data: bool) -> None:
-    """Export one graph module to `path`."""
+def export_graph(stack: PvaStack, name: str, path: Path, external_data: bool, attention: str = "explicit") -> None:
+    """Export one graph module to `path`; `attention="fused"` gives the UNet's attention as
+    `com.microsoft.MultiHeadAttention` nodes (pva.fused)."""
     spec = graph_spec(stack, name)
     module = stack.modules()[name]
-    with torch.no_grad():
+    fused = attention == "fused" and name == "unet"
+    translation = None
+    if fused:
+        from pva.fused import TRANSLATION, fused_attention
+
+        translation = TRANSLATION
+    with torch.no_grad(), (fused_attention(stack.unet) if fused else contextlib.nullcontext()):
         torch.onnx.export(
             module,
             tuple(spec.inputs.values()),
@@ -115,6 +127,7 @@ def export_graph(stack: PvaStack, name: str, path: Path, external_data: bool) ->
             dynamic_shapes=spec.dynamic,
             external_data=external_data,
             optimize=True,
+            custom_translation_table=translation,
         )
 
 
@@ -217,19 +230,39 @@ def build_manifest(stack: PvaStack, out: Path, graphs: dict[str, dict[str, Any]]
 
 
 def export_all(stack: PvaStack, out: Path, external_data: bool = False, log=print,
-               adapter_step: bool = True) -> dict[str, Any]:
+               adapter_step: bool = True, precision: str = "fp32", fp32_graphs: tuple[str, ...] = (),
+               attention: str = "explicit") -> dict[str, Any]:
     """Write every graph, the adapter init and the manifest into `out`; returns the manifest.
 
     `adapter_step=False` leaves the tuning graph out: the worker then edits with this model but refuses
-    to tune (a model directory a third smaller, for one that is committed to git)."""
+    to tune (a model directory a third smaller, for one that is committed to git).
+    `precision="fp16"` rewrites the edit graphs (all but those in `fp32_graphs`) to compute in float16
+    with float32 inputs and outputs (pva.precision; the tuning graph stays fp32); `attention="fused"`
+    exports the UNet's attention as fused `MultiHeadAttention` nodes (pva.fused). Both are recorded in
+    the graph's manifest entry (`precision`, `attention`)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: one of {PRECISIONS}")
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention {attention!r}: one of {ATTENTIONS}")
+    unknown = set(fp32_graphs) - set(GRAPH_ORDER)
+    if unknown:
+        raise ValueError(f"fp32_graphs names no edit graph: {sorted(unknown)}")
     out.mkdir(parents=True, exist_ok=True)
     graphs: dict[str, dict[str, Any]] = {}
+    recorded: dict[str, dict[str, str]] = {"adapter_step": {"precision": "fp32"}}
     for name in GRAPH_ORDER:
         path = out / f"{name}.onnx"
         start = time.perf_counter()
-        export_graph(stack, name, path, external_data)
+        export_graph(stack, name, path, external_data, attention)
+        graph_precision = "fp32" if name in fp32_graphs else precision
+        if graph_precision == "fp16":
+            from pva.precision import to_fp16
+
+            to_fp16(path, path, external_data)
         graphs[name] = describe_graph(path)
-        log(f"{name}: {time.perf_counter() - start:.1f} s, {graphs[name]['bytes']} bytes")
+        recorded[name] = {"precision": graph_precision, **({"attention": attention} if name == "unet" else {})}
+        graphs[name].update(recorded[name])
+        log(f"{name}: {time.perf_counter() - start:.1f} s, {graphs[name]['bytes']} bytes, {graph_precision}")
 
     if adapter_step:
         from pva.tuning import export_adapter_step
@@ -237,7 +270,7 @@ def export_all(stack: PvaStack, out: Path, external_data: bool = False, log=prin
         path = out / "adapter_step.onnx"
         start = time.perf_counter()
         export_adapter_step(stack, path)
-        graphs["adapter_step"] = describe_graph(path)
+        graphs["adapter_step"] = {**describe_graph(path), **recorded["adapter_step"]}
         log(f"adapter_step: {time.perf_counter() - start:.1f} s, {graphs['adapter_step']['bytes']} bytes")
 
     adapter_file = out / "adapter_init.safetensors"
@@ -250,6 +283,10 @@ def export_all(stack: PvaStack, out: Path, external_data: bool = False, log=prin
         # One copy of the frozen UNet and text encoder for the edit graphs and the tuning graph.
         share_frozen_weights(out, log)
         manifest = json.loads((out / "manifest.json").read_text())
+        # pva.share describes the graphs it rewrote afresh: what was recorded about them goes back in.
+        for name, entry in manifest["graphs"].items():
+            entry.update(recorded[name])
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -274,6 +311,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="image resolution to export at instead of the size's (recorded in the manifest)")
     parser.add_argument("--no-adapter-step", action="store_true",
                         help="leave out adapter_step.onnx (the worker edits but refuses to tune)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp16: the edit graphs compute in float16, their inputs and outputs stay float32 "
+                             "(the tuning graph stays fp32; pva.precision)")
+    parser.add_argument("--fp32", type=lambda v: [p for p in v.split(",") if p], action="extend", default=[],
+                        metavar="GRAPH[,GRAPH]", help="with --precision fp16: graphs kept in fp32 (e.g. vae_decoder)")
+    parser.add_argument("--attention", choices=ATTENTIONS, default="explicit",
+                        help="fused: the UNet's attention as com.microsoft.MultiHeadAttention (pva.fused)")
     args = parser.parse_args(argv)
 
     weights = None
@@ -303,7 +347,11 @@ def main(argv: list[str] | None = None) -> None:
     stack = build_stack(args.size, seed=args.seed, weights=weights, resolution=args.resolution)
     print(f"built {args.size} at {stack.config.resolution} px in {time.perf_counter() - start:.1f} s")
     # NOTE: protobuf caps a file at 2 GiB: full-size graphs keep their weights in external data files.
-    export_all(stack, args.out, external_data=args.size == "sd2", adapter_step=not args.no_adapter_step)
+    unknown = set(args.fp32) - set(GRAPH_ORDER)
+    if unknown:
+        parser.error(f"--fp32 names no edit graph: {sorted(unknown)} (one of {', '.join(GRAPH_ORDER)})")
+    export_all(stack, args.out, external_data=args.size == "sd2", adapter_step=not args.no_adapter_step,
+               precision=args.precision, fp32_graphs=tuple(args.fp32), attention=args.attention)
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s")
 
 
