@@ -47,11 +47,26 @@ def quadrants(width: int, height: int) -> Image.Image:
     return img
 
 
+def two_people() -> Image.Image:
+    """Eileen Collins (astronaut.png) left, Grace Hopper (grace_hopper.jpg) right, each cut around the face
+    and scaled to 200 px high: the faces are about 82 and 98 px wide (Hopper's the larger, area ratio 0.69:
+    similar enough that a reference showing both is ambiguous)."""
+    left = Image.open(FACES / "astronaut.png").convert("RGB").crop((120, 10, 330, 260))
+    left = left.resize((168, 200), Image.LANCZOS)
+    right = Image.open(FACES / "grace_hopper.jpg").convert("RGB").crop((90, 60, 450, 480))
+    right = right.resize((171, 200), Image.LANCZOS)
+    both = Image.new("RGB", (left.width + right.width, 200))
+    both.paste(left, (0, 0))
+    both.paste(right, (left.width, 0))
+    return both
+
+
 def main() -> int:
     obama = Image.open(FACES / "obama.jpg").convert("RGB").resize((160, 200), Image.LANCZOS)
     obama.save(HERE / "obama_160x200.jpg", quality=90)
     hopper = Image.open(FACES / "grace_hopper.jpg").convert("RGB").resize((128, 150), Image.LANCZOS)
     hopper.save(HERE / "hopper_128x150.png", optimize=True)
+    two_people().save(HERE / "two_people.jpg", quality=90)
 
     whole = (HERE / "obama_160x200.jpg").read_bytes()
     (HERE / "truncated.jpg").write_bytes(whole[: len(whole) * 6 // 10])
