@@ -65,6 +65,22 @@ pub struct Settings {
     pub privacy: PrivacySettings,
     /// Provenance marking of outputs: C2PA signing credentials (the IPTC XMP is always written).
     pub provenance: crate::provenance::ProvenanceSettings,
+    /// The warm-up edit before `/startupz` and the engine probe behind `/healthz`.
+    pub health: HealthSettings,
+}
+
+/// `[health]`: the warm-up edit each inference thread runs before the worker counts as started, and
+/// when a failing engine makes `/healthz` fail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSettings {
+    /// Denoising steps of the warm-up edit (a built-in synthetic input at the model's resolution),
+    /// run by every inference thread before `/startupz` answers 200, and of the probe inference.
+    pub warmup_steps: usize,
+    /// Consecutive engine failures (`model_error` from a graph run or an inference thread) after
+    /// which the thread runs a probe inference on the warm-up input; `/healthz` fails only when
+    /// that probe fails too, so one job that always fails cannot restart pods in a loop.
+    pub probe_after_failures: u32,
 }
 
 /// Personal-data rules.
@@ -329,6 +345,12 @@ impl Settings {
         }
         if self.worker.concurrency == 0 || self.worker.concurrency > 64 {
             return invalid("worker.concurrency", "must be in 1..=64");
+        }
+        if self.health.warmup_steps == 0 || self.health.warmup_steps > 50 {
+            return invalid("health.warmup_steps", "must be in 1..=50");
+        }
+        if self.health.probe_after_failures == 0 {
+            return invalid("health.probe_after_failures", "must be > 0");
         }
         if self.worker.delivery_limit == 0 {
             return invalid("worker.delivery_limit", "must be > 0");

@@ -52,7 +52,11 @@ async fn metrics_server_reports_readiness_and_shuts_down() {
     let addr = server.addr;
 
     let live = get(addr, "/healthz").await;
-    assert_eq!((live.status, live.body.as_str()), (200, "ok"));
+    assert_eq!(
+        (live.status, live.body.as_str()),
+        (200, r#"{"status":"ok"}"#)
+    );
+    assert_eq!(live.header("content-type"), Some("application/json"));
 
     let ready = get(addr, "/readyz").await;
     assert_eq!(ready.status, 503);
@@ -101,6 +105,16 @@ async fn metrics_server_reports_readiness_and_shuts_down() {
     server.health.watch_inference_threads(Arc::clone(&alive));
     alive.store(0, std::sync::atomic::Ordering::Release);
     assert_eq!(get(addr, "/readyz").await.status, 503);
+    // ... and liveness too: no thread is left to run a job.
+    let live = get(addr, "/healthz").await;
+    let body: serde_json::Value = serde_json::from_str(&live.body).unwrap();
+    assert_eq!(
+        (live.status, body),
+        (
+            503,
+            serde_json::json!({"status": "unhealthy", "reasons": ["no inference thread alive"]})
+        )
+    );
     assert_eq!(
         sample(&get(addr, "/metrics").await.body, "pva_ready"),
         Some(0.0)

@@ -19,8 +19,16 @@ use tokio::task::JoinHandle;
 use super::registry::Readiness;
 use super::Metrics;
 
-/// What readiness depends on: the model is loaded, an inference thread is alive and the broker
-/// connection is up.
+/// Something that can make the worker not live: `/healthz` fails while it reports a fault (the
+/// inference pool's engine watch, after a failed probe inference).
+pub trait Liveness: std::fmt::Debug + Send + Sync {
+    /// Why the worker should be restarted, or `None` while nothing says so.
+    fn fault(&self) -> Option<String>;
+}
+
+/// What readiness depends on: the model is loaded (and warmed up), an inference thread is alive and
+/// the broker connection is up; and what liveness depends on: an inference thread is alive and no
+/// watched [`Liveness`] reports a fault.
 ///
 /// Cheap to clone; all clones share the same state. Setting the broker state also sets the
 /// `pva_broker_connected` gauge of the [`Metrics`] it was created from; every change of state, and
@@ -38,6 +46,8 @@ struct HealthState {
     broker_connected: AtomicBool,
     /// The inference pool's count of live threads, once it has started.
     inference_threads: std::sync::OnceLock<Arc<AtomicUsize>>,
+    /// What else `/healthz` asks (the engine watch), once the pool has started.
+    liveness: std::sync::OnceLock<Arc<dyn Liveness>>,
 }
 
 impl Health {
@@ -65,6 +75,27 @@ impl Health {
         self.refresh_metrics();
     }
 
+    /// Follows `liveness`: `/healthz` fails while it reports a fault.
+    pub fn watch_liveness(&self, liveness: Arc<dyn Liveness>) {
+        let _ = self.state.liveness.set(liveness);
+    }
+
+    /// Why the worker is not live (`/healthz` fails): no inference thread alive, or a watched
+    /// [`Liveness`] fault; empty while it is live (also before the pool has started: starting is
+    /// `/startupz`'s business).
+    pub fn unhealthy(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if let Some(alive) = self.state.inference_threads.get() {
+            if alive.load(Ordering::Acquire) == 0 {
+                reasons.push("no inference thread alive".to_string());
+            }
+        }
+        if let Some(fault) = self.state.liveness.get().and_then(|l| l.fault()) {
+            reasons.push(fault);
+        }
+        reasons
+    }
+
     /// Whether the worker holds an open connection to RabbitMQ (also sets `pva_broker_connected`).
     pub fn set_broker_connected(&self, connected: bool) {
         self.state
@@ -79,7 +110,7 @@ impl Health {
         self.readiness.observe(self.ready());
     }
 
-    /// Whether the model is loaded (`/startupz`).
+    /// Whether the model is loaded and warmed up (`/startupz`).
     pub fn model_loaded(&self) -> bool {
         self.state.model_loaded.load(Ordering::Acquire)
     }
@@ -117,7 +148,9 @@ struct HttpState {
 /// `shutdown` completes and the task ends once open requests are answered.
 ///
 /// - `/metrics`: [`Metrics::render`] as `text/plain; version=0.0.4`.
-/// - `/healthz`: 200 `ok` while the process serves at all (liveness).
+/// - `/healthz`: 200 `{"status":"ok"}` while [`Health::unhealthy`] is empty, else 503
+///   `{"status":"unhealthy","reasons":[...]}` (liveness).
+/// - `/startupz`: 200 once the model is loaded and warmed up, else 503.
 /// - `/readyz`: 200 `ready` when [`Health::ready`], else 503 naming what is missing (readiness).
 pub async fn serve_http<A, F>(
     listen: A,
@@ -155,19 +188,37 @@ async fn metrics_handler(State(state): State<HttpState>) -> Response {
         .into_response()
 }
 
-async fn healthz_handler() -> &'static str {
-    "ok"
+/// Liveness: an inference thread is alive and the engine watch reports no fault (a probe inference
+/// failed after consecutive engine failures). Answered from shared state, never by running inference,
+/// so it is fast while a long job runs.
+async fn healthz_handler(State(state): State<HttpState>) -> Response {
+    let reasons = state.health.unhealthy();
+    let (status, body) = if reasons.is_empty() {
+        (StatusCode::OK, serde_json::json!({"status": "ok"}))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "unhealthy", "reasons": reasons}),
+        )
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
-/// Startup: the model is loaded (the broker may still be unreachable; readiness covers that, so a
-/// pod waiting for RabbitMQ is kept out of rotation rather than restarted).
+/// Startup: the model is loaded and every inference thread has run the warm-up edit (the broker may
+/// still be unreachable; readiness covers that, so a pod waiting for RabbitMQ is kept out of rotation
+/// rather than restarted).
 async fn startupz_handler(State(state): State<HttpState>) -> Response {
     if state.health.model_loaded() {
         (StatusCode::OK, "started").into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "starting: model not loaded",
+            "starting: model not loaded and warmed up",
         )
             .into_response()
     }
@@ -237,5 +288,36 @@ mod tests {
         assert_eq!(health.missing(), ["no inference thread alive"]);
         alive.store(1, Ordering::Release);
         assert!(health.ready());
+    }
+
+    #[derive(Debug)]
+    struct Fault(std::sync::Mutex<Option<String>>);
+
+    impl Liveness for Fault {
+        fn fault(&self) -> Option<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    #[test]
+    fn liveness_needs_a_live_thread_and_no_fault() {
+        let m = Metrics::new();
+        let health = Health::new(&m);
+        assert!(health.unhealthy().is_empty(), "live while starting");
+        let alive = Arc::new(AtomicUsize::new(1));
+        health.watch_inference_threads(Arc::clone(&alive));
+        let fault = Arc::new(Fault(Default::default()));
+        health.watch_liveness(fault.clone());
+        assert!(health.unhealthy().is_empty());
+        *fault.0.lock().unwrap() = Some("the probe failed".into());
+        assert_eq!(health.unhealthy(), ["the probe failed"]);
+        alive.store(0, Ordering::Release);
+        assert_eq!(
+            health.unhealthy(),
+            ["no inference thread alive", "the probe failed"]
+        );
+        *fault.0.lock().unwrap() = None;
+        alive.store(1, Ordering::Release);
+        assert!(health.unhealthy().is_empty());
     }
 }

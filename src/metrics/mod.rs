@@ -18,7 +18,7 @@ mod labels;
 mod registry;
 
 pub use crate::model::{Stage, UnknownStage};
-pub use http::{serve_http, Health};
+pub use http::{serve_http, Health, Liveness};
 pub use labels::{
     JobOutcome, ALERTED_REASONS, IDENTITY_SCORE_BUCKETS, JOB_BUCKETS, QUEUE_WAIT_BUCKETS,
     STAGE_BUCKETS, TUNING_BUCKETS, TUNING_LOSS_BUCKETS,

@@ -34,6 +34,8 @@ pub struct Metrics {
     dead_letters: IntCounterVec,
     identity_score: Histogram,
     model_load: Gauge,
+    warmup: Gauge,
+    engine_probes: IntCounterVec,
     tuning_duration: Histogram,
     tuning_final_loss: Histogram,
     tuning_nonfinite_losses: IntCounter,
@@ -242,6 +244,25 @@ impl Metrics {
             )
             .expect("valid gauge"),
         );
+        let warmup = register(
+            r,
+            Gauge::new(
+                "pva_warmup_seconds",
+                "Seconds the warm-up edit took before the worker counted as started (the slowest inference thread's).",
+            )
+            .expect("valid gauge"),
+        );
+        let engine_probes = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "pva_engine_probes_total",
+                    "Probe inferences run after consecutive engine failures, by result (succeeded: the jobs were at fault; failed: /healthz fails).",
+                ),
+                &["result"],
+            )
+            .expect("valid counter"),
+        );
         let tuning_duration = register(
             r,
             histogram(
@@ -356,6 +377,9 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), "", ""])
             .set(1);
+        for result in ["succeeded", "failed"] {
+            engine_probes.with_label_values(&[result]);
+        }
 
         Self {
             registry,
@@ -370,6 +394,8 @@ impl Metrics {
             dead_letters,
             identity_score,
             model_load,
+            warmup,
+            engine_probes,
             tuning_duration,
             tuning_final_loss,
             tuning_nonfinite_losses,
@@ -471,6 +497,17 @@ impl Metrics {
         self.model_load.set(sanitize_secs(secs));
     }
 
+    /// Records the warm-up edit's seconds (`pva_warmup_seconds`).
+    pub fn warmed_up(&self, secs: f64) {
+        self.warmup.set(sanitize_secs(secs));
+    }
+
+    /// Counts an engine probe by whether it succeeded.
+    pub fn engine_probed(&self, succeeded: bool) {
+        let result = if succeeded { "succeeded" } else { "failed" };
+        self.engine_probes.with_label_values(&[result]).inc();
+    }
+
     /// Records one adapter tuning run: its duration and its final loss (a NaN or infinite loss is
     /// counted in `pva_tuning_nonfinite_losses_total` instead of the loss histogram).
     pub fn tuning_finished(&self, secs: f64, last_loss: f64) {
@@ -566,6 +603,8 @@ mod tests {
             ("pva_dead_letters_total", "counter"),
             ("pva_identity_score", "histogram"),
             ("pva_model_load_seconds", "gauge"),
+            ("pva_warmup_seconds", "gauge"),
+            ("pva_engine_probes_total", "counter"),
             ("pva_tuning_duration_seconds", "histogram"),
             ("pva_tuning_final_loss", "histogram"),
             ("pva_tuning_nonfinite_losses_total", "counter"),
@@ -881,6 +920,16 @@ mod tests {
         let after = format!("model=\"pva-sd2\",model_version=\"1.0.0\",version=\"{version}\"");
         assert_eq!(sample(&text, "pva_build_info", &after), Some(1.0));
         assert_eq!(sample(&text, "pva_model_load_seconds", ""), Some(42.0));
+        assert_eq!(sample(&text, "pva_warmup_seconds", ""), Some(0.0));
+        m.warmed_up(0.75);
+        m.engine_probed(true);
+        m.engine_probed(false);
+        m.engine_probed(false);
+        let text = m.render();
+        assert_eq!(sample(&text, "pva_warmup_seconds", ""), Some(0.75));
+        let probes = |r: &str| sample(&text, "pva_engine_probes_total", &format!("result=\"{r}\""));
+        assert_eq!(probes("succeeded"), Some(1.0));
+        assert_eq!(probes("failed"), Some(2.0));
     }
 
     #[test]

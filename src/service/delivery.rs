@@ -30,7 +30,8 @@ use crate::model::Stage;
 use crate::provenance::Signer;
 use crate::queue::{self, Broker, Delivery, Events, Outgoing, Publisher};
 use crate::service::events::{JobEvents, PROGRESS};
-use crate::service::pool::InferencePool;
+use crate::service::health::EngineWatch;
+use crate::service::pool::{InferencePool, Started};
 
 /// Everything a delivery handler needs; shared by all in-flight jobs.
 pub struct Service<S: ObjectStore> {
@@ -400,6 +401,30 @@ async fn shutdown_signal(tx: watch::Sender<bool>) {
     let _ = tx.send(true);
 }
 
+/// Loads the model into the inference threads and warms each up, then marks the worker started
+/// (`/startupz`), with `/healthz` following the threads and the engine watch.
+async fn start_pool(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    health: &Health,
+) -> anyhow::Result<(InferencePool, Started)> {
+    let probes = Arc::clone(metrics);
+    let watch = EngineWatch::new(settings.health.probe_after_failures)
+        .on_probe(move |report| probes.engine_probed(report.result.is_ok()));
+    let watch = Arc::new(watch);
+    let load_settings = settings.clone();
+    let (pool, started) = tokio::task::spawn_blocking(move || {
+        InferencePool::start_warm(&load_settings, load_settings.worker.concurrency, watch)
+    })
+    .await??;
+    metrics.model_loaded(&pool.model.name, &pool.model.version, started.load_secs);
+    metrics.warmed_up(started.warmup_secs);
+    health.watch_inference_threads(pool.alive_counter());
+    health.watch_liveness(pool.engine_watch());
+    health.set_model_loaded(true);
+    Ok((pool, started))
+}
+
 /// Runs the service until SIGTERM/SIGINT.
 pub async fn run<S: ObjectStore>(settings: Settings, store: S) -> anyhow::Result<()> {
     // Refuse to start with bad signing credentials (or none, when signing is required).
@@ -420,15 +445,8 @@ pub async fn run<S: ObjectStore>(settings: Settings, store: S) -> anyhow::Result
     .await?;
     tracing::info!(%addr, "metrics listening");
 
-    let load_settings = settings.clone();
-    let (pool, load_secs) = tokio::task::spawn_blocking(move || {
-        InferencePool::start(&load_settings, load_settings.worker.concurrency)
-    })
-    .await??;
-    metrics.model_loaded(&pool.model.name, &pool.model.version, load_secs);
-    health.watch_inference_threads(pool.alive_counter());
-    health.set_model_loaded(true);
-    tracing::info!(model = %pool.model.name, version = %pool.model.version, seconds = load_secs, threads = settings.worker.concurrency, "model loaded");
+    let (pool, started) = start_pool(&settings, &metrics, &health).await?;
+    tracing::info!(model = %pool.model.name, version = %pool.model.version, seconds = started.load_secs, warmup_seconds = started.warmup_secs, threads = settings.worker.concurrency, "model loaded and warmed up");
 
     let service = Arc::new(Service::new(
         settings.clone(),

@@ -34,6 +34,9 @@ pub enum LoadError {
         /// What is wrong.
         problem: String,
     },
+    /// The warm-up edit failed: the model loaded but cannot run an edit.
+    #[error("the warm-up edit failed (the model loaded but cannot run an edit): {0}")]
+    Warmup(String),
     /// An inference thread could not start or died while loading.
     #[error("inference threads: {0}")]
     Thread(String),

@@ -4,7 +4,10 @@
 //! the metrics endpoint responsive during long inference.
 //!
 //! A request that panics becomes a `model_error` failure of that job and the thread goes on; the
-//! number of live threads is kept, and the service is not ready when none is left.
+//! number of live threads is kept, and the service is neither ready nor live when none is left. The
+//! queue service's pool warms every thread up before it counts as started
+//! ([`InferencePool::start_warm`]) and reports each request's outcome to an
+//! [`EngineWatch`], running its probe inference when engine failures pile up.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,7 +29,9 @@ use crate::pipeline::inpaint::{EditInput, EditOutput, Pipeline};
 use crate::pipeline::noise::SeededNoise;
 use crate::pipeline::tune::{tune_identity, ReferenceCrop, TuneError, Tuned};
 use crate::service::events::{ProgressSink, PROGRESS};
+use crate::service::health::{EngineWatch, Outcome};
 use crate::service::model::{load_faces, load_pipeline, LoadError};
+use crate::service::warmup::warm_up;
 
 /// In debug builds (the tests' binaries), an edit with exactly this prompt panics in its inference
 /// thread: the test hook for the pool's panic handling. Release builds have no such prompt.
@@ -175,30 +180,64 @@ impl Drop for Alive {
     }
 }
 
+/// How long starting a pool took: the slowest thread's model load and warm-up edit.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Started {
+    /// Seconds to load the model (sessions created, hashes checked).
+    pub load_secs: f64,
+    /// Seconds of the warm-up edit (0 when the pool was started without one).
+    pub warmup_secs: f64,
+}
+
 /// Handles to the inference threads.
 pub struct InferencePool {
     sender: Option<mpsc::Sender<Request>>,
     threads: Vec<JoinHandle<()>>,
     alive: Arc<AtomicUsize>,
+    watch: Arc<EngineWatch>,
     /// The loaded model (name, version, adapter layout).
     pub model: ModelRef,
 }
 
 impl InferencePool {
-    /// Starts `threads` threads and waits until every one has loaded the model. Returns the load
-    /// time of the slowest.
+    /// Starts `threads` threads and waits until every one has loaded the model (no warm-up; for
+    /// the one-shot commands). Returns the load time of the slowest.
     pub fn start(settings: &Settings, threads: usize) -> Result<(Self, f64), LoadError> {
+        let watch = Arc::new(EngineWatch::new(settings.health.probe_after_failures));
+        let (pool, started) = Self::spawn(settings, threads, false, watch)?;
+        Ok((pool, started.load_secs))
+    }
+
+    /// Starts `threads` threads and waits until every one has loaded the model and run the warm-up
+    /// edit ([`warm_up`], `health.warmup_steps` steps) through its own sessions; the threads then
+    /// report their engine failures to `watch` and run its probes. For the queue service, whose
+    /// `/startupz` answers 200 only after this returns.
+    pub fn start_warm(
+        settings: &Settings,
+        threads: usize,
+        watch: Arc<EngineWatch>,
+    ) -> Result<(Self, Started), LoadError> {
+        Self::spawn(settings, threads, true, watch)
+    }
+
+    fn spawn(
+        settings: &Settings,
+        threads: usize,
+        warm: bool,
+        watch: Arc<EngineWatch>,
+    ) -> Result<(Self, Started), LoadError> {
         let (sender, receiver) = mpsc::channel::<Request>();
         let receiver = Arc::new(Mutex::new(receiver));
         let alive = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::new();
         let mut ready = Vec::new();
         for i in 0..threads {
-            let (ready_tx, ready_rx) = mpsc::channel::<Result<(ModelRef, f64), LoadError>>();
+            let (ready_tx, ready_rx) = mpsc::channel::<Result<(ModelRef, Started), LoadError>>();
             ready.push(ready_rx);
             let settings = settings.clone();
             let receiver = Arc::clone(&receiver);
             let alive = Arc::clone(&alive);
+            let watch = Arc::clone(&watch);
             let thread = std::thread::Builder::new()
                 .name(format!("inference-{i}"))
                 .spawn(move || {
@@ -212,34 +251,58 @@ impl InferencePool {
                             return;
                         }
                     };
+                    let load_secs = t.elapsed().as_secs_f64();
+                    let steps = settings.health.warmup_steps;
+                    let warmup_secs = if warm {
+                        match run_caught("warm-up edit", || Ok(warm_up(&mut pipeline, steps)?)) {
+                            Ok(secs) => secs,
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(LoadError::Warmup(e.message)));
+                                return;
+                            }
+                        }
+                    } else {
+                        0.0
+                    };
                     alive.fetch_add(1, Ordering::AcqRel);
                     let _alive = Alive(alive);
                     let model = ModelRef::of(pipeline.manifest());
-                    let _ = ready_tx.send(Ok((model, t.elapsed().as_secs_f64())));
-                    serve_requests(&mut pipeline, &mut faces, &settings, &receiver);
+                    let started = Started {
+                        load_secs,
+                        warmup_secs,
+                    };
+                    let _ = ready_tx.send(Ok((model, started)));
+                    serve_requests(&mut pipeline, &mut faces, &settings, &receiver, &watch);
                 })
                 .map_err(|e| LoadError::Thread(e.to_string()))?;
             handles.push(thread);
         }
         let mut model = None;
-        let mut slowest = 0f64;
+        let mut slowest = Started::default();
         for rx in ready {
-            let (model_ref, secs) = rx.recv().map_err(|_| {
+            let (model_ref, started) = rx.recv().map_err(|_| {
                 LoadError::Thread("an inference thread died while loading the model".into())
             })??;
             model = Some(model_ref);
-            slowest = slowest.max(secs);
+            slowest.load_secs = slowest.load_secs.max(started.load_secs);
+            slowest.warmup_secs = slowest.warmup_secs.max(started.warmup_secs);
         }
         Ok((
             Self {
                 sender: Some(sender),
                 threads: handles,
                 alive,
+                watch,
                 model: model
                     .ok_or_else(|| LoadError::Thread("no inference thread (0 asked)".into()))?,
             },
             slowest,
         ))
+    }
+
+    /// The engine's health as the threads report it (`/healthz` reads its fault).
+    pub fn engine_watch(&self) -> Arc<EngineWatch> {
+        Arc::clone(&self.watch)
     }
 
     /// How many inference threads are running (0 after a failed start or when all have ended).
@@ -278,12 +341,15 @@ fn stopped() -> JobFailure {
     JobFailure::new(FailureCode::WorkerStopping, "the worker is shutting down")
 }
 
-/// An inference thread's loop: one request at a time until the pool's sender is dropped.
+/// An inference thread's loop: one request at a time until the pool's sender is dropped. After each
+/// request its outcome goes to the engine watch, and when the watch asks, the thread runs the probe
+/// (the warm-up edit) before taking the next request.
 fn serve_requests(
     pipeline: &mut Pipeline<OrtEngine>,
     faces: &mut OrtFaces,
     settings: &Settings,
     receiver: &Mutex<mpsc::Receiver<Request>>,
+    watch: &EngineWatch,
 ) {
     loop {
         // NOTE: the lock is held only while waiting for the next request.
@@ -292,38 +358,75 @@ fn serve_requests(
             Err(_) => return,
         };
         let Ok(request) = request else { return };
-        let _enter = request.span.enter();
-        let progress = request.progress.as_ref();
-        // The caller may have given up (shutdown deadline); nothing to do then.
-        match request.work {
-            Work::Edit { input, seed, reply } => {
-                let _ = reply.send(run_caught("edit", || {
-                    edit(pipeline, &input, seed, progress)
-                }));
-            }
-            Work::Locate {
-                input,
-                requests,
-                reply,
-            } => {
-                let found = run_caught("face detection", || {
-                    locate(
-                        pipeline,
-                        faces,
-                        &input,
-                        &requests,
-                        settings.pipeline.face_margin,
-                    )
-                });
-                let _ = reply.send(found);
-            }
-            Work::Tune { references, reply } => {
-                let tuned = run_caught("tuning", || {
-                    Ok(tune(pipeline, settings, &references, progress)?)
-                });
-                let _ = reply.send(tuned);
-            }
+        let outcome = {
+            let _enter = request.span.enter();
+            serve_one(
+                pipeline,
+                faces,
+                settings,
+                request.work,
+                request.progress.as_ref(),
+            )
+        };
+        if let Some(failures) = watch.record(outcome) {
+            let steps = settings.health.warmup_steps;
+            let probe = run_caught("engine probe", || Ok(warm_up(pipeline, steps)?));
+            watch.probed(failures, probe.map_err(|f| f.message));
         }
+    }
+}
+
+/// Runs one request's work and sends its reply; returns how it ended, for the engine watch.
+fn serve_one(
+    pipeline: &mut Pipeline<OrtEngine>,
+    faces: &mut OrtFaces,
+    settings: &Settings,
+    work: Work,
+    progress: Option<&ProgressSink>,
+) -> Outcome {
+    // The caller may have given up (shutdown deadline); nothing to do then.
+    fn reply<T>(
+        to: oneshot::Sender<Result<T, JobFailure>>,
+        result: Result<T, JobFailure>,
+    ) -> Outcome {
+        let outcome = Outcome::of(&result);
+        let _ = to.send(result);
+        outcome
+    }
+    match work {
+        Work::Edit {
+            input,
+            seed,
+            reply: to,
+        } => reply(
+            to,
+            run_caught("edit", || edit(pipeline, &input, seed, progress)),
+        ),
+        Work::Locate {
+            input,
+            requests,
+            reply: to,
+        } => reply(
+            to,
+            run_caught("face detection", || {
+                locate(
+                    pipeline,
+                    faces,
+                    &input,
+                    &requests,
+                    settings.pipeline.face_margin,
+                )
+            }),
+        ),
+        Work::Tune {
+            references,
+            reply: to,
+        } => reply(
+            to,
+            run_caught("tuning", || {
+                Ok(tune(pipeline, settings, &references, progress)?)
+            }),
+        ),
     }
 }
 

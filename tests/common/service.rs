@@ -149,6 +149,9 @@ max_attempts = 2
 sse = "none"
 [metrics]
 listen = "127.0.0.1:{port}"
+[health]
+warmup_steps = {warmup_steps}
+probe_after_failures = {probe_after}
 {provenance}
 [logging]
 format = "json"
@@ -174,6 +177,8 @@ level = "info,ort=warn"
             sk = self.s3.secret_key(),
             ib = s.s3.input_bucket,
             ob = s.s3.output_buckets[0],
+            warmup_steps = s.health.warmup_steps,
+            probe_after = s.health.probe_after_failures,
             provenance = if self.signing {
                 format!(
                     "[provenance]\nsigning_key = \"{}\"\ncertificate_chain = \"{}\"\n\
@@ -192,6 +197,22 @@ level = "info,ort=warn"
 
     /// Starts a worker process and waits until /readyz says ready.
     pub async fn start_worker(&mut self) -> usize {
+        let index = self.spawn_worker();
+        let port = self.workers[index].1;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http_status(port, "/readyz").await != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "worker {index} not ready; log:\n{}",
+                self.log(index)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        index
+    }
+
+    /// Starts a worker process without waiting for it; returns its index in `workers`.
+    pub fn spawn_worker(&mut self) -> usize {
         let index = self.workers.len();
         let name = format!("worker-{index}");
         let port = free_port();
@@ -207,15 +228,6 @@ level = "info,ort=warn"
             .spawn()
             .unwrap();
         self.workers.push((child, port));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while http_status(port, "/readyz").await != Some(200) {
-            assert!(
-                Instant::now() < deadline,
-                "worker {index} not ready; log:\n{}",
-                self.log(index)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
         index
     }
 

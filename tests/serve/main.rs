@@ -10,6 +10,7 @@ mod clients;
 mod commands;
 mod events;
 mod failures;
+mod health;
 mod idempotency;
 mod jobs;
 mod lifecycle;

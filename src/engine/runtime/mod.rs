@@ -296,7 +296,17 @@ impl Engine for OrtEngine {
         const G: &str = "vae_decoder";
         let inputs = vec![("latent", tensor_ref(G, latents)?)];
         let session = self.vae_decoder.session(&self.opener, &self.manifest)?;
-        Self::run_one(session, G, inputs, "image")
+        let image: Array4<f32> = Self::run_one(session, G, inputs, "image")?;
+        // NOTE: every graph of an edit feeds the decoded image, so a NaN or infinity anywhere
+        // upstream (corrupted weights, a failing device, fp16 overflow) shows here: the edit fails
+        // as a run failure instead of returning an image decoded from garbage.
+        if let Some(bad) = image.iter().find(|v| !v.is_finite()) {
+            return Err(EngineError::Run {
+                graph: G,
+                message: format!("output `image` has non-finite values (e.g. {bad})"),
+            });
+        }
+        Ok(image)
     }
 
     fn denoiser<'e>(
