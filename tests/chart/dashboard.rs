@@ -21,6 +21,16 @@ const TARGET_LABELS: [&str; 7] = [
     "endpoint",
 ];
 
+/// The queue series the dashboard reads from RabbitMQ's own Prometheus endpoint (the
+/// `rabbitmq_prometheus` plugin's per-object metrics, `/metrics/per-object`), not from the worker:
+/// the names and labels that plugin exports for every queue.
+const RABBITMQ_PER_OBJECT: &str = "\
+# TYPE rabbitmq_queue_messages_ready gauge
+rabbitmq_queue_messages_ready{vhost=\"/\",queue=\"pva.jobs\"} 3
+# TYPE rabbitmq_queue_messages_unacked gauge
+rabbitmq_queue_messages_unacked{vhost=\"/\",queue=\"pva.jobs\"} 1
+";
+
 /// `/metrics` of a worker that has recorded one of every kind of observation.
 pub fn busy_worker_metrics() -> String {
     let m = Metrics::new();
@@ -44,6 +54,8 @@ pub fn busy_worker_metrics() -> String {
     m.adapter_cache_hit();
     m.adapter_cache_miss();
     m.broker_reconnected();
+    m.warmed_up(0.8);
+    m.engine_probed(true);
     Health::new(&m).set_broker_connected(true);
     m.render()
 }
@@ -89,7 +101,7 @@ fn dashboard_queries(dashboard: &Value) -> Vec<(String, String, Option<String>)>
 fn dashboard_queries_only_metrics_and_labels_the_worker_exports() {
     let text = read(format!("{CHART}/dashboards/pva-worker.json"));
     let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
-    let series = exposition_series(&busy_worker_metrics());
+    let series = exposition_series(&format!("{}{RABBITMQ_PER_OBJECT}", busy_worker_metrics()));
     let target_labels: BTreeSet<&str> = TARGET_LABELS.into_iter().collect();
 
     let mut used = BTreeSet::new();
@@ -150,7 +162,8 @@ fn dashboard_queries_only_metrics_and_labels_the_worker_exports() {
     }
     // What the dashboard is for: throughput by outcome, stage latency, queue wait, in-flight jobs,
     // dead letters, the adapter cache hit ratio, the identity-score distribution, job duration and
-    // the oldest job in flight (what the stuck-job alert compares), cold starts and readiness.
+    // the oldest job in flight (what the stuck-job alert compares), cold starts and readiness, the
+    // job queue's depth (from RabbitMQ) beside the ready replicas, warm-ups and engine probes.
     for metric in [
         "pva_jobs_total",
         "pva_stage_duration_seconds_bucket",
@@ -165,6 +178,10 @@ fn dashboard_queries_only_metrics_and_labels_the_worker_exports() {
         "pva_tuning_final_loss_sum",
         "pva_cold_start_seconds",
         "pva_ready",
+        "rabbitmq_queue_messages_ready",
+        "rabbitmq_queue_messages_unacked",
+        "pva_warmup_seconds",
+        "pva_engine_probes_total",
     ] {
         assert!(
             used.contains(metric),

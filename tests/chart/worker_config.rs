@@ -149,6 +149,28 @@ fn every_values_file_renders_a_config_the_worker_loads_and_the_deployment_agrees
                 "{label}: {probe}"
             );
         }
+        // The startup probe's budget covers load and warm-up as the values size it; liveness
+        // restarts only after two failed checks or more, each answered well within its period.
+        let probe_secs = |probe: &str, key: &str| container[probe][key].as_u64().unwrap();
+        let budget = values["probes"]["startup"]["budgetSeconds"]
+            .as_u64()
+            .or(default_values()["probes"]["startup"]["budgetSeconds"].as_u64())
+            .unwrap();
+        assert!(
+            probe_secs("startupProbe", "failureThreshold")
+                * probe_secs("startupProbe", "periodSeconds")
+                >= budget,
+            "{label}: the startup probe gives up before budgetSeconds {budget}"
+        );
+        assert!(
+            probe_secs("livenessProbe", "failureThreshold") >= 2,
+            "{label}"
+        );
+        assert!(
+            probe_secs("livenessProbe", "timeoutSeconds")
+                < probe_secs("livenessProbe", "periodSeconds"),
+            "{label}"
+        );
         if let Some(service) = docs.iter().find(|d| d["kind"] == "Service") {
             assert_eq!(
                 service["spec"]["ports"][0]["targetPort"], "metrics",
