@@ -381,6 +381,7 @@ impl Settings {
                 return invalid(setting, "must not be empty");
             }
         }
+        self.validate_tls()?;
         if self.s3.max_attempts == 0 {
             return invalid("s3.max_attempts", "must be > 0");
         }
@@ -416,6 +417,54 @@ impl Settings {
         }
         if self.logging.level.trim().is_empty() {
             return invalid("logging.level", "must not be empty");
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// TLS files only where TLS is used: a CA bundle or client certificate with a plain `amqp://`
+    /// URL or `http://` endpoint would be silently unused, so it is refused; the client
+    /// certificate needs its key. The files themselves are read when a client is built.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let set = |path: &Path| !path.as_os_str().is_empty();
+        let invalid = |setting, problem: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                problem: problem.to_string(),
+            })
+        };
+        let a = &self.amqp;
+        if set(&a.tls_cert_file) != set(&a.tls_key_file) {
+            return invalid(
+                "amqp.tls_key_file",
+                "set both amqp.tls_cert_file and amqp.tls_key_file, or neither",
+            );
+        }
+        let amqps = a
+            .url
+            .expose()
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("amqps://"));
+        for (setting, path) in [
+            ("amqp.tls_ca_file", &a.tls_ca_file),
+            ("amqp.tls_cert_file", &a.tls_cert_file),
+        ] {
+            if set(path) && !amqps {
+                // NOTE: the URL holds the password: say what it lacks, never what it is.
+                return invalid(setting, "is set but amqp.url is not an amqps:// URL");
+            }
+        }
+        let https = self
+            .s3
+            .endpoint
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+        if set(&self.s3.tls_ca_file) && !(https || self.s3.endpoint.is_empty()) {
+            return invalid(
+                "s3.tls_ca_file",
+                "is set but s3.endpoint is not an https:// URL",
+            );
         }
         Ok(())
     }
@@ -523,6 +572,42 @@ mod tests {
             assert_eq!(tuning(&s), want, "{var}");
             let err = Settings::load_with_env(None, vec![(var, "-1".to_string())]).unwrap_err();
             assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn tls_files_are_accepted_only_where_tls_is_used() {
+        let load = |pairs: &[(&str, &str)]| Settings::load_with_env(None, env(pairs));
+        let tls = [
+            ("PVA__AMQP__URL", "amqps://u:hunter2@rabbit:5671/%2f"),
+            ("PVA__AMQP__TLS_CA_FILE", "/tls/amqp-ca.pem"),
+            ("PVA__AMQP__TLS_CERT_FILE", "/tls/client.pem"),
+            ("PVA__AMQP__TLS_KEY_FILE", "/tls/client.key"),
+            ("PVA__S3__ENDPOINT", "https://minio:9000"),
+            ("PVA__S3__TLS_CA_FILE", "/tls/s3-ca.pem"),
+        ];
+        let s = load(&tls).unwrap();
+        assert_eq!(s.amqp.tls_ca_file, PathBuf::from("/tls/amqp-ca.pem"));
+        assert_eq!(s.amqp.tls_cert_file, PathBuf::from("/tls/client.pem"));
+        assert_eq!(s.amqp.tls_key_file, PathBuf::from("/tls/client.key"));
+        assert_eq!(s.s3.tls_ca_file, PathBuf::from("/tls/s3-ca.pem"));
+        let defaults = load(&[]).unwrap();
+        assert!(defaults.amqp.tls_ca_file.as_os_str().is_empty());
+        assert!(defaults.s3.tls_ca_file.as_os_str().is_empty());
+        for (change, setting) in [
+            (
+                ("PVA__AMQP__URL", "amqp://u:hunter2@rabbit:5672/%2f"),
+                "amqp.tls_ca_file",
+            ),
+            (("PVA__AMQP__TLS_KEY_FILE", ""), "amqp.tls_key_file"),
+            (("PVA__S3__ENDPOINT", "http://minio:9000"), "s3.tls_ca_file"),
+        ] {
+            let mut pairs = tls.to_vec();
+            pairs.retain(|(k, _)| *k != change.0);
+            pairs.push(change);
+            let err = load(&pairs).unwrap_err().to_string();
+            assert!(err.contains(setting), "{change:?}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
         }
     }
 

@@ -183,7 +183,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             })
         }
         Command::Forget { identity } => {
-            let store = pva_worker::storage::s3::S3Store::new(&settings.s3).await;
+            let store = pva_worker::storage::s3::S3Store::new(&settings.s3).await?;
             let (bucket, removed) = commands::forget::forget(settings, &store, &identity).await?;
             for key in &removed {
                 println!("removed {bucket}/{key}");
@@ -195,7 +195,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {
-            let store = pva_worker::storage::s3::S3Store::new(&settings.s3).await;
+            let store = pva_worker::storage::s3::S3Store::new(&settings.s3).await?;
             pva_worker::service::run(settings.clone(), store).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -38,12 +38,12 @@ fn pattern(len: usize) -> Vec<u8> {
 async fn store_with(server: &S3Server, change: impl FnOnce(&mut S3Settings)) -> S3Store {
     let mut settings = server.settings();
     change(&mut settings);
-    S3Store::new(&settings).await
+    S3Store::new(&settings).await.unwrap()
 }
 
 /// A store on the server with a fresh bucket.
 async fn store_and_bucket(server: &S3Server, tag: &str) -> (S3Store, String) {
-    let store = S3Store::new(&server.settings()).await;
+    let store = S3Store::new(&server.settings()).await.unwrap();
     let bucket = unique_bucket(tag);
     store.ensure_bucket(&bucket).await.expect("create bucket");
     (store, bucket)
@@ -371,7 +371,7 @@ async fn list_follows_continuation_tokens_across_pages() {
     let pages = proxy.request_text().matches("list-type=2").count();
     assert_eq!(pages, 3, "7 keys in pages of 3");
 
-    let unpaged = S3Store::new(&server.settings()).await;
+    let unpaged = S3Store::new(&server.settings()).await.unwrap();
     assert_eq!(unpaged.list(&bucket, "jobs/").await.unwrap(), expected);
 }
 

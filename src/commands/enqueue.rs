@@ -35,7 +35,7 @@ pub async fn run(settings: &Settings, options: &EnqueueOptions) -> anyhow::Resul
     let job = flow::parse(&body, &rules.limits, rules.rules)
         .map_err(|f| anyhow::anyhow!("{}", f.message))?;
     let root = super::job_root(&options.job, options.root.as_deref());
-    let store = S3Store::new(&settings.s3).await;
+    let store = S3Store::new(&settings.s3).await?;
     let input_bucket = &settings.s3.input_bucket;
     for (field, key) in flow::input_keys(&job) {
         let path = root.join(&key);

@@ -24,7 +24,19 @@ pub enum QueueError {
     /// The URL in `amqp.url` is not valid.
     #[error("amqp.url is not a valid AMQP URL: {0}")]
     Url(String),
-    /// Connecting, declaring or consuming failed.
+    /// A TLS file of the settings (CA bundle, client certificate or key) cannot be used.
+    #[error("broker TLS: {0}")]
+    Tls(#[from] crate::model::pem::PemError),
+    /// The connection to the broker could not be made (refused, TLS handshake failed, wrong
+    /// credentials); names the endpoint, never the URL.
+    #[error("broker at {endpoint}: cannot connect: {source}")]
+    Connect {
+        /// `host:port` of the broker.
+        endpoint: String,
+        /// lapin's error (for a refused certificate: the TLS alert, e.g. `UnknownIssuer`).
+        source: lapin::Error,
+    },
+    /// Declaring, consuming or publishing failed.
     #[error("broker: {what}: {source}")]
     Broker {
         /// What was being done.
@@ -388,10 +400,38 @@ pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, 
         // NOTE: the parser's message may quote the URL; report only that it is invalid.
         .map_err(|_| QueueError::Url("cannot parse it".into()))?;
     uri.query.heartbeat = Some(settings.heartbeat_secs);
+    let endpoint = format!("{}:{}", uri.authority.host, uri.authority.port);
+    let tls = tls_config(settings)?;
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect_uri(uri, properties)
+    lapin::DefaultConnectionBuilder::new()
+        .map_err(broker("starting the AMQP runtime"))?
+        .with_uri(uri)
+        .with_properties(properties)
+        .with_tls_config(tls)
+        .connect()
         .await
-        .map_err(broker("connecting"))
+        .map_err(|source| QueueError::Connect { endpoint, source })
+}
+
+/// The TLS configuration of an `amqps://` connection: the CA bundle trusted besides the system's
+/// roots and the client certificate, from the files of the settings (read at each connection, so
+/// renewed files are picked up on reconnect). Unused by plain `amqp://` URLs.
+fn tls_config(settings: &AmqpSettings) -> Result<lapin::tcp::OwnedTLSConfig, QueueError> {
+    use crate::model::pem;
+    let set = |path: &std::path::Path| !path.as_os_str().is_empty();
+    let mut tls = lapin::tcp::OwnedTLSConfig::default();
+    if set(&settings.tls_ca_file) {
+        let bundle = pem::certificates("amqp.tls_ca_file", &settings.tls_ca_file)?;
+        // NOTE: checked as PEM certificates just above, so valid UTF-8 (PEM is ASCII).
+        tls.cert_chain = Some(String::from_utf8_lossy(&bundle).into_owned());
+    }
+    if set(&settings.tls_cert_file) || set(&settings.tls_key_file) {
+        tls.identity = Some(lapin::tcp::OwnedIdentity::PKCS8 {
+            pem: pem::certificates("amqp.tls_cert_file", &settings.tls_cert_file)?,
+            key: pem::private_key("amqp.tls_key_file", &settings.tls_key_file)?,
+        });
+    }
+    Ok(tls)
 }
 
 /// Declares (idempotently) the dead-letter exchange and queue, the durable quorum job queue with

@@ -1,5 +1,7 @@
 //! `[amqp]`: the broker's connection and topology (a section of `crate::config::Settings`).
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use crate::model::Secret;
@@ -36,4 +38,13 @@ pub struct AmqpSettings {
     pub reconnect_initial_ms: u64,
     /// Largest reconnect delay.
     pub reconnect_max_ms: u64,
+    /// PEM bundle of CA certificates trusted for an `amqps://` URL, in addition to the system's
+    /// roots (empty: the system's roots only). Read at each connection, so a renewed file is used
+    /// on the next reconnect.
+    pub tls_ca_file: PathBuf,
+    /// PEM client certificate (chain) presented to the broker for mutual TLS (empty: none); needs
+    /// `tls_key_file`.
+    pub tls_cert_file: PathBuf,
+    /// PEM private key of `tls_cert_file` (PKCS#8, RSA or EC).
+    pub tls_key_file: PathBuf,
 }

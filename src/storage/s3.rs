@@ -10,16 +10,20 @@ use std::time::Duration;
 
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedHttpClient};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     BucketLocationConstraint, CreateBucketConfiguration, ServerSideEncryption,
 };
 use aws_sdk_s3::Client;
+use aws_smithy_http_client::tls;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use super::{ObjectStore, StorageError};
 use super::{S3Settings, Sse};
+use crate::model::pem::{self, PemError};
 
 /// Name under which the static credentials from the settings show up in the SDK's traces.
 const STATIC_PROVIDER: &str = "pva-worker-settings";
@@ -31,6 +35,8 @@ const MAX_CODE_CHARS: usize = 64;
 #[derive(Clone)]
 pub struct S3Store {
     client: Client,
+    /// `host:port` of the endpoint, for messages about connections (never the URL's user part).
+    endpoint: String,
     region: String,
     sse: Sse,
     sse_kms_key_id: String,
@@ -44,6 +50,7 @@ pub struct S3Store {
 impl std::fmt::Debug for S3Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("S3Store")
+            .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("sse", &self.sse)
             .field("body_timeout", &self.body_timeout)
@@ -58,8 +65,9 @@ impl S3Store {
     /// standard AWS credential chain: environment, profile, web identity, container and instance
     /// metadata), the connect and operation timeouts, and the SDK's standard retry (exponential
     /// backoff with jitter on throttling, timeouts, connection errors and 5xx) up to
-    /// `max_attempts` attempts.
-    pub async fn new(settings: &S3Settings) -> Self {
+    /// `max_attempts` attempts. With `tls_ca_file`, HTTPS trusts that CA bundle besides the
+    /// system's roots; a bundle that cannot be used is the error.
+    pub async fn new(settings: &S3Settings) -> Result<Self, PemError> {
         let region = Region::new(settings.region.clone());
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
@@ -73,6 +81,9 @@ impl S3Store {
             .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1)));
         if !settings.endpoint.is_empty() {
             config = config.endpoint_url(&settings.endpoint);
+        }
+        if !settings.tls_ca_file.as_os_str().is_empty() {
+            config = config.http_client(https_client(&settings.tls_ca_file)?);
         }
         let config = if settings.access_key_id.is_empty() || settings.secret_access_key.is_empty() {
             let chain =
@@ -90,14 +101,15 @@ impl S3Store {
                 STATIC_PROVIDER,
             ))
         };
-        Self {
+        Ok(Self {
             client: Client::from_conf(config.build()),
+            endpoint: endpoint_name(&settings.endpoint, &settings.region),
             region: settings.region.clone(),
             sse: settings.sse,
             sse_kms_key_id: settings.sse_kms_key_id.clone(),
             body_timeout: Duration::from_secs(settings.operation_timeout_secs),
             list_page_size: None,
-        }
+        })
     }
 
     /// Lists with pages of at most `keys` keys (S3 caps pages at 1000). Small pages exercise the
@@ -113,7 +125,7 @@ impl S3Store {
     pub async fn ensure_bucket(&self, bucket: &str) -> Result<(), StorageError> {
         match self.client.head_bucket().bucket(bucket).send().await {
             Ok(_) => return Ok(()),
-            Err(e) => match failure("HeadBucket", bucket, bucket, e) {
+            Err(e) => match failure(("HeadBucket", &self.endpoint), bucket, bucket, e) {
                 StorageError::NotFound { .. } => {}
                 other => return Err(other),
             },
@@ -130,7 +142,7 @@ impl S3Store {
         match request.send().await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("BucketAlreadyOwnedByYou") => Ok(()),
-            Err(e) => Err(failure("CreateBucket", bucket, bucket, e)),
+            Err(e) => Err(failure(("CreateBucket", &self.endpoint), bucket, bucket, e)),
         }
     }
 
@@ -189,7 +201,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| failure("GetObject", bucket, key, e))?;
+            .map_err(|e| failure(("GetObject", &self.endpoint), bucket, key, e))?;
         let size = response
             .content_length()
             .and_then(|n| u64::try_from(n).ok());
@@ -227,11 +239,12 @@ impl ObjectStore for S3Store {
                 .server_side_encryption(ServerSideEncryption::AwsKms)
                 .ssekms_key_id(&self.sse_kms_key_id),
         };
-        request
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| missing_bucket(failure("PutObject", bucket, key, e), bucket))
+        request.send().await.map(|_| ()).map_err(|e| {
+            missing_bucket(
+                failure(("PutObject", &self.endpoint), bucket, key, e),
+                bucket,
+            )
+        })
     }
 
     /// HeadObject's ETag (a store that gives none: its size and modification time instead).
@@ -243,7 +256,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| failure("HeadObject", bucket, key, e))?;
+            .map_err(|e| failure(("HeadObject", &self.endpoint), bucket, key, e))?;
         Ok(match head.e_tag() {
             Some(tag) => tag.to_string(),
             None => format!(
@@ -265,7 +278,7 @@ impl ObjectStore for S3Store {
             .await
         {
             Ok(_) => Ok(true),
-            Err(e) => match failure("HeadObject", bucket, key, e) {
+            Err(e) => match failure(("HeadObject", &self.endpoint), bucket, key, e) {
                 StorageError::NotFound { .. } => Ok(false),
                 other => Err(other),
             },
@@ -283,7 +296,7 @@ impl ObjectStore for S3Store {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) => match failure("DeleteObject", bucket, key, e) {
+            Err(e) => match failure(("DeleteObject", &self.endpoint), bucket, key, e) {
                 StorageError::NotFound { .. } => Ok(()),
                 other => Err(other),
             },
@@ -304,10 +317,12 @@ impl ObjectStore for S3Store {
             if !prefix.is_empty() {
                 request = request.prefix(prefix);
             }
-            let page = request
-                .send()
-                .await
-                .map_err(|e| missing_bucket(failure("ListObjectsV2", bucket, prefix, e), bucket))?;
+            let page = request.send().await.map_err(|e| {
+                missing_bucket(
+                    failure(("ListObjectsV2", &self.endpoint), bucket, prefix, e),
+                    bucket,
+                )
+            })?;
             keys.extend(
                 page.contents()
                     .iter()
@@ -387,7 +402,7 @@ fn describe(status: u16, code: Option<&str>) -> String {
 
 /// Turns an SDK error into a [`StorageError`] without any of the SDK's own text.
 fn failure<E: ProvideErrorMetadata>(
-    operation: &str,
+    (operation, endpoint): (&str, &str),
     bucket: &str,
     key: &str,
     error: SdkError<E>,
@@ -414,10 +429,20 @@ fn failure<E: ProvideErrorMetadata>(
         }
         SdkError::TimeoutError(_) => io("no response within the operation timeout".into(), true),
         SdkError::DispatchFailure(dispatch) => {
-            if dispatch.is_timeout() {
-                io("connecting timed out".into(), true)
+            if let Some(tls) = dispatch.as_connector_error().and_then(tls_error) {
+                io(
+                    format!(
+                        "TLS with {endpoint} failed: {tls} (check s3.tls_ca_file and the endpoint's certificate)"
+                    ),
+                    false,
+                )
+            } else if dispatch.is_timeout() {
+                io(format!("connecting to {endpoint} timed out"), true)
             } else if dispatch.is_io() {
-                io("could not connect or the connection broke".into(), true)
+                io(
+                    format!("could not connect to {endpoint} or the connection broke"),
+                    true,
+                )
             } else if dispatch.is_user() {
                 io("the request was refused by the HTTP client".into(), false)
             } else {
@@ -436,6 +461,74 @@ fn failure<E: ProvideErrorMetadata>(
             false,
         ),
         _ => io("unexpected SDK error".into(), false),
+    }
+}
+
+/// The TLS failure (a refused certificate, a handshake alert) somewhere in the chain of causes of a
+/// failed dispatch's connector error. `io::Error::source` skips the error it wraps, so the walk goes
+/// into each `io::Error` by `get_ref` instead.
+fn tls_error(error: &(impl std::error::Error + 'static)) -> Option<rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = next {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls.clone());
+        }
+        next = match error.downcast_ref::<std::io::Error>() {
+            Some(io) if io.get_ref().is_some() => io.get_ref().map(|inner| inner as _),
+            _ => error.source(),
+        };
+    }
+    None
+}
+
+/// An HTTPS client trusting the PEM bundle at `path` besides the system's roots.
+fn https_client(path: &std::path::Path) -> Result<SharedHttpClient, PemError> {
+    let bundle = pem::certificates("s3.tls_ca_file", path)?;
+    // NOTE: the SDK panics on a certificate its root store cannot take; refuse it here instead.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&bundle).flatten() {
+        roots.add(cert).map_err(|e| PemError {
+            setting: "s3.tls_ca_file",
+            path: path.to_path_buf(),
+            problem: format!("holds a certificate that cannot be a trust anchor: {e}"),
+        })?;
+    }
+    let context = tls::TlsContext::builder()
+        .with_trust_store(tls::TrustStore::default().with_pem_certificate(bundle))
+        .build()
+        .map_err(|_| PemError {
+            setting: "s3.tls_ca_file",
+            path: path.to_path_buf(),
+            problem: "the HTTPS client refused it".into(),
+        })?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https())
+}
+
+/// `host:port` of an endpoint URL for messages (no scheme, user part or path); AWS's regional
+/// endpoint when there is none.
+fn endpoint_name(endpoint: &str, region: &str) -> String {
+    if endpoint.is_empty() {
+        return format!("s3.{region}.amazonaws.com:443");
+    }
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("https", endpoint));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let has_port = host
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
+    if has_port {
+        host.to_string()
+    } else if scheme.eq_ignore_ascii_case("http") {
+        format!("{host}:80")
+    } else {
+        format!("{host}:443")
     }
 }
 
@@ -489,6 +582,19 @@ mod tests {
             describe(500, Some(&"A".repeat(500))).len(),
             "HTTP 500 ".len() + MAX_CODE_CHARS
         );
+    }
+
+    #[test]
+    fn endpoints_are_named_by_host_and_port_only() {
+        for (endpoint, want) in [
+            ("https://minio.internal:9000", "minio.internal:9000"),
+            ("https://minio.internal", "minio.internal:443"),
+            ("http://ceph.local/base/path?x=1", "ceph.local:80"),
+            ("https://user:pw@[::1]:9443/", "[::1]:9443"),
+            ("", "s3.eu-west-1.amazonaws.com:443"),
+        ] {
+            assert_eq!(endpoint_name(endpoint, "eu-west-1"), want, "{endpoint}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `[s3]`: the object store's endpoint, credentials, buckets and limits (a section of
 //! `crate::config::Settings`).
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use crate::model::Secret;
@@ -47,4 +49,7 @@ pub struct S3Settings {
     pub sse: Sse,
     /// KMS key id when `sse = "aws_kms"`.
     pub sse_kms_key_id: String,
+    /// PEM bundle of CA certificates trusted for an `https://` endpoint, in addition to the
+    /// system's roots (empty: the system's roots only), e.g. the internal CA of MinIO or Ceph.
+    pub tls_ca_file: PathBuf,
 }

@@ -141,7 +141,7 @@ fn run_throughput(settings: &Settings, opts: &ThroughputBench, work: &Path) -> a
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let store = runtime.block_on(S3Store::new(&bench_settings.s3));
+    let store = runtime.block_on(S3Store::new(&bench_settings.s3))?;
     runtime.block_on(async {
         store
             .ensure_bucket(&names.input_bucket)
