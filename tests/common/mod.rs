@@ -1,14 +1,17 @@
 //! Helpers shared by the integration tests: settings pointing at the repo's tiny model and ONNX
 //! Runtime, fixture loading and free loopback ports; the submodules hold the services (S3 server,
-//! test CA, the worker-process harness), the HTTP client and the PromQL scanner.
+//! test CA, a TLS RabbitMQ node, an HTTPS proxy, the worker-process harness), the HTTP client and the
+//! PromQL scanner.
 
 #![allow(dead_code)]
 
 pub mod http;
 pub mod promql;
+pub mod rabbit_node;
 pub mod s3_server;
 pub mod service;
 pub mod test_ca;
+pub mod tls_proxy;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};

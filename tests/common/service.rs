@@ -14,7 +14,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use pva_worker::config::Settings;
 use pva_worker::job::JobResult;
 use pva_worker::storage::s3::S3Store;
@@ -48,15 +48,22 @@ pub struct Env {
 
 impl Env {
     pub async fn new(name: &str) -> Self {
+        Self::with(name, S3Server::start(), |_| {}).await
+    }
+
+    /// As [`Env::new`] on a given S3 server, with the settings changed by `patch` before anything
+    /// connects (another broker, TLS files, an HTTPS endpoint in front of `s3`): the test side and
+    /// the workers use the patched settings.
+    pub async fn with(name: &str, s3: S3Server, patch: impl FnOnce(&mut Settings)) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("{name}-{}-{n}", std::process::id());
-        let s3 = S3Server::start();
         let mut settings = super::settings();
         settings.s3 = s3.settings();
         settings.s3.input_bucket = format!("in-{id}");
         settings.s3.output_buckets = vec![format!("out-{id}")];
         settings.s3.sse = pva_worker::config::Sse::None;
         let a = &mut settings.amqp;
+        a.url = pva_worker::config::Secret::new(AMQP);
         a.job_queue = format!("test.{id}.jobs");
         a.dead_letter_exchange = format!("test.{id}.dlx");
         a.dead_letter_queue = format!("test.{id}.dead");
@@ -73,8 +80,9 @@ impl Env {
         settings.worker.retry_initial_ms = 50;
         settings.worker.retry_max_ms = 200;
         settings.worker.shutdown_deadline_secs = 60;
+        patch(&mut settings);
 
-        let store = S3Store::new(&settings.s3).await;
+        let store = S3Store::new(&settings.s3).await.unwrap();
         store
             .ensure_bucket(&settings.s3.input_bucket)
             .await
@@ -126,7 +134,10 @@ delivery_limit = {limit}
 retry_initial_ms = {ri}
 retry_max_ms = {rm}
 [amqp]
-url = "{AMQP}"
+url = "{url}"
+tls_ca_file = "{amqp_ca}"
+tls_cert_file = "{amqp_cert}"
+tls_key_file = "{amqp_key}"
 job_queue = "{jq}"
 dead_letter_exchange = "{dlx}"
 dead_letter_queue = "{dlq}"
@@ -147,6 +158,7 @@ connect_timeout_secs = 2
 operation_timeout_secs = 10
 max_attempts = 2
 sse = "none"
+tls_ca_file = "{s3_ca}"
 [metrics]
 listen = "127.0.0.1:{port}"
 [health]
@@ -165,6 +177,11 @@ level = "info,ort=warn"
             limit = s.worker.delivery_limit,
             ri = s.worker.retry_initial_ms,
             rm = s.worker.retry_max_ms,
+            url = s.amqp.url.expose(),
+            amqp_ca = s.amqp.tls_ca_file.display(),
+            amqp_cert = s.amqp.tls_cert_file.display(),
+            amqp_key = s.amqp.tls_key_file.display(),
+            s3_ca = s.s3.tls_ca_file.display(),
             jq = s.amqp.job_queue,
             dlx = s.amqp.dead_letter_exchange,
             dlq = s.amqp.dead_letter_queue,
@@ -402,7 +419,8 @@ impl Drop for Env {
 }
 
 pub async fn connect_test_side(settings: &Settings) -> (Connection, Channel, lapin::Consumer) {
-    let amqp = Connection::connect(AMQP, ConnectionProperties::default())
+    // The worker's own connect: the same URL and TLS files (amqps:// in tests/serve/tls.rs).
+    let amqp = pva_worker::queue::connect(&settings.amqp, "pva-worker tests")
         .await
         .unwrap();
     let channel = amqp.create_channel().await.unwrap();

@@ -1,7 +1,8 @@
-//! A throwaway certificate authority for provenance tests, made with the `openssl` CLI in a temp
-//! directory: a root CA and a signing certificate it issued with what c2pa requires of a signer
+//! A throwaway certificate authority for provenance and TLS tests, made with the `openssl` CLI in a
+//! temp directory: a root CA and a signing certificate it issued with what c2pa requires of a signer
 //! (not self-signed, digitalSignature key usage, the emailProtection extended key usage, subject
-//! and authority key identifiers). Nothing here is used outside tests.
+//! and authority key identifiers); on demand, TLS server and client certificates. Nothing here is
+//! used outside tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,6 +39,15 @@ impl KeyType {
     }
 }
 
+/// What a TLS certificate of [`TestCa::issue_tls`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsRole {
+    /// A server on `localhost` / 127.0.0.1 (serverAuth).
+    Server,
+    /// A client presenting it for mutual TLS (clientAuth).
+    Client,
+}
+
 /// Files of a test CA; the directory is removed when this is dropped.
 pub struct TestCa {
     dir: tempfile::TempDir,
@@ -65,6 +75,19 @@ subjectKeyIdentifier = hash
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
 extendedKeyUsage = emailProtection
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost, IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+[client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid:always
 [selfsigned]
@@ -217,6 +240,74 @@ impl TestCa {
             ],
         );
         (d.join("self.pem"), d.join("self.key"))
+    }
+
+    /// A TLS certificate issued by the root (ECDSA P-256, a day), for a server on `localhost` and
+    /// 127.0.0.1 or for a client: (certificate, PKCS#8 key) PEM paths.
+    pub fn issue_tls(&self, role: TlsRole) -> (PathBuf, PathBuf) {
+        let d = self.dir.path();
+        let (name, serial) = match role {
+            TlsRole::Server => ("server", "3"),
+            TlsRole::Client => ("client", "4"),
+        };
+        let (key, csr, cert) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        openssl(
+            d,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                &key,
+            ],
+        );
+        let subject = format!("/CN=pva-worker test {name}/O=pva-worker tests");
+        openssl(
+            d,
+            &[
+                "req",
+                "-new",
+                "-config",
+                "openssl.cnf",
+                "-key",
+                &key,
+                "-subj",
+                &subject,
+                "-out",
+                &csr,
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                serial,
+                "-days",
+                "1",
+                "-sha256",
+                "-extfile",
+                "openssl.cnf",
+                "-extensions",
+                name,
+                "-out",
+                &cert,
+            ],
+        );
+        (d.join(cert), d.join(key))
     }
 
     /// The root certificate as PEM text (what `verify` takes as trust anchors).

@@ -15,6 +15,7 @@ mod idempotency;
 mod jobs;
 mod lifecycle;
 mod results;
+mod tls;
 mod tuning;
 
 use pva_worker::job::JobResult;
