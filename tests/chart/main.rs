@@ -39,7 +39,8 @@ const SETUP_HINT: &str = "run scripts/setup-helm.sh";
 const FAKE_SECRETS: [(&str, &str); 3] = [
     (
         "PVA__AMQP__URL",
-        "amqp://worker:s3cret@rabbitmq.pva:5672/%2f",
+        // amqps: a values file with TLS files needs a TLS URL (the worker refuses them unused).
+        "amqps://worker:s3cret@rabbitmq.pva:5671/%2f",
     ),
     ("PVA__S3__ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE"),
     ("PVA__S3__SECRET_ACCESS_KEY", "example/secret/access/key"),

@@ -191,29 +191,63 @@ fn every_values_file_renders_a_config_the_worker_loads_and_the_deployment_agrees
         );
         assert!(settings.engine.ort_library.is_absolute(), "{label}");
 
-        // The C2PA signing files, when configured, are the items of the read-only Secret volume.
-        for key in ["provenance.signing_key", "provenance.certificate_chain"] {
+        // The files of the settings, when configured (the C2PA signing key and chain, the TLS CA
+        // bundles and client certificate), are items of a read-only Secret or ConfigMap volume
+        // mounted at their directory.
+        for key in [
+            "provenance.signing_key",
+            "provenance.certificate_chain",
+            "amqp.tls_ca_file",
+            "amqp.tls_cert_file",
+            "amqp.tls_key_file",
+            "s3.tls_ca_file",
+        ] {
             let path = str_of(&rendered[key]);
             if path.is_empty() {
                 continue;
             }
-            let secret_mount = mount("provenance");
-            assert_eq!(secret_mount["readOnly"], true, "{label}");
             let (dir, file) = path.rsplit_once('/').unwrap();
-            assert_eq!(dir, str_of(&secret_mount["mountPath"]), "{label}: {key}");
+            let file_mount = container["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["mountPath"] == dir)
+                .unwrap_or_else(|| panic!("{label}: {key} = {path}: nothing mounted at {dir}"));
+            assert_eq!(file_mount["readOnly"], true, "{label}: {key}");
             let volume = pod["volumes"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|v| v["name"] == "provenance")
+                .find(|v| v["name"] == file_mount["name"])
                 .unwrap();
+            let items = volume["secret"]["items"]
+                .as_array()
+                .or(volume["configMap"]["items"].as_array())
+                .unwrap_or_else(|| panic!("{label}: {key}: volume {volume} has no items"));
             assert!(
-                volume["secret"]["items"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|item| item["path"] == file),
-                "{label}: {key} = {path} is not an item of the Secret volume"
+                items.iter().any(|item| item["path"] == file),
+                "{label}: {key} = {path} is not an item of volume {}",
+                volume["name"]
+            );
+        }
+        // TLS settings the worker got are the chart's mounts (and none without values asking).
+        let tls_values = [
+            &values["amqp"]["tls"]["ca"]["name"],
+            &values["amqp"]["tls"]["clientSecret"],
+            &values["s3"]["tls"]["ca"]["name"],
+        ];
+        let tls_files = [
+            &settings.amqp.tls_ca_file,
+            &settings.amqp.tls_cert_file,
+            &settings.s3.tls_ca_file,
+        ];
+        for (value, file) in tls_values.into_iter().zip(tls_files) {
+            let asked = value.as_str().is_some_and(|name| !name.is_empty());
+            assert_eq!(
+                asked,
+                !file.as_os_str().is_empty(),
+                "{label}: {value} vs {}",
+                file.display()
             );
         }
 

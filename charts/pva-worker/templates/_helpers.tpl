@@ -64,6 +64,44 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "pva-worker.signingKeyFile" -}}signing-key.pem{{- end }}
 {{- define "pva-worker.certificateChainFile" -}}certificate-chain.pem{{- end }}
 
+{{/*
+TLS files: each CA bundle or client certificate is its own read-only volume, mounted in its own directory
+under this one; `pva-worker.tlsFiles` gives the settings they are rendered as ("" when not configured).
+*/}}
+{{- define "pva-worker.tlsDir" -}}/var/run/secrets/pva-worker/tls{{- end }}
+{{- define "pva-worker.tlsFiles" -}}
+{{- $dir := include "pva-worker.tlsDir" . }}
+{{- $t := .Values.amqp.tls }}
+{{- $client := $t.clientSecret }}
+{{- toJson (dict
+  "amqp" (dict
+    "tls_ca_file" (ternary (printf "%s/amqp-ca/ca.pem" $dir) "" (ne $t.ca.name ""))
+    "tls_cert_file" (ternary (printf "%s/amqp-client/tls.crt" $dir) "" (ne $client ""))
+    "tls_key_file" (ternary (printf "%s/amqp-client/tls.key" $dir) "" (ne $client "")))
+  "s3" (dict
+    "tls_ca_file" (ternary (printf "%s/s3-ca/ca.pem" $dir) "" (ne .Values.s3.tls.ca.name "")))) }}
+{{- end }}
+
+{{/* A CA bundle volume named `volume` from `ca` (kind configMap or secret, name, key), as `ca.pem`. */}}
+{{- define "pva-worker.caVolume" -}}
+- name: {{ .volume }}
+  {{- if eq .ca.kind "secret" }}
+  secret:
+    secretName: {{ .ca.name }}
+    defaultMode: 0444
+    items:
+      - key: {{ .ca.key }}
+        path: ca.pem
+  {{- else }}
+  configMap:
+    name: {{ .ca.name }}
+    defaultMode: 0444
+    items:
+      - key: {{ .ca.key }}
+        path: ca.pem
+  {{- end }}
+{{- end }}
+
 {{/* terminationGracePeriodSeconds: the worker's own shutdown deadline plus a margin, never less. */}}
 {{- define "pva-worker.terminationGracePeriod" -}}
 {{- add (int .Values.worker.shutdownDeadlineSeconds) (int .Values.worker.terminationGraceExtraSeconds) }}
@@ -116,7 +154,7 @@ naming those). Sections and keys are sorted, so the checksum annotation only cha
   "signing_key" (printf "%s/%s" $dir (include "pva-worker.signingKeyFile" .))
   "certificate_chain" (printf "%s/%s" $dir (include "pva-worker.certificateChainFile" .))) }}
 {{- end }}
-{{- $config = mustMergeOverwrite $config $derived }}
+{{- $config = mustMergeOverwrite $config $derived (include "pva-worker.tlsFiles" . | fromJson) }}
 {{- printf "# Rendered by the %s chart from its values; credentials come from Secrets as PVA__* variables.\n" .Chart.Name }}
 {{- range $section := keys $config | sortAlpha }}
 {{- $table := get $config $section }}
