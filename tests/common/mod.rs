@@ -35,6 +35,27 @@ pub fn free_port() -> u16 {
     free_addr().port()
 }
 
+/// Polls until a server process accepts connections on `addr`; `false` when it exits first or
+/// `within` runs out.
+pub fn wait_until_listening(
+    child: &mut std::process::Child,
+    addr: SocketAddr,
+    within: std::time::Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        let timeout = std::time::Duration::from_millis(200);
+        if std::net::TcpStream::connect_timeout(&addr, timeout).is_ok() {
+            return true;
+        }
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
 /// Embedded defaults with repo-absolute paths (tests run from any directory), on the tiny model (the
 /// contract fixture: random weights, with the tuning graph), one ORT thread per session so parallel
 /// tests do not oversubscribe the CPU.

@@ -4,7 +4,7 @@
 //! current user with `HOME` in that directory (its own Erlang cookie), so nothing of the shared node
 //! is touched. A node that cannot start fails the test with its log: never a skip.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -90,7 +90,7 @@ impl RabbitNode {
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {SERVER}: {e}"));
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            if wait_until_listening(&mut child, addr) {
+            if super::wait_until_listening(&mut child, addr, START_TIMEOUT) {
                 return Self {
                     child: Some(child),
                     name,
@@ -164,19 +164,4 @@ fn kill_group(child: &mut Child) {
         .status();
     let _ = child.kill();
     let _ = child.wait();
-}
-
-/// Polls until the node accepts a connection; `false` when it exits or the time runs out.
-fn wait_until_listening(child: &mut Child, addr: SocketAddr) -> bool {
-    let deadline = Instant::now() + START_TIMEOUT;
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return true;
-        }
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }

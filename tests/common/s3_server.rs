@@ -1,10 +1,10 @@
 //! A real S3-compatible server for tests: s3s-fs on 127.0.0.1 with a free port, a temporary data
 //! directory and random credentials, stopped when dropped. Install it with `scripts/setup-s3.sh`.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pva_worker::config::{S3Settings, Secret, Settings};
 use rand::distr::{Alphanumeric, SampleString};
@@ -53,7 +53,7 @@ impl S3Server {
                 .stderr(log_file)
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
-            if wait_until_listening(&mut child, addr) {
+            if super::wait_until_listening(&mut child, addr, START_TIMEOUT) {
                 return Self {
                     child: Some(child),
                     addr,
@@ -138,19 +138,4 @@ fn binary() -> PathBuf {
         path.display()
     );
     path
-}
-
-/// Polls until the server accepts a connection; `false` when it exits or the time runs out.
-fn wait_until_listening(child: &mut Child, addr: SocketAddr) -> bool {
-    let deadline = Instant::now() + START_TIMEOUT;
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return true;
-        }
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }

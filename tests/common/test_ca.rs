@@ -110,6 +110,66 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A new ECDSA P-256 private key (PKCS#8 PEM) at `out` in `dir`.
+fn p256_key(dir: &Path, out: &str) {
+    openssl(
+        dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            out,
+        ],
+    );
+}
+
+/// A certificate `{name}.pem` for the key `{name}.key`, issued by the root with the extensions of
+/// the config section `name`, serial `serial`, valid `days` days.
+fn issue(dir: &Path, name: &str, subject: &str, serial: &str, days: &str) {
+    let (key, csr, cert) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    let config = ["-config", "openssl.cnf"];
+    openssl(
+        dir,
+        &[
+            &["req", "-new"],
+            &config[..],
+            &["-key", &key, "-subj", subject, "-out", &csr],
+        ]
+        .concat(),
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            serial,
+            "-days",
+            days,
+            "-sha256",
+            "-extfile",
+            "openssl.cnf",
+            "-extensions",
+            name,
+            "-out",
+            &cert,
+        ],
+    );
+}
+
 impl TestCa {
     /// A root CA (ECDSA P-256) and a signing certificate of `key_type` issued by it, valid for a
     /// week from now.
@@ -117,18 +177,7 @@ impl TestCa {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("openssl.cnf"), OPENSSL_CONFIG).unwrap();
-        openssl(
-            d,
-            &[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                "ca.key",
-            ],
-        );
+        p256_key(d, "ca.key");
         openssl(
             d,
             &[
@@ -154,44 +203,12 @@ impl TestCa {
         genpkey.extend_from_slice(key_type.genpkey_args());
         genpkey.extend_from_slice(&["-out", "signer.key"]);
         openssl(d, &genpkey);
-        openssl(
+        issue(
             d,
-            &[
-                "req",
-                "-new",
-                "-config",
-                "openssl.cnf",
-                "-key",
-                "signer.key",
-                "-subj",
-                "/CN=pva-worker test signer/O=pva-worker tests",
-                "-out",
-                "signer.csr",
-            ],
-        );
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "signer.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-set_serial",
-                "2",
-                "-days",
-                "7",
-                "-sha256",
-                "-extfile",
-                "openssl.cnf",
-                "-extensions",
-                "signer",
-                "-out",
-                "signer.pem",
-            ],
+            "signer",
+            "/CN=pva-worker test signer/O=pva-worker tests",
+            "2",
+            "7",
         );
         Self {
             ca_cert: d.join("ca.pem"),
@@ -206,18 +223,7 @@ impl TestCa {
     /// (certificate, key).
     pub fn self_signed(&self) -> (PathBuf, PathBuf) {
         let d = self.dir.path();
-        openssl(
-            d,
-            &[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                "self.key",
-            ],
-        );
+        p256_key(d, "self.key");
         openssl(
             d,
             &[
@@ -250,64 +256,10 @@ impl TestCa {
             TlsRole::Server => ("server", "3"),
             TlsRole::Client => ("client", "4"),
         };
-        let (key, csr, cert) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-        );
-        openssl(
-            d,
-            &[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                &key,
-            ],
-        );
+        p256_key(d, &format!("{name}.key"));
         let subject = format!("/CN=pva-worker test {name}/O=pva-worker tests");
-        openssl(
-            d,
-            &[
-                "req",
-                "-new",
-                "-config",
-                "openssl.cnf",
-                "-key",
-                &key,
-                "-subj",
-                &subject,
-                "-out",
-                &csr,
-            ],
-        );
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-set_serial",
-                serial,
-                "-days",
-                "1",
-                "-sha256",
-                "-extfile",
-                "openssl.cnf",
-                "-extensions",
-                name,
-                "-out",
-                &cert,
-            ],
-        );
-        (d.join(cert), d.join(key))
+        issue(d, name, &subject, serial, "1");
+        (d.join(format!("{name}.pem")), d.join(format!("{name}.key")))
     }
 
     /// The root certificate as PEM text (what `verify` takes as trust anchors).
