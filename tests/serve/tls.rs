@@ -2,7 +2,8 @@
 //! certificate; a second RabbitMQ node listens on TLS only and requires the client certificate
 //! (mutual TLS); s3s-fs sits behind an HTTPS proxy. Clients with the wrong CA, or without the
 //! client certificate, are refused with an error naming the endpoint; a job then runs through both
-//! with the worker's `amqps://` URL, CA bundles and client certificate.
+//! with the worker's `amqps://` URL, CA bundles and client certificate; a worker process with the
+//! wrong CA logs the refusal with the broker's endpoint.
 
 use std::time::{Duration, Instant};
 
@@ -104,6 +105,39 @@ async fn jobs_run_over_amqps_with_a_client_certificate_and_https_s3_and_a_wrong_
         ["edits/job-tls/0.png", "edits/job-tls/result.json"]
     );
     env.assert_logs_clean();
+
+    // A worker given the wrong CA for the broker stays unready and says why, naming the endpoint.
+    let right = std::mem::replace(&mut env.settings.amqp.tls_ca_file, other.ca_cert.clone());
+    let config = env.config_file("worker-wrong-ca", crate::common::free_port());
+    env.settings.amqp.tls_ca_file = right;
+    let log_path = env.dir.path().join("worker-wrong-ca.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_pva-worker"))
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let line = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("cannot reach the broker")) {
+            break line.to_string();
+        }
+        if Instant::now() > deadline || matches!(worker.try_wait(), Ok(Some(_))) {
+            let _ = worker.kill();
+            panic!("no broker error in the worker's log:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(line.contains(&broker), "{line}");
+    assert!(line.contains("invalid peer certificate"), "{line}");
+    assert!(!line.contains("guest:guest"), "{line}");
     drop(env);
     drop(node);
 }
