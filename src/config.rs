@@ -67,6 +67,8 @@ pub struct Settings {
     pub provenance: crate::provenance::ProvenanceSettings,
     /// The warm-up edit before `/startupz` and the engine probe behind `/healthz`.
     pub health: HealthSettings,
+    /// The in-memory cache of references' identity tokens (`crate::job::identity`).
+    pub identity_cache: IdentityCacheSettings,
 }
 
 /// `[health]`: the warm-up edit each inference thread runs before the worker counts as started, and
@@ -81,6 +83,19 @@ pub struct HealthSettings {
     /// which the thread runs a probe inference on the warm-up input; `/healthz` fails only when
     /// that probe fails too, so one job that always fails cannot restart pods in a loop.
     pub probe_after_failures: u32,
+}
+
+/// The in-memory identity cache: each job's reference embeddings and identity tokens, keyed by the
+/// model and the reference images' digests, so repeat jobs for one person skip the face embedder and
+/// the id former. Never written anywhere; `forget` does not reach it, so a forgotten identity leaves
+/// a worker's cache within `ttl_secs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityCacheSettings {
+    /// Identities kept per worker (0: no cache).
+    pub capacity: usize,
+    /// Seconds an identity is kept after it was computed (a hit does not extend it; 0: no cache).
+    pub ttl_secs: u64,
 }
 
 /// Personal-data rules.
@@ -256,6 +271,8 @@ impl From<&Settings> for crate::job::RunnerOptions {
             adapter_bucket: s.adapter_bucket().to_string(),
             adapter_prefix: s.tuning.adapter_prefix.clone(),
             adapter_cache_capacity: s.tuning.cache_capacity,
+            identity_cache_capacity: s.identity_cache.capacity,
+            identity_cache_ttl: std::time::Duration::from_secs(s.identity_cache.ttl_secs),
             tuning_seed: s.tuning.seed,
             min_identity_score: s.pipeline.min_identity_score,
             worker_id: String::new(),
@@ -414,6 +431,12 @@ impl Settings {
         }
         if self.tuning.adapter_prefix.starts_with('/') {
             return invalid("tuning.adapter_prefix", "must not start with `/`");
+        }
+        if self.identity_cache.ttl_secs > 86_400 {
+            return invalid(
+                "identity_cache.ttl_secs",
+                "must be at most 86400 (a day): forget takes effect in the cache only when it ends",
+            );
         }
         if self.logging.level.trim().is_empty() {
             return invalid("logging.level", "must not be empty");

@@ -453,6 +453,7 @@ fn whole_edit_matches(model: &str, fixtures: &str, at_least: usize) {
             guidance: case.guidance,
             num_outputs: 1,
             adapter: None,
+            identity: None,
         };
         let out = pipeline.edit(&input, &mut fixture_noise(&t)).unwrap();
         let expected = load_png(&dir.join("expected.png"));

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::{repo, settings};
 use pva_worker::commands::edit::EditOptions;
-use pva_worker::engine::{EngineError, OrtEngine};
+use pva_worker::engine::{Engine, EngineError, OrtEngine};
 use pva_worker::job::JobStatus;
 use pva_worker::job::{flow, JobFailure, RunnerOptions};
 use pva_worker::pipeline::face::FaceBox;
@@ -59,6 +59,7 @@ fn obama_input(num_outputs: usize, guidance: f32) -> EditInput {
         guidance,
         num_outputs,
         adapter: None,
+        identity: None,
     }
 }
 
@@ -789,4 +790,263 @@ fn a_found_faces_region_is_its_landmark_polygon() {
         }
     }
     assert!(changed > 500, "{changed} pixels changed");
+}
+
+/// The seam measure of every output of an edit: (with the colour match, as the pipeline pastes;
+/// without it, the raw crop pasted as before).
+fn seams(
+    pipeline: &mut pva_worker::pipeline::inpaint::Pipeline<OrtEngine>,
+    input: &EditInput,
+    seed: u64,
+    feather: u32,
+) -> Vec<(f64, f64)> {
+    use pva_worker::pipeline::face::{paste_back, seam_measure};
+    let out = pipeline.edit(input, &mut SeededNoise::new(seed)).unwrap();
+    let (rect, mask) = (out.crop_rect, &out.mask);
+    out.images
+        .iter()
+        .map(|o| {
+            let matched = seam_measure(&o.image, rect, mask, feather).unwrap();
+            let raw = paste_back(&input.target, rect, &o.crop, mask, feather);
+            let unmatched = seam_measure(&raw, rect, mask, feather).unwrap();
+            (matched, unmatched)
+        })
+        .collect()
+}
+
+/// The seam measure on the demo example (`scripts/run-example.sh`: the demo model on the synthetic
+/// person) before the colour match, recorded with the pipeline of commit 0f298d8 (both outputs).
+const DEMO_SEAM_BEFORE: [f64; 2] = [0.634, 1.340];
+
+/// Seamless paste-back (issue 20): on the demo example the edit's colours matched to the photo
+/// around the mask at least halve the seam measure against the paste-back without it (recorded
+/// above); on a real photo with the tiny model (random weights: a colour far off the photo's) the
+/// match lowers it.
+#[test]
+fn the_colour_match_hides_the_seam_of_the_paste_back() {
+    let s = common::settings_for("models/demo");
+    let feather = s.pipeline.feather_px;
+    let job = std::fs::read(repo().join("examples/demo-job.json")).unwrap();
+    let objects: BTreeMap<String, Vec<u8>> = ["target", "ref_0", "ref_1", "ref_2"]
+        .iter()
+        .map(|f| {
+            let key = format!("synthetic/{f}.png");
+            (
+                key.clone(),
+                std::fs::read(repo().join("examples").join(&key)).unwrap(),
+            )
+        })
+        .collect();
+    let options = RunnerOptions::from(&s);
+    let job = flow::parse(&job, &options.limits, options.rules).unwrap();
+    let input = flow::prepare(&job, &objects, &options.limits).unwrap();
+    let mut demo = load_pipeline(&s).unwrap();
+    let demo_seams = seams(&mut demo, &input, job.request.seed, feather);
+    eprintln!("demo example: (seam, without the colour match) per output: {demo_seams:?}");
+    for ((matched, unmatched), before) in demo_seams.iter().zip(DEMO_SEAM_BEFORE) {
+        assert!(
+            *matched <= before / 2.0,
+            "demo example: seam {matched} (without the match {unmatched}), recorded before {before}"
+        );
+    }
+
+    let mut tiny = load_pipeline(&settings()).unwrap();
+    let photo_seams = seams(&mut tiny, &obama_input(2, 1.0), 7, feather);
+    eprintln!("real photo, tiny model: {photo_seams:?}");
+    for (matched, unmatched) in photo_seams {
+        assert!(
+            matched < unmatched,
+            "real photo: seam {matched}, without the match {unmatched}"
+        );
+    }
+}
+
+/// Counts the calls of the face embedder and the id former of the engine it wraps.
+struct CountingEngine {
+    inner: OrtEngine,
+    embed_faces: usize,
+    id_tokens: usize,
+}
+
+impl pva_worker::engine::Engine for CountingEngine {
+    fn manifest(&self) -> &pva_worker::engine::Manifest {
+        self.inner.manifest()
+    }
+    fn encode_text(
+        &mut self,
+        ids: ndarray::ArrayView2<'_, i64>,
+        token: ndarray::ArrayView1<'_, f32>,
+    ) -> Result<ndarray::Array3<f32>, EngineError> {
+        self.inner.encode_text(ids, token)
+    }
+    fn embed_faces(
+        &mut self,
+        faces: ndarray::ArrayView4<'_, f32>,
+    ) -> Result<ndarray::Array2<f32>, EngineError> {
+        self.embed_faces += 1;
+        self.inner.embed_faces(faces)
+    }
+    fn id_tokens(
+        &mut self,
+        embeddings: ndarray::ArrayView3<'_, f32>,
+    ) -> Result<ndarray::Array3<f32>, EngineError> {
+        self.id_tokens += 1;
+        self.inner.id_tokens(embeddings)
+    }
+    fn vae_encode(
+        &mut self,
+        images: ndarray::ArrayView4<'_, f32>,
+    ) -> Result<ndarray::Array4<f32>, EngineError> {
+        self.inner.vae_encode(images)
+    }
+    fn vae_decode(
+        &mut self,
+        latents: ndarray::ArrayView4<'_, f32>,
+    ) -> Result<ndarray::Array4<f32>, EngineError> {
+        self.inner.vae_decode(latents)
+    }
+    fn denoiser<'e>(
+        &'e mut self,
+        inputs: pva_worker::engine::DenoiseInputs<'_>,
+    ) -> Result<Box<dyn pva_worker::engine::Denoiser + 'e>, EngineError> {
+        self.inner.denoiser(inputs)
+    }
+}
+
+/// The job runner's model side on a [`CountingEngine`], run in place (no inference threads).
+struct CountedModel {
+    model: pva_worker::model::adapter::ModelRef,
+    pipeline: std::sync::Mutex<pva_worker::pipeline::inpaint::Pipeline<CountingEngine>>,
+}
+
+impl CountedModel {
+    /// (face embedder calls, id former calls) so far.
+    fn calls(&self) -> (usize, usize) {
+        let mut p = self.pipeline.lock().unwrap();
+        let e = p.engine_mut();
+        (e.embed_faces, e.id_tokens)
+    }
+}
+
+impl pva_worker::job::Inference for CountedModel {
+    fn model(&self) -> &pva_worker::model::adapter::ModelRef {
+        &self.model
+    }
+    async fn edit(
+        &self,
+        input: std::sync::Arc<EditInput>,
+        seed: u64,
+    ) -> Result<pva_worker::pipeline::inpaint::EditOutput, JobFailure> {
+        let mut p = self.pipeline.lock().unwrap();
+        Ok(p.edit(&input, &mut SeededNoise::new(seed))?)
+    }
+    async fn locate_faces(
+        &self,
+        _input: std::sync::Arc<EditInput>,
+        requests: Vec<Option<pva_worker::pipeline::face::FaceRequest>>,
+    ) -> Result<Vec<Option<pva_worker::pipeline::face::LocatedFace>>, JobFailure> {
+        assert!(requests.iter().all(Option::is_none), "jobs with face boxes");
+        Ok(requests.iter().map(|_| None).collect())
+    }
+    async fn tune(
+        &self,
+        _references: Vec<(image::RgbImage, Option<FaceBox>)>,
+    ) -> Result<pva_worker::pipeline::tune::Tuned, JobFailure> {
+        unreachable!("jobs that do not tune")
+    }
+}
+
+/// Counts the runner's identity-cache lookups.
+#[derive(Default)]
+struct Lookups(std::sync::Mutex<Vec<bool>>);
+
+impl pva_worker::job::Observer for Lookups {
+    fn identity_lookup(&self, hit: bool) {
+        self.0.lock().unwrap().push(hit);
+    }
+}
+
+/// The identity cache (issue 20): a second job with the same references (another job id and
+/// prompt) takes their identity tokens from the cache, so the face embedder runs once (for the
+/// output's identity score) instead of twice and the id former not at all; a repeat of the first job
+/// under another id gives byte-identical outputs. A job whose reference is another photo misses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_job_takes_its_identity_tokens_from_the_cache() {
+    use pva_worker::job::{OutputBuckets, Runner};
+    use std::sync::Arc;
+    let s = settings();
+    let engine = OrtEngine::load(&s.engine).unwrap();
+    let model = pva_worker::model::adapter::ModelRef::of(engine.manifest());
+    let adapter =
+        pva_worker::service::load_base_adapter(&s.engine.model_dir, engine.manifest()).unwrap();
+    let counting = CountingEngine {
+        inner: engine,
+        embed_faces: 0,
+        id_tokens: 0,
+    };
+    let pipeline =
+        pva_worker::pipeline::inpaint::Pipeline::new(counting, adapter, (&s.pipeline).into());
+    let counted = CountedModel {
+        model,
+        pipeline: std::sync::Mutex::new(pipeline),
+    };
+    let out = tempfile::tempdir().unwrap();
+    let store = pva_worker::storage::local::LocalStore::new(out.path())
+        .with_bucket("inputs", repo().join("examples"));
+    let options = RunnerOptions {
+        input_bucket: "inputs".into(),
+        input_prefixes: Vec::new(),
+        output_buckets: OutputBuckets::Fixed(String::new()),
+        ..RunnerOptions::from(&s)
+    };
+    assert!(options.identity_cache_capacity > 0, "on by default");
+    let lookups = Arc::new(Lookups::default());
+    let runner = Runner::new(store, counted, options, None, lookups.clone());
+    let run = |id: &'static str, patch: fn(&mut serde_json::Value)| {
+        let body = job_json(|v| {
+            v["job_id"] = id.into();
+            patch(v);
+        });
+        let runner = &runner;
+        async move {
+            let done = runner.run(&body).await.unwrap();
+            done.artefacts.expect("computed now").output
+        }
+    };
+
+    let first = run("first", |_| {}).await;
+    assert_eq!(
+        runner.model().calls(),
+        (2, 1),
+        "references and output; one id former run"
+    );
+    let again = run("again", |_| {}).await;
+    assert_eq!(
+        runner.model().calls(),
+        (3, 1),
+        "the repeat embeds only its output and skips the id former"
+    );
+    assert_eq!(again.identity, first.identity, "the same tokens");
+    for (a, b) in first.images.iter().zip(&again.images) {
+        assert_eq!(a.image, b.image, "identical outputs");
+        assert_eq!(a.identity_score, b.identity_score);
+    }
+    let _ = run("other-prompt", |v| v["prompt"] = "smiling".into()).await;
+    assert_eq!(
+        runner.model().calls(),
+        (4, 1),
+        "another prompt, the same person"
+    );
+    // Another reference photo (obama.jpg in place of obama3.jpg) is another identity.
+    let _ = run("other-reference", |v| {
+        v["identity"]["references"][1]["key"] = "photos/obama.jpg".into();
+        v["identity"]["references"][1]["face_box"] = v["target"]["face_box"].clone();
+    })
+    .await;
+    assert_eq!(
+        runner.model().calls(),
+        (6, 2),
+        "computed for the new references"
+    );
+    assert_eq!(*lookups.0.lock().unwrap(), [false, true, true, false]);
 }

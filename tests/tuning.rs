@@ -418,6 +418,7 @@ fn the_edit_uses_a_tuned_adapter_from_its_stored_file() {
             guidance: 3.0,
             num_outputs: 1,
             adapter,
+            identity: None,
         };
         pipeline
             .edit(&input, &mut SeededNoise::new(5))

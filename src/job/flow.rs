@@ -180,6 +180,7 @@ pub fn prepare(
         guidance: r.guidance,
         num_outputs: r.num_outputs as usize,
         adapter: None,
+        identity: None,
     })
 }
 

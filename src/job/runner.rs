@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use image::RgbImage;
 
@@ -16,6 +16,7 @@ use crate::job::adapters::{self, AdapterCache};
 use crate::job::digest;
 use crate::job::failure::{FailureCode, JobFailure};
 use crate::job::flow::{self, Answerer, Marking};
+use crate::job::identity::{identity_key, IdentityCache};
 use crate::job::store::{ObjectStore, StorageError};
 use crate::job::validate::{parse_rfc3339, CheckedJob, JobRules, Limits};
 use crate::job::wire::{JobResult, JobStatus, OutputInfo, TuningPolicy};
@@ -64,6 +65,8 @@ pub trait Observer: Send + Sync {
     fn adapter_lookup(&self, _hit: bool) {}
     /// An identity was tuned.
     fn tuned(&self, _secs: f64, _final_loss: f64) {}
+    /// A job looked up its references' identity in the identity cache.
+    fn identity_lookup(&self, _hit: bool) {}
 }
 
 /// An [`Observer`] that ignores everything.
@@ -99,6 +102,10 @@ pub struct RunnerOptions {
     pub adapter_prefix: String,
     /// Decoded adapters kept in memory.
     pub adapter_cache_capacity: usize,
+    /// References' identities (embeddings and identity tokens) kept in memory (0: none).
+    pub identity_cache_capacity: usize,
+    /// How long an identity stays in that cache after it was computed.
+    pub identity_cache_ttl: Duration,
     /// Seed of the tuning draws (recorded with a stored adapter).
     pub tuning_seed: u64,
     /// Outputs below this identity score fail the identity check.
@@ -140,6 +147,7 @@ pub struct Runner<S: ObjectStore, M: Inference> {
     signer: Option<Signer>,
     observer: Arc<dyn Observer>,
     adapters: Mutex<AdapterCache>,
+    identities: Mutex<IdentityCache>,
     /// One lock per adapter key being tuned, so concurrent jobs for one identity tune once.
     tuning_locks: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -155,6 +163,10 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
     ) -> Self {
         Self {
             adapters: Mutex::new(AdapterCache::new(options.adapter_cache_capacity)),
+            identities: Mutex::new(IdentityCache::new(
+                options.identity_cache_capacity,
+                options.identity_cache_ttl,
+            )),
             tuning_locks: Default::default(),
             store,
             model,
@@ -371,32 +383,60 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
             faces = flow::apply_faces(&mut input, &found);
         }
         let target_bytes = objects.remove(&job.request.target.key).unwrap_or_default();
-        if job.request.tuning != TuningPolicy::Never {
-            // Hashing the reference bytes keys the stored adapter; only tuning jobs need it.
-            let reference_sha256: Vec<String> = job
-                .request
+        let tuning = job.request.tuning != TuningPolicy::Never;
+        let identities = self.identities.lock().expect("cache lock").enabled();
+        // Hashing the reference bytes keys the stored adapter and the identity cache.
+        let reference_sha256: Vec<String> = if tuning || identities {
+            job.request
                 .identity
                 .references
                 .iter()
                 .map(|r| {
                     adapter::sha256_hex(objects.get(&r.key).map(Vec::as_slice).unwrap_or_default())
                 })
-                .collect();
-            drop(objects);
+                .collect()
+        } else {
+            Vec::new()
+        };
+        drop(objects);
+        if tuning {
             let t = Instant::now();
             let (found, tuned) = self.adapter_for(&job, &input, &reference_sha256).await?;
             if tuned {
                 clock(Stage::Tune, t, &mut timings);
             }
             input.adapter = found.map(|a| a.params.clone());
-        } else {
-            drop(objects);
         }
+        // The references' identity tokens of an earlier job with the same model and references.
+        let identity_cache_key = identities.then(|| {
+            let refs: Vec<(String, Option<FaceBox>)> = reference_sha256
+                .iter()
+                .cloned()
+                .zip(input.references.iter().map(|(_, face)| *face))
+                .collect();
+            identity_key(self.model.model(), &refs)
+        });
+        if let Some(key) = &identity_cache_key {
+            input.identity = self
+                .identities
+                .lock()
+                .expect("cache lock")
+                .get(key, Instant::now());
+            self.observer.identity_lookup(input.identity.is_some());
+        }
+        let computed_identity = input.identity.is_none();
         let input = Arc::new(input);
         let output = self
             .model
             .edit(Arc::clone(&input), job.request.seed)
             .await?;
+        if let Some(key) = identity_cache_key.filter(|_| computed_identity) {
+            self.identities.lock().expect("cache lock").insert(
+                key,
+                Arc::clone(&output.identity),
+                Instant::now(),
+            );
+        }
         for (stage, secs) in &output.timings.stages {
             self.observer.stage(*stage, *secs);
             timings.insert(stage.as_str().to_string(), *secs);

@@ -41,6 +41,8 @@ pub struct Metrics {
     tuning_nonfinite_losses: IntCounter,
     adapter_cache_hits: IntCounter,
     adapter_cache_misses: IntCounter,
+    identity_cache_hits: IntCounter,
+    identity_cache_misses: IntCounter,
     tuning_last_loss: Gauge,
     pub(super) broker_connected: IntGauge,
     broker_reconnects: IntCounter,
@@ -303,6 +305,22 @@ impl Metrics {
             )
             .expect("valid counter"),
         );
+        let identity_cache_hits = register(
+            r,
+            IntCounter::new(
+                "pva_identity_cache_hits_total",
+                "Jobs whose references' identity tokens came from the in-memory identity cache (no face embedder or id former run for them).",
+            )
+            .expect("valid counter"),
+        );
+        let identity_cache_misses = register(
+            r,
+            IntCounter::new(
+                "pva_identity_cache_misses_total",
+                "Jobs whose references' identity tokens were not cached and were computed.",
+            )
+            .expect("valid counter"),
+        );
         let tuning_last_loss = register(
             r,
             Gauge::new(
@@ -401,6 +419,8 @@ impl Metrics {
             tuning_nonfinite_losses,
             adapter_cache_hits,
             adapter_cache_misses,
+            identity_cache_hits,
+            identity_cache_misses,
             tuning_last_loss,
             broker_connected,
             broker_reconnects,
@@ -530,6 +550,15 @@ impl Metrics {
         self.adapter_cache_misses.inc();
     }
 
+    /// Counts a job's identity-cache lookup: a hit (its identity tokens were cached) or a miss.
+    pub fn identity_cache_lookup(&self, hit: bool) {
+        if hit {
+            self.identity_cache_hits.inc();
+        } else {
+            self.identity_cache_misses.inc();
+        }
+    }
+
     /// Counts a connection to RabbitMQ re-established after a loss (not the first connection).
     /// Whether the broker is connected is set through
     /// [`Health::set_broker_connected`](super::Health::set_broker_connected).
@@ -610,6 +639,8 @@ mod tests {
             ("pva_tuning_nonfinite_losses_total", "counter"),
             ("pva_adapter_cache_hits_total", "counter"),
             ("pva_adapter_cache_misses_total", "counter"),
+            ("pva_identity_cache_hits_total", "counter"),
+            ("pva_identity_cache_misses_total", "counter"),
             ("pva_tuning_last_loss", "gauge"),
             ("pva_broker_connected", "gauge"),
             ("pva_broker_reconnects_total", "counter"),

@@ -57,6 +57,9 @@ impl Observer for MetricsObserver {
     fn tuned(&self, secs: f64, final_loss: f64) {
         self.0.tuning_finished(secs, final_loss);
     }
+    fn identity_lookup(&self, hit: bool) {
+        self.0.identity_cache_lookup(hit);
+    }
 }
 
 /// The name this worker reports: `worker.id`, else the host name.

@@ -59,6 +59,7 @@ pub fn warmup_input(resolution: u32, steps: usize) -> EditInput {
         guidance: 1.0,
         num_outputs: 1,
         adapter: None,
+        identity: None,
     }
 }
 

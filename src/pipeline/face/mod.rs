@@ -13,7 +13,9 @@
 //! FaceNet crop), `paste` ([`paste_back`] and its feathered blend) and `distance` (the exact
 //! Euclidean distance transform the feathering measures with), and `align` (roll removal: the crop
 //! of a tilted face turned upright, [`paste_back_turned`] turning the edit back) and `regions` (the
-//! named regions as landmark polygons, [`landmark_mask`]).
+//! named regions as landmark polygons, [`landmark_mask`]), and `seam` ([`match_colour`]: the edit's
+//! colours matched to the photo on a ring around the mask before pasting; [`seam_measure`]: how
+//! visible a paste's border is).
 
 mod align;
 mod crop;
@@ -23,6 +25,7 @@ mod locate;
 mod paste;
 mod regions;
 mod resample;
+mod seam;
 mod window;
 
 pub use align::{paste_back_turned, rotate_expanded, upright, upright_box, upright_mask};
@@ -37,6 +40,7 @@ pub use locate::{
 };
 pub use paste::paste_back;
 pub use regions::{landmark_mask, points_in_crop, region_polygons, DILATE};
+pub use seam::{match_colour, seam_measure};
 pub use window::embed_input;
 
 /// The fixture photos the crop and paste tests share.

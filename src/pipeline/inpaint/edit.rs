@@ -2,6 +2,7 @@
 //! encoders, the sampler loop, decode and paste-back).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use image::RgbImage;
@@ -13,7 +14,7 @@ use super::super::mask::{Mask, PixelBox};
 use super::super::noise::NoiseSource;
 use super::super::tokenizer::PromptTokenizer;
 use super::{
-    denoise, Conditioning, EditInput, EditOutput, EditedImage, MaskInput, PipelineError,
+    denoise, Conditioning, EditInput, EditOutput, EditedImage, Identity, MaskInput, PipelineError,
     PipelineOptions, Sampling, Timings,
 };
 use crate::engine::Engine;
@@ -35,6 +36,12 @@ fn crop_turned(img: &RgbImage, rect: CropRect, roll: f64, size: u32) -> RgbImage
         },
         size,
     )
+}
+
+/// An edit's references: their identity already known, or their crops to compute it from.
+enum References {
+    Known(Arc<Identity>),
+    Crops(Array4<f32>),
 }
 
 /// The bounded cache of unconditional (negative prompt) text embeddings.
@@ -281,11 +288,15 @@ impl<E: Engine> Pipeline<E> {
         let res = m.resolution;
         let rect = self.face_rect("target", &input.target, input.target_face)?;
         let roll = input.target_roll;
-        let crop = crop_turned(&input.target, rect, roll, res);
+        let target_crop = crop_turned(&input.target, rect, roll, res);
         let mask = self.mask(input, rect, roll)?;
-        let refs = self.reference_faces(&input.references)?;
+        // The references' crops only when their identity is not known yet.
+        let refs = match &input.identity {
+            Some(known) => References::Known(Arc::clone(known)),
+            None => References::Crops(self.reference_faces(&input.references)?),
+        };
         let mut image = Array4::<f32>::zeros((1, 3, res as usize, res as usize));
-        img::to_chw(&crop, image.as_slice_mut().expect("standard layout"));
+        img::to_chw(&target_crop, image.as_slice_mut().expect("standard layout"));
         let masked =
             super::super::mask::masked_image(image.as_slice().expect("standard layout"), &mask);
         let masked = Array4::from_shape_vec(image.dim(), masked).expect("same shape");
@@ -313,10 +324,17 @@ impl<E: Engine> Pipeline<E> {
         } else {
             hidden_cond.clone()
         };
-        let ref_embeddings = self.engine.embed_faces(refs.view())?;
-        let id_tokens = self
-            .engine
-            .id_tokens(ref_embeddings.view().insert_axis(Axis(0)))?;
+        let identity = match refs {
+            References::Known(known) => known,
+            References::Crops(faces) => {
+                let embeddings = self.engine.embed_faces(faces.view())?;
+                let tokens = self
+                    .engine
+                    .id_tokens(embeddings.view().insert_axis(Axis(0)))?;
+                Arc::new(Identity { embeddings, tokens })
+            }
+        };
+        let id_tokens = identity.tokens.clone();
         let masked_latents = self.engine.vae_encode(masked.view())? * m.vae.scaling_factor;
         let cond = Conditioning {
             hidden_cond,
@@ -379,30 +397,43 @@ impl<E: Engine> Pipeline<E> {
         }
         let faces = face::embed_input(faces, &m.face);
         let out_embeddings = self.engine.embed_faces(faces.view())?;
-        let mean_ref = ref_embeddings
+        let mean_ref = identity
+            .embeddings
             .mean_axis(Axis(0))
             .expect("at least one reference");
+        let feather = self.settings.feather_px;
+        let paste = |edit: &RgbImage| {
+            if roll == 0.0 {
+                face::paste_back(&input.target, rect, edit, &mask, feather)
+            } else {
+                face::paste_back_turned(&input.target, rect, roll, edit, &mask, feather)
+            }
+        };
         let images = crops
             .into_iter()
             .enumerate()
-            .map(|(i, crop)| EditedImage {
-                image: if roll == 0.0 {
-                    face::paste_back(&input.target, rect, &crop, &mask, self.settings.feather_px)
-                } else {
-                    face::paste_back_turned(
-                        &input.target,
-                        rect,
-                        roll,
-                        &crop,
-                        &mask,
-                        self.settings.feather_px,
-                    )
-                },
-                identity_score: cosine(
-                    out_embeddings.row(i).as_slice().expect("row"),
-                    mean_ref.as_slice().expect("mean"),
-                ),
-                crop,
+            .map(|(i, crop)| {
+                // The edit's colours matched to the photo around the mask (`face::seam`), then
+                // pasted; the crop itself stays as the model made it.
+                let image = paste(&face::match_colour(&target_crop, &crop, &mask));
+                if roll == 0.0 && tracing::enabled!(tracing::Level::DEBUG) {
+                    let seam = face::seam_measure(&image, rect, &mask, feather);
+                    let unmatched = face::seam_measure(&paste(&crop), rect, &mask, feather);
+                    tracing::debug!(
+                        output = i,
+                        seam = ?seam,
+                        seam_without_colour_match = ?unmatched,
+                        "seam measure of the paste-back (about 1: no visible border)"
+                    );
+                }
+                EditedImage {
+                    image,
+                    identity_score: cosine(
+                        out_embeddings.row(i).as_slice().expect("row"),
+                        mean_ref.as_slice().expect("mean"),
+                    ),
+                    crop,
+                }
             })
             .collect();
         timings.record(Stage::Decode, t);
@@ -410,6 +441,7 @@ impl<E: Engine> Pipeline<E> {
             images,
             crop_rect: rect,
             mask,
+            identity,
             timings,
         })
     }

@@ -8,9 +8,11 @@
 //! Its parts: the inputs, outputs and errors of an edit (here), `edit` (the [`Pipeline`] that runs
 //! one) and `denoise` (the sampler loop, [`denoise`], and the [`Conditioning`] it reads).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use image::RgbImage;
+use ndarray::{Array2, Array3};
 
 use super::face::{self, CropRect, FaceBox};
 use super::mask::{Mask, PixelBox, Region};
@@ -88,6 +90,21 @@ pub struct EditInput {
     pub num_outputs: usize,
     /// A tuned adapter (visual + token, the manifest's layout); `None` uses the model's own.
     pub adapter: Option<Vec<f32>>,
+    /// The references' [`Identity`] from an earlier edit with the same model and references (the
+    /// job runner's identity cache): the reference crops, the face embedder and the id former are
+    /// skipped. `None`: computed from `references`.
+    pub identity: Option<Arc<Identity>>,
+}
+
+/// What an edit reads from its reference photos: their face embeddings (the identity score's
+/// reference) and the id former's identity tokens (what the UNet attends to). Derived face data:
+/// kept in memory only, never written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// The face embedder's output per reference, [R, E].
+    pub embeddings: Array2<f32>,
+    /// The id former's identity tokens, [1, T, D].
+    pub tokens: Array3<f32>,
 }
 
 /// The repaint region, before it is mapped to the face crop.
@@ -140,6 +157,8 @@ pub struct EditOutput {
     pub crop_rect: CropRect,
     /// The mask at model resolution (for contact sheets).
     pub mask: Mask,
+    /// The references' identity this edit used (given in the input or computed now).
+    pub identity: Arc<Identity>,
     /// Seconds per stage.
     pub timings: Timings,
 }
