@@ -95,14 +95,9 @@ enum Command {
 }
 
 fn init_logging(settings: &Settings) {
-    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.logging.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = match settings.logging.format {
-        LogFormat::Json => true,
-        LogFormat::Pretty => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-    };
+    let json = json_logs(settings);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -127,10 +122,25 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             let message = describe(&e);
-            tracing::error!(error = %message, "pva-worker failed");
-            eprintln!("pva-worker: {message}");
+            // Said once: as a JSON log line where the logs are JSON (a log collector reads them),
+            // else as one plain line (the log line would repeat it on the same terminal).
+            if json_logs(&settings) {
+                tracing::error!(error = %message, "pva-worker failed");
+            } else {
+                eprintln!("pva-worker: {message}");
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether the logs go out as JSON (`logging.format`, `auto`: when stderr is not a terminal).
+fn json_logs(settings: &Settings) -> bool {
+    use std::io::IsTerminal;
+    match settings.logging.format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
     }
 }
 

@@ -792,6 +792,43 @@ fn a_found_faces_region_is_its_landmark_polygon() {
     assert!(changed > 500, "{changed} pixels changed");
 }
 
+/// A missing model directory (a relative `engine.model_dir`, as a new user sets it) fails `edit` with
+/// one message that names the directory it resolved against the working directory, says so, and
+/// names the setting and its variable; the cause is said once, in plain text or as a JSON log line.
+#[test]
+fn a_missing_model_directory_is_named_with_its_setting_and_the_cause_said_once() {
+    let cwd = tempfile::tempdir().unwrap();
+    for format in ["pretty", "json"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pva-worker"))
+            .current_dir(cwd.path())
+            .arg("edit")
+            .arg(repo().join("examples/job.json"))
+            .arg("--out")
+            .arg(cwd.path().join("out"))
+            .env("PVA__ENGINE__MODEL_DIR", "models/nowhere")
+            .env("PVA__LOGGING__FORMAT", format)
+            .env_remove("PVA_CONFIG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{format}: {stderr}");
+        let resolved = cwd.path().join("models/nowhere");
+        for part in [
+            &format!("`{}`", resolved.display()),
+            "relative to the working directory",
+            "engine.model_dir",
+            "PVA__ENGINE__MODEL_DIR",
+        ] {
+            assert!(stderr.contains(part), "{format}: {part:?} not in\n{stderr}");
+        }
+        assert_eq!(
+            stderr.matches("No such file or directory").count(),
+            1,
+            "{format}: the cause once:\n{stderr}"
+        );
+    }
+}
+
 /// The seam measure of every output of an edit: (with the colour match, as the pipeline pastes;
 /// without it, the raw crop pasted as before).
 fn seams(

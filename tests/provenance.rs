@@ -337,8 +337,16 @@ fn verify_cli(args: &[&str]) -> (i32, String) {
         .arg("verify")
         .args(args)
         .env("PVA__LOGGING__FORMAT", "pretty")
+        .env_remove("PVA__LOGGING__LEVEL")
         .output()
         .unwrap();
+    // At the default log level c2pa's INFO lines (its progress, with the crate's source paths) stay
+    // out of the way of the report.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("c2pa"),
+        "c2pa logs at the default level:\n{stderr}"
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

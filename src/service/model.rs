@@ -11,18 +11,22 @@ use crate::pipeline::inpaint::Pipeline;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The model directory or its graphs were refused.
-    #[error("loading the model from `{dir}` (paths are relative to the working directory; set engine.model_dir or PVA__ENGINE__MODEL_DIR): {source}")]
+    #[error("loading the model from `{}` (engine.model_dir = `{}`; a relative path is relative to the working directory; set engine.model_dir in the settings file or PVA__ENGINE__MODEL_DIR): {source}", resolved.display(), dir.display())]
     Engine {
-        /// The model directory.
+        /// The model directory as set.
         dir: PathBuf,
+        /// The directory it names: joined to the working directory when relative.
+        resolved: PathBuf,
         /// Why.
         source: EngineError,
     },
     /// The face-model directory or its graphs were refused.
-    #[error("loading the face graphs from `{dir}` (paths are relative to the working directory; set engine.face_model_dir or PVA__ENGINE__FACE_MODEL_DIR): {source}")]
+    #[error("loading the face graphs from `{}` (engine.face_model_dir = `{}`; a relative path is relative to the working directory; set engine.face_model_dir in the settings file or PVA__ENGINE__FACE_MODEL_DIR): {source}", resolved.display(), dir.display())]
     Faces {
-        /// The face-model directory.
+        /// The face-model directory as set.
         dir: PathBuf,
+        /// The directory it names: joined to the working directory when relative.
+        resolved: PathBuf,
         /// Why.
         source: EngineError,
     },
@@ -40,6 +44,12 @@ pub enum LoadError {
     /// An inference thread could not start or died while loading.
     #[error("inference threads: {0}")]
     Thread(String),
+}
+
+/// The directory a setting names: a relative path joined to the working directory (as the file
+/// system reads it), for error messages.
+fn resolved(dir: &Path) -> PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 /// Loads the model's untuned adapter (visual + token) from the model directory.
@@ -88,6 +98,7 @@ pub fn load_pipeline_for(
     let engine =
         OrtEngine::load_for(&settings.engine, workload).map_err(|source| LoadError::Engine {
             dir: dir.clone(),
+            resolved: resolved(dir),
             source,
         })?;
     let adapter = load_base_adapter(dir, crate::engine::Engine::manifest(&engine))?;
@@ -98,6 +109,7 @@ pub fn load_pipeline_for(
 pub fn load_faces(settings: &Settings) -> Result<OrtFaces, LoadError> {
     OrtFaces::load(&settings.engine).map_err(|source| LoadError::Faces {
         dir: settings.engine.face_model_dir.clone(),
+        resolved: resolved(&settings.engine.face_model_dir),
         source,
     })
 }
