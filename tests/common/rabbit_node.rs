@@ -11,9 +11,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// The installed server's scripts (Debian's rabbitmq-server package).
-const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
-const CTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
+/// Where the server's own scripts are (not Debian's `su rabbitmq` wrappers in /usr/sbin):
+/// `$RABBITMQ_SCRIPTS_DIR`, else Debian's rabbitmq-server package's directory.
+fn script(name: &str) -> std::path::PathBuf {
+    std::env::var_os("RABBITMQ_SCRIPTS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/lib/rabbitmq/bin".into())
+        .join(name)
+}
 
 /// How long the node may take to accept connections (about 7 s on a 2-core machine).
 const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -35,9 +40,11 @@ impl RabbitNode {
     /// requiring a client certificate issued by `ca_cert` (`verify_peer`,
     /// `fail_if_no_peer_cert`), and waits until it accepts connections. Its user is guest/guest.
     pub fn start_tls(ca_cert: &Path, server_cert: &Path, server_key: &Path) -> Self {
+        let server = script("rabbitmq-server");
         assert!(
-            Path::new(SERVER).is_file(),
-            "{SERVER} is missing: the TLS tests need the rabbitmq-server package"
+            server.is_file(),
+            "{} is missing: the TLS tests need the rabbitmq-server package (or set RABBITMQ_SCRIPTS_DIR)",
+            server.display()
         );
         let dir = tempfile::tempdir().expect("node directory");
         let d = dir.path();
@@ -72,7 +79,7 @@ impl RabbitNode {
             )
             .unwrap();
             let out = std::fs::File::create(&log).expect("node log");
-            let mut child = Command::new(SERVER)
+            let mut child = Command::new(&server)
                 .envs(node_env(d, &name))
                 .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq"))
                 .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
@@ -88,7 +95,7 @@ impl RabbitNode {
                 // `rabbitmqctl stop` fails.
                 .process_group(0)
                 .spawn()
-                .unwrap_or_else(|e| panic!("starting {SERVER}: {e}"));
+                .unwrap_or_else(|e| panic!("starting {}: {e}", server.display()));
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             if super::wait_until_listening(&mut child, addr, START_TIMEOUT) {
                 return Self {
@@ -123,7 +130,9 @@ impl RabbitNode {
             return;
         };
         let stopped = Command::new("timeout")
-            .args(["30", CTL, "-n", &self.name, "stop"])
+            .arg("30")
+            .arg(script("rabbitmqctl"))
+            .args(["-n", &self.name, "stop"])
             .envs(node_env(self.dir.path(), &self.name))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
