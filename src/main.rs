@@ -67,8 +67,9 @@ enum Command {
         /// A reference photo of the identity (repeat for 1..=5 references).
         #[arg(long = "reference", required = true)]
         references: Vec<PathBuf>,
-        /// Face box `x,y,w,h` of each reference in order, or `none` for an aligned square face;
-        /// give one per reference or leave out for all-aligned references.
+        /// Face box `x,y,w,h` of each reference in order, `none` for an aligned square face, or
+        /// `find` to find its one clear face; give one per reference, or leave out to find every
+        /// reference's face (as a job's references without a face box).
         #[arg(long = "face-box")]
         face_boxes: Vec<pva_worker::commands::tune::FaceBoxArg>,
         /// Where the adapter file goes.

@@ -1087,3 +1087,261 @@ async fn a_repeat_job_takes_its_identity_tokens_from_the_cache() {
     );
     assert_eq!(*lookups.0.lock().unwrap(), [false, true, true, false]);
 }
+
+/// Parity with the Python reference of the face location (`pva.reference.faces`, issue 16) on a real
+/// photo turned by 20° (tests/data/images/hopper_turned.png, not an aligned crop): the face box, the
+/// roll and the crop are the reference's, the upright crop at the photo's scale is Pillow's bilinear
+/// affine bit for bit, the paper's aligned reference crop is the reference's (landmarks 0.01 px apart
+/// may move a bilinear sample by one level), and each named region's landmark mask at model size is the reference's
+/// (tests/data/faces, written by `python -m pva.reference.faces --write`; pytest checks the
+/// reference still writes it).
+#[test]
+fn python_reference_locates_turns_and_masks_a_real_photo() {
+    use pva_worker::pipeline::face::{
+        crop_rect, landmark_mask, locate_face, points_in_crop, upright, CropRect, FaceChoice,
+    };
+    let dir = repo().join("tests/data/faces");
+    let want: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("parity.json")).unwrap()).unwrap();
+    let img = image::open(repo().join(want["photo"].as_str().unwrap()))
+        .unwrap()
+        .to_rgb8();
+    let s = settings();
+    let mut faces = pva_worker::engine::OrtFaces::load(&s.engine).unwrap();
+    let min_side = want["min_side"].as_u64().unwrap() as u32;
+    let found = locate_face(&mut faces, &img, FaceChoice::Largest, min_side).unwrap();
+    let face_box: FaceBox = serde_json::from_value(want["face_box"].clone()).unwrap();
+    assert_eq!(found.face_box, face_box);
+    assert_eq!(
+        found.faces_found as u64,
+        want["faces_found"].as_u64().unwrap()
+    );
+    let roll = want["roll"].as_f64().unwrap();
+    assert!((found.roll - roll).abs() < 1e-4, "{} vs {roll}", found.roll);
+    assert!((found.turn - want["turn"].as_f64().unwrap()).abs() < 1e-4);
+    assert!(
+        found.turn.to_degrees() < -15.0,
+        "the photo is turned: {found:?}"
+    );
+    let margin = want["margin"].as_f64().unwrap() as f32;
+    let rect = crop_rect(found.face_box, margin, img.width(), img.height()).unwrap();
+    let want_rect: CropRect = serde_json::from_value(want["crop_rect"].clone()).unwrap();
+    assert_eq!(rect, want_rect);
+
+    let up = upright(&img, rect, found.turn);
+    let reference = image::open(dir.join("upright.png")).unwrap().to_rgb8();
+    assert_eq!(up.dimensions(), reference.dimensions());
+    let differing = up
+        .pixels()
+        .zip(reference.pixels())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(differing, 0, "upright crop pixels differing from Pillow's");
+    // The paper's aligned reference crop (models with the paper's face window).
+    let paper = pva_worker::pipeline::face::paper_aligned(&img, &found.landmarks).unwrap();
+    let reference = image::open(dir.join("paper.png")).unwrap().to_rgb8();
+    assert_eq!(paper.dimensions(), reference.dimensions());
+    let worst = paper
+        .pixels()
+        .zip(reference.pixels())
+        .flat_map(|(a, b)| a.0.into_iter().zip(b.0).map(|(x, y)| x.abs_diff(y)))
+        .max()
+        .unwrap();
+    assert!(
+        worst <= 1,
+        "paper crop differs from Pillow's by {worst} levels"
+    );
+
+    let res = want["resolution"].as_u64().unwrap() as u32;
+    let points = points_in_crop(&found.landmarks, rect, found.turn, res);
+    for region in Region::ALL {
+        let name = serde_json::to_value(region).unwrap();
+        let name = name.as_str().unwrap();
+        let mask = landmark_mask(region, &points, res).unwrap();
+        let reference = image::open(dir.join(format!("mask_{name}.png")))
+            .unwrap()
+            .to_luma8();
+        let got = mask.downsample_nearest(res);
+        let differing = got
+            .iter()
+            .zip(reference.pixels())
+            .filter(|(&v, p)| (v > 0.5) != (p.0[0] > 127))
+            .count();
+        let on = got.iter().filter(|&&v| v > 0.5).count();
+        assert!(on > 0, "{name}: empty");
+        assert_eq!(differing, 0, "{name}: mask pixels differing of {on}");
+    }
+}
+
+/// The boxes `[x0, y0, x1, y1]` a face error's message names, in order.
+fn boxes_in(message: &str) -> Vec<[f64; 4]> {
+    message
+        .split('[')
+        .skip(1)
+        .filter_map(|part| {
+            let inner = part.split(']').next()?;
+            let v: Vec<f64> = inner
+                .split(',')
+                .map(|n| n.trim().parse().ok())
+                .collect::<Option<_>>()?;
+            <[f64; 4]>::try_from(v).ok()
+        })
+        .collect()
+}
+
+/// A photo of two people (tests/data/images/two_people.jpg: Eileen Collins left, Grace Hopper right,
+/// Hopper's face the larger) through `edit`, the job flow: as the target, `largest` edits Hopper's
+/// face and `{"index": 0}` Collins's, the other face keeping its bytes; as a reference without a
+/// face box it fails with `ambiguous_face`, naming both boxes.
+#[test]
+fn edit_picks_one_of_two_people_and_a_reference_of_two_is_ambiguous() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = root_with_references(dir.path());
+    std::fs::copy(
+        repo().join("tests/data/images/two_people.jpg"),
+        root.join("photos/two_people.jpg"),
+    )
+    .unwrap();
+    let original = image::open(root.join("photos/two_people.jpg"))
+        .unwrap()
+        .to_rgb8();
+    // Collins's face lies in columns 44..125, Hopper's in 201..298 (SOURCES.md).
+    let edited_columns = |report: &pva_worker::commands::edit::EditReport| {
+        let out = image::open(&report.output_paths[0]).unwrap().to_rgb8();
+        assert_eq!(out.dimensions(), original.dimensions());
+        let changed: Vec<u32> = out
+            .enumerate_pixels()
+            .filter(|&(x, y, p)| p != original.get_pixel(x, y))
+            .map(|(x, _, _)| x)
+            .collect();
+        assert!(changed.len() > 200, "{} pixels changed", changed.len());
+        (
+            *changed.iter().min().unwrap(),
+            *changed.iter().max().unwrap(),
+        )
+    };
+    for (id, face, hopper) in [
+        ("largest", serde_json::json!("largest"), true),
+        ("index0", serde_json::json!({"index": 0}), false),
+        ("index1", serde_json::json!({"index": 1}), true),
+    ] {
+        let report = edit_example(dir.path(), id, &root, |v| {
+            v["target"] = serde_json::json!({"key": "photos/two_people.jpg", "face": face});
+        });
+        let result = &report.result;
+        assert_eq!(result.status, JobStatus::Succeeded, "{id}: {result:?}");
+        let target = &result.faces[0];
+        assert_eq!(
+            (target.image.as_str(), target.faces_found),
+            ("target", 2),
+            "{id}"
+        );
+        let centre = (target.detector_box[0] + target.detector_box[2]) / 2.0;
+        let (first, last) = edited_columns(&report);
+        if hopper {
+            assert!((201.0..298.0).contains(&centre), "{id}: {target:?}");
+            assert!(first > 125, "{id}: Collins's face changed (column {first})");
+        } else {
+            assert!((44.0..125.0).contains(&centre), "{id}: {target:?}");
+            assert!(last < 201, "{id}: Hopper's face changed (column {last})");
+        }
+    }
+
+    // As a reference (no face box, no `face`): ambiguous, both boxes named, largest first.
+    let report = edit_example(dir.path(), "ambiguous", &root, |v| {
+        v["identity"]["references"][0] = serde_json::json!({"key": "photos/two_people.jpg"});
+    });
+    let error = report.result.error.as_ref().expect("failed");
+    assert_eq!(error.code, "ambiguous_face", "{error:?}");
+    assert!(
+        error.message.contains("identity.references[0]")
+            && error.message.contains("photos/two_people.jpg"),
+        "{error:?}"
+    );
+    let named = boxes_in(&error.message);
+    let want = [[201.0, 39.0, 298.0, 136.0], [44.0, 54.0, 125.0, 135.0]];
+    assert_eq!(named.len(), 2, "{error:?}");
+    for (got, want) in named.iter().zip(want) {
+        assert!(
+            got.iter().zip(want).all(|(g, w)| (g - w).abs() <= 2.0),
+            "{got:?} vs {want:?}: {error:?}"
+        );
+    }
+    assert!(!error.retryable);
+    // With an index the same reference is fine.
+    let report = edit_example(dir.path(), "chosen", &root, |v| {
+        v["identity"]["references"][0] =
+            serde_json::json!({"key": "photos/two_people.jpg", "face": {"index": 1}});
+    });
+    assert_eq!(
+        report.result.status,
+        JobStatus::Succeeded,
+        "{:?}",
+        report.result
+    );
+}
+
+/// The face embedder's reference crop for a model with the paper's face window (sd2: the manifest's
+/// `face.embed_window`) is the paper's alignment from the landmarks (CelebA-HQ's crop), for an
+/// upright and a tilted photo: found again on the crop, the eyes lie level at about (0.375, 0.47) and
+/// (0.625, 0.47) of its side, where that crop puts them; a model without the window keeps the face
+/// box crop (no aligned crop for an upright face).
+#[test]
+fn a_reference_for_the_paper_window_is_the_paper_alignment_of_its_landmarks() {
+    use pva_worker::model::manifest::EmbedWindow;
+    use pva_worker::pipeline::face::{locate_face, FaceChoice, FaceRequest};
+    use pva_worker::service::pool::locate_image;
+    let s = settings();
+    let mut faces = pva_worker::engine::OrtFaces::load(&s.engine).unwrap();
+    let tiny = pva_worker::engine::Manifest::load(&s.engine.model_dir).unwrap();
+    let mut paper = tiny.clone();
+    paper.face.embed_window = Some(EmbedWindow {
+        source_size: 512,
+        resize: 256,
+        rows: [35, 223],
+        cols: [32, 220],
+    });
+    let request = FaceRequest {
+        what: "identity.references[0]".into(),
+        choice: FaceChoice::Single,
+    };
+    let margin = s.pipeline.face_margin;
+    for (name, img) in [
+        ("obama.jpg", photo("obama.jpg")),
+        (
+            "hopper_turned.png",
+            image::open(repo().join("tests/data/images/hopper_turned.png"))
+                .unwrap()
+                .to_rgb8(),
+        ),
+    ] {
+        let found = locate_image(&mut faces, &paper, &img, &request, true, margin).unwrap();
+        let crop = found.upright.expect("an aligned crop");
+        let side = f64::from(crop.width());
+        assert_eq!(crop.width(), crop.height());
+        let again = locate_face(&mut faces, &crop, FaceChoice::Largest, 0).unwrap();
+        let eye = |a: usize, b: usize| {
+            let (p, q) = (again.landmarks[a], again.landmarks[b]);
+            [(p[0] + q[0]) / 2.0 / side, (p[1] + q[1]) / 2.0 / side]
+        };
+        let (right, left) = (eye(33, 133), eye(362, 263));
+        assert!(again.roll.to_degrees().abs() < 2.0, "{name}: {again:?}");
+        for (got, want) in [(right, [0.375, 0.47]), (left, [0.625, 0.47])] {
+            assert!(
+                (got[0] - want[0]).abs() < 0.03 && (got[1] - want[1]).abs() < 0.03,
+                "{name}: eye at {got:?} of the crop, the alignment puts it at {want:?}"
+            );
+        }
+    }
+    // Without the window an upright reference keeps its face box.
+    let found = locate_image(
+        &mut faces,
+        &tiny,
+        &photo("obama.jpg"),
+        &request,
+        true,
+        margin,
+    )
+    .unwrap();
+    assert!(found.upright.is_none());
+}

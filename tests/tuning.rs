@@ -525,6 +525,113 @@ fn tune_command_writes_an_adapter_that_decodes_under_its_key() {
     assert!(tune_cmd::run(&s, &bad, &mut Vec::new()).is_err());
 }
 
+/// `tune` without face boxes finds each reference's face as a job's reference is found (issue 16, one
+/// job flow): the adapter is bit for bit the one tuned from the faces given by hand as that flow
+/// finds them (the face box, or the upright crop of a tilted face as an aligned reference); a
+/// reference with two people fails with `ambiguous_face`, a flat one with `no_face`, both naming the
+/// reference.
+#[test]
+fn tune_finds_the_faces_of_references_without_face_boxes() {
+    use pva_worker::commands::tune::FaceBoxArg;
+    use pva_worker::pipeline::face::{locate_face, min_face_side, upright_reference, FaceChoice};
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings();
+    let photos = [
+        common::repo().join("examples/photos/obama.jpg"),
+        common::repo().join("tests/data/images/hopper_turned.png"),
+    ];
+    let options = TuneCmdOptions {
+        identity: "found".into(),
+        references: photos.to_vec(),
+        face_boxes: Vec::new(),
+        out: dir.path().join("found.safetensors"),
+        steps: Some(2),
+        seed: Some(3),
+    };
+    let mut printed = Vec::new();
+    let found = tune_cmd::run(&s, &options, &mut printed).unwrap();
+    let printed = String::from_utf8(printed).unwrap();
+    assert_eq!(printed.matches(": face at [").count(), 2, "{printed}");
+    assert_eq!(
+        printed.matches("taken as its aligned crop").count(),
+        1,
+        "{printed}"
+    );
+
+    // The same faces given by hand, as the job flow's locate step gives them.
+    let mut faces = pva_worker::engine::OrtFaces::load(&s.engine).unwrap();
+    let manifest = pva_worker::engine::Manifest::load(&s.engine.model_dir).unwrap();
+    let mut references = Vec::new();
+    let mut face_boxes = Vec::new();
+    for (i, path) in photos.iter().enumerate() {
+        let limits = pva_worker::pipeline::image::DecodeLimits::default();
+        let photo =
+            pva_worker::pipeline::image::decode(&std::fs::read(path).unwrap(), &limits).unwrap();
+        let mut located = locate_face(
+            &mut faces,
+            &photo,
+            FaceChoice::Single,
+            min_face_side(&manifest),
+        )
+        .unwrap();
+        located.upright = upright_reference(&photo, &located, s.pipeline.face_margin).unwrap();
+        match located.upright {
+            Some(upright) => {
+                let file = dir.path().join(format!("upright_{i}.png"));
+                upright.save(&file).unwrap();
+                references.push(file);
+                face_boxes.push(FaceBoxArg::Aligned);
+            }
+            None => {
+                references.push(path.clone());
+                face_boxes.push(FaceBoxArg::Given(located.face_box));
+            }
+        }
+    }
+    assert_eq!(
+        face_boxes[1],
+        FaceBoxArg::Aligned,
+        "hopper_turned.png is tilted"
+    );
+    assert!(matches!(face_boxes[0], FaceBoxArg::Given(_)));
+    let by_hand = TuneCmdOptions {
+        references,
+        face_boxes,
+        out: dir.path().join("by_hand.safetensors"),
+        ..options.clone()
+    };
+    let given = tune_cmd::run(&s, &by_hand, &mut Vec::new()).unwrap();
+    assert_eq!(found.losses, given.losses);
+    assert_eq!(found.adapter.params, given.adapter.params);
+
+    // Two people, or none: the job's face codes, naming the reference.
+    let flat = dir.path().join("flat.png");
+    image::RgbImage::from_pixel(120, 160, image::Rgb([90, 110, 130]))
+        .save(&flat)
+        .unwrap();
+    for (path, code) in [
+        (
+            common::repo().join("tests/data/images/two_people.jpg"),
+            "ambiguous_face",
+        ),
+        (flat, "no_face"),
+    ] {
+        let bad = TuneCmdOptions {
+            references: vec![photos[0].clone(), path.clone()],
+            face_boxes: vec![FaceBoxArg::Find; 2],
+            ..options.clone()
+        };
+        let err = format!(
+            "{:#}",
+            tune_cmd::run(&s, &bad, &mut Vec::new()).unwrap_err()
+        );
+        assert!(
+            err.starts_with(code) && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+    }
+}
+
 /// A copy of the tiny model directory with its manifest changed by `edit`.
 fn model_copy(edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
     let src = common::repo().join("models/tiny");

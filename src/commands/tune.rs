@@ -12,25 +12,39 @@ use anyhow::Context;
 use crate::config::Settings;
 use crate::engine::Workload;
 use crate::model::adapter::{self, ModelRef, StoredAdapter};
-use crate::pipeline::face::FaceBox;
+use crate::pipeline::face::{FaceBox, FaceChoice, FaceRequest};
 use crate::pipeline::image::{decode, DecodeLimits};
 use crate::pipeline::tune::{tune_identity, ReferenceCrop};
 use crate::service::load_pipeline_for;
+use crate::service::model::load_faces;
+use crate::service::pool::locate_image;
 
-/// A `--face-box` argument: `x,y,w,h` in the reference's pixels, or `none` for a reference that is
-/// already an aligned square face.
+/// A `--face-box` argument: `x,y,w,h` in the reference's pixels, `none` for a reference that is
+/// already an aligned square face, or `find` for the reference's one clear face found as a job's
+/// reference is (the default when no `--face-box` is given).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FaceBoxArg(pub Option<FaceBox>);
+pub enum FaceBoxArg {
+    /// The face box given.
+    Given(FaceBox),
+    /// The whole reference is an aligned, square face.
+    Aligned,
+    /// The face is found (`no_face`, `ambiguous_face` or `face_too_small` otherwise).
+    Find,
+}
 
 impl FromStr for FaceBoxArg {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.eq_ignore_ascii_case("none") {
-            return Ok(Self(None));
+            return Ok(Self::Aligned);
+        }
+        if s.eq_ignore_ascii_case("find") {
+            return Ok(Self::Find);
         }
         let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-        let bad = || format!("face box {s:?}: expected x,y,w,h (integers, w and h > 0) or none");
+        let bad =
+            || format!("face box {s:?}: expected x,y,w,h (integers, w and h > 0), none or find");
         let [x, y, w, h] = parts.as_slice() else {
             return Err(bad());
         };
@@ -43,7 +57,7 @@ impl FromStr for FaceBoxArg {
         if face.width == 0 || face.height == 0 {
             return Err(bad());
         }
-        Ok(Self(Some(face)))
+        Ok(Self::Given(face))
     }
 }
 
@@ -54,8 +68,8 @@ pub struct TuneCmdOptions {
     pub identity: String,
     /// Reference photo files.
     pub references: Vec<PathBuf>,
-    /// One face box per reference, in order, or none at all (then every reference must be an
-    /// aligned square face).
+    /// One face box per reference, in order, or none at all (then every reference's face is
+    /// found).
     pub face_boxes: Vec<FaceBoxArg>,
     /// Where the adapter file is written.
     pub out: PathBuf,
@@ -112,7 +126,7 @@ pub fn run(
     );
     anyhow::ensure!(
         options.face_boxes.is_empty() || options.face_boxes.len() == options.references.len(),
-        "{} --face-box for {} --reference: give one per reference (`none` for an aligned face) or none",
+        "{} --face-box for {} --reference: give one per reference (`none` for an aligned face, `find` to find it) or none",
         options.face_boxes.len(),
         options.references.len()
     );
@@ -136,19 +150,60 @@ pub fn run(
         max_bytes: settings.limits.max_image_bytes,
         max_pixels: settings.limits.max_image_pixels,
     };
+    let arg = |i: usize| {
+        options
+            .face_boxes
+            .get(i)
+            .copied()
+            .unwrap_or(FaceBoxArg::Find)
+    };
+    // The face graphs are opened only when a reference's face is to be found.
+    let mut faces = if (0..options.references.len()).any(|i| arg(i) == FaceBoxArg::Find) {
+        Some(load_faces(settings)?)
+    } else {
+        None
+    };
+    let margin = settings.pipeline.face_margin;
     let mut crops = Vec::with_capacity(options.references.len());
     let mut digests = Vec::with_capacity(options.references.len());
     for (i, path) in options.references.iter().enumerate() {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         digests.push(adapter::sha256_hex(&bytes));
         let photo = decode(&bytes, &limits).with_context(|| format!("{}", path.display()))?;
-        let face_box = options.face_boxes.get(i).and_then(|b| b.0);
+        let what = format!("reference {}", path.display());
+        let (photo, face_box) = match (arg(i), faces.as_mut()) {
+            (FaceBoxArg::Given(b), _) => (photo, Some(b)),
+            (FaceBoxArg::Aligned, _) => (photo, None),
+            (FaceBoxArg::Find, Some(faces)) => {
+                // A job's reference without a face box: its one clear face, as `edit` and `serve`
+                // find it.
+                let request = FaceRequest {
+                    what: what.clone(),
+                    choice: FaceChoice::Single,
+                };
+                let found = locate_image(faces, &manifest, &photo, &request, true, margin)?;
+                let b = found.detection.bbox;
+                writeln!(
+                    out,
+                    "{what}: face at [{:.0}, {:.0}, {:.0}, {:.0}] (score {:.2}, roll {:.1}°{})",
+                    b[0],
+                    b[1],
+                    b[2],
+                    b[3],
+                    found.detection.score,
+                    found.roll.to_degrees(),
+                    if found.upright.is_some() {
+                        ", taken as its aligned crop"
+                    } else {
+                        ""
+                    }
+                )?;
+                found.reference_input(photo)
+            }
+            (FaceBoxArg::Find, None) => unreachable!("the face graphs are loaded for `find`"),
+        };
         crops.push(ReferenceCrop::from_photo(
-            &format!("reference {}", path.display()),
-            &photo,
-            face_box,
-            settings.pipeline.face_margin,
-            &manifest,
+            &what, &photo, face_box, margin, &manifest,
         )?);
     }
     let model = ModelRef::of(&manifest);
@@ -229,23 +284,19 @@ mod tests {
     fn face_box_arguments() {
         assert_eq!(
             "10,-5,40,60".parse::<FaceBoxArg>().unwrap(),
-            FaceBoxArg(Some(FaceBox {
+            FaceBoxArg::Given(FaceBox {
                 x: 10,
                 y: -5,
                 width: 40,
                 height: 60
-            }))
+            })
         );
-        assert_eq!(
-            " 1, 2 ,3,4"
-                .parse::<FaceBoxArg>()
-                .unwrap()
-                .0
-                .unwrap()
-                .height,
-            4
-        );
-        assert_eq!("None".parse::<FaceBoxArg>().unwrap(), FaceBoxArg(None));
+        assert!(matches!(
+            " 1, 2 ,3,4".parse::<FaceBoxArg>().unwrap(),
+            FaceBoxArg::Given(FaceBox { height: 4, .. })
+        ));
+        assert_eq!("None".parse::<FaceBoxArg>().unwrap(), FaceBoxArg::Aligned);
+        assert_eq!("find".parse::<FaceBoxArg>().unwrap(), FaceBoxArg::Find);
         for bad in ["", "1,2,3", "1,2,3,4,5", "a,b,c,d", "1,2,0,4", "1,2,-3,4"] {
             assert!(bad.parse::<FaceBoxArg>().is_err(), "{bad:?}");
         }

@@ -98,11 +98,8 @@ pub fn apply_faces(input: &mut EditInput, found: &[Option<LocatedFace>]) -> Vec<
             "target".to_string()
         } else {
             if let Some(reference) = input.references.get_mut(i - 1) {
-                match &located.upright {
-                    // A turned reference is its upright crop: an aligned, square face.
-                    Some(upright) => *reference = (upright.clone(), None),
-                    None => reference.1 = Some(located.face_box),
-                }
+                // A turned reference is its upright crop: an aligned, square face.
+                *reference = located.reference_input(std::mem::take(&mut reference.0));
             }
             format!("identity.references[{}]", i - 1)
         };

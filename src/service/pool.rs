@@ -21,9 +21,9 @@ use crate::config::Settings;
 use crate::engine::{Engine, OrtEngine, OrtFaces};
 use crate::job::{FailureCode, Inference, JobFailure};
 use crate::model::adapter::ModelRef;
-use crate::model::Stage;
+use crate::model::{Manifest, Stage};
 use crate::pipeline::face::{
-    locate_face, min_face_side, upright_reference, FaceBox, FaceRequest, LocatedFace,
+    locate_face, min_face_side, paper_aligned, upright_reference, FaceBox, FaceRequest, LocatedFace,
 };
 use crate::pipeline::inpaint::{EditInput, EditOutput, Pipeline};
 use crate::pipeline::noise::SeededNoise;
@@ -103,7 +103,6 @@ fn locate<E: Engine>(
     requests: &[Option<FaceRequest>],
     margin: f32,
 ) -> Result<Vec<Option<LocatedFace>>, JobFailure> {
-    let min_side = min_face_side(pipeline.manifest());
     requests
         .iter()
         .enumerate()
@@ -115,17 +114,34 @@ fn locate<E: Engine>(
                 0 => &input.target,
                 i => &input.references[i - 1].0,
             };
-            let mut found = locate_face(faces, image, request.choice, min_side)
-                .map_err(|e| JobFailure::face(&request.what, e))?;
-            if i > 0 {
-                // A tilted reference becomes its upright crop, for the edit and tuning alike.
-                found.upright = upright_reference(image, &found, margin).map_err(|e| {
-                    JobFailure::new(FailureCode::BadInput, format!("{}: {e}", request.what))
-                })?;
-            }
-            Ok(Some(found))
+            locate_image(faces, pipeline.manifest(), image, request, i > 0, margin).map(Some)
         })
         .collect()
+}
+
+/// The face `request` asks for in `image`, as large as the model needs. A reference's (`reference`)
+/// face also as an aligned crop, which the edit and tuning then use: for a model whose face embedder
+/// takes the paper's window (`face.embed_window`, sd2) the paper's alignment of the face from its
+/// landmarks (`face::paper_aligned`, CelebA-HQ's crop); otherwise, when the face is tilted, its
+/// square crop turned upright. Every command finds faces through this (`edit`, `serve` and `tune`).
+pub fn locate_image(
+    faces: &mut OrtFaces,
+    manifest: &Manifest,
+    image: &RgbImage,
+    request: &FaceRequest,
+    reference: bool,
+    margin: f32,
+) -> Result<LocatedFace, JobFailure> {
+    let mut found = locate_face(faces, image, request.choice, min_face_side(manifest))
+        .map_err(|e| JobFailure::face(&request.what, e))?;
+    if reference && manifest.face.embed_window.is_some() {
+        found.upright = paper_aligned(image, &found.landmarks);
+    } else if reference {
+        found.upright = upright_reference(image, &found, margin).map_err(|e| {
+            JobFailure::new(FailureCode::BadInput, format!("{}: {e}", request.what))
+        })?;
+    }
+    Ok(found)
 }
 
 fn edit<E: Engine>(

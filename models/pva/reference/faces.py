@@ -161,6 +161,30 @@ def upright(img: Image.Image, rect: dict, roll: float) -> Image.Image:
                          Image.Resampling.BILINEAR)
 
 
+def paper_alignment(points: np.ndarray) -> tuple[list[float], int]:
+    """`align::paper_alignment`: CelebA-HQ's / FFHQ's alignment square (Karras et al.'s dataset_tool.py)
+    from the eye centres and the mouth corners (61, 291), as Pillow's affine data from crop pixels to photo
+    pixels and the crop's side (at the photo's scale)."""
+    right_eye, left_eye = eye_centres(points)
+    mouth = (points[61, :2] + points[291, :2]) / 2
+    e = (right_eye + left_eye) / 2
+    ee, em = left_eye - right_eye, mouth - e
+    x = ee - np.array([-em[1], em[0]])
+    x = x / math.hypot(*x) * max(2.0 * math.hypot(*ee), 1.8 * math.hypot(*em))
+    y = np.array([-x[1], x[0]])
+    c = e + 0.1 * em
+    side = max(rust_round(2.0 * math.hypot(*x)), 1.0)
+    k = 2.0 / side
+    return [x[0] * k, y[0] * k, c[0] - x[0] - y[0], x[1] * k, y[1] * k, c[1] - x[1] - y[1]], int(side)
+
+
+def paper_aligned(img: Image.Image, points: np.ndarray) -> Image.Image:
+    """`align::paper_aligned`: the paper's aligned face crop of a reference (models with the paper's face
+    window), bilinear at the photo's scale, black past the photo."""
+    m, side = paper_alignment(points)
+    return img.transform((side, side), Image.Transform.AFFINE, tuple(m), Image.Resampling.BILINEAR)
+
+
 def points_in_crop(points: np.ndarray, rect: dict, roll: float, size: int) -> np.ndarray:
     """`regions::points_in_crop`: photo points in a size x size model crop of rect turned by roll."""
     c, s = math.cos(roll), math.sin(roll)
@@ -221,13 +245,14 @@ def ort_runs() -> tuple:
 
 def fixture(photo: Path, resolution: int, margin: float, min_side: int) -> tuple[dict, dict[str, Image.Image]]:
     """What the worker must reproduce on `photo` for a model of `resolution` px crops: the face found, its
-    crop, the upright crop at the photo's scale and the five region masks at model size."""
+    crop, the upright crop at the photo's scale, the paper's aligned crop and the five region masks at model
+    size."""
     manifest = facedetect.load_manifest()
     run_det, run_lm = ort_runs()
     img = facedetect.load_photo(photo)
     found = locate(img, run_det, run_lm, manifest, "largest", min_side)
     rect = crop_rect(found["face_box"], margin, *img.size)
-    images = {"upright.png": upright(img, rect, found["turn"])}
+    images = {"upright.png": upright(img, rect, found["turn"]), "paper.png": paper_aligned(img, found["landmarks"])}
     points = points_in_crop(found["landmarks"], rect, found["turn"], resolution)
     for region in REGIONS:
         images[f"mask_{region}.png"] = Image.fromarray(landmark_mask(region, points, resolution))
@@ -235,7 +260,7 @@ def fixture(photo: Path, resolution: int, margin: float, min_side: int) -> tuple
     data = {
         "about": "Written by `python -m pva.reference.faces --write` (models/pva/reference/faces.py): the face "
                  "the Python reference locates on the photo, its crop, the upright crop at the photo's scale "
-                 "(upright.png) and the named regions' landmark masks at model size (mask_*.png). "
+                 "(upright.png), the paper's aligned reference crop (paper.png) and the named regions' landmark masks at model size (mask_*.png). "
                  "tests/pipeline.rs compares the worker with it.",
         "photo": str(photo.relative_to(ROOT)),
         "resolution": resolution,

@@ -49,6 +49,50 @@ pub fn upright_box(rect: CropRect, roll: f64, bx: [f64; 4]) -> RgbImage {
     })
 }
 
+/// The paper's alignment of a face (PVA's references are CelebA-HQ's aligned faces): the square of
+/// CelebA-HQ's and FFHQ's alignment (Karras et al.'s `dataset_tool.py`) from five points, the eye
+/// centres and the mouth corners (Face Mesh landmarks 33/133, 362/263, 61 and 291 here): with
+/// `e` the eyes' midpoint, `ee` the vector from the image-left eye to the image-right one and `em` from
+/// `e` to the mouth corners' midpoint, the square's half-side vector along its x axis is
+/// `ee - rot90(em)` scaled to `max(2 |ee|, 1.8 |em|)`, its y axis that turned by 90°, its centre
+/// `e + 0.1 em`. Returns the 2x3 map from pixels of a `side` x `side` crop to photo pixels, and that
+/// side (the square's own, rounded: the crop keeps the photo's scale).
+pub fn paper_alignment(landmarks: &[[f64; 2]]) -> Option<([[f64; 3]; 2], u32)> {
+    let at = |i: usize| landmarks.get(i).copied();
+    let mean = |a: [f64; 2], b: [f64; 2]| [(a[0] + b[0]) / 2.0, (a[1] + b[1]) / 2.0];
+    let right_eye = mean(at(33)?, at(133)?);
+    let left_eye = mean(at(362)?, at(263)?);
+    let mouth = mean(at(61)?, at(291)?);
+    // The subject's right eye is on the image's left.
+    let e = mean(right_eye, left_eye);
+    let ee = [left_eye[0] - right_eye[0], left_eye[1] - right_eye[1]];
+    let em = [mouth[0] - e[0], mouth[1] - e[1]];
+    // rot90 as the dataset tool writes it: flipud(v) * [-1, 1] = (-v.y, v.x).
+    let mut x = [ee[0] + em[1], ee[1] - em[0]];
+    let norm = x[0].hypot(x[1]);
+    if norm.is_nan() || norm <= 0.0 {
+        return None;
+    }
+    let half = (2.0 * ee[0].hypot(ee[1])).max(1.8 * em[0].hypot(em[1]));
+    x = [x[0] / norm * half, x[1] / norm * half];
+    let y = [-x[1], x[0]];
+    let c = [e[0] + 0.1 * em[0], e[1] + 0.1 * em[1]];
+    let side = (2.0 * half).round().max(1.0);
+    let k = 2.0 / side;
+    let m = [
+        [x[0] * k, y[0] * k, c[0] - x[0] - y[0]],
+        [x[1] * k, y[1] * k, c[1] - x[1] - y[1]],
+    ];
+    Some((m, side as u32))
+}
+
+/// The photo's face cut as [`paper_alignment`] says, at the photo's scale (bilinear; black where the
+/// square reaches past the photo). `None` without the landmarks it needs.
+pub fn paper_aligned(img: &RgbImage, landmarks: &[[f64; 2]]) -> Option<RgbImage> {
+    let (m, side) = paper_alignment(landmarks)?;
+    Some(affine_bilinear(img, &m, side))
+}
+
 /// `img` turned counter-clockwise on screen by `radians` about its centre, the frame expanded to
 /// hold it all (bilinear, black corners; as Pillow's `rotate(expand=True)`), and the map of a photo
 /// point into it: `p' = R (p - centre) + centre'` with `R = [[cos, sin], [-sin, cos]]`. For tests and

@@ -49,9 +49,21 @@ pub struct LocatedFace {
     pub turn: f64,
     /// The 468 landmarks (x, y) in photo pixels.
     pub landmarks: Vec<[f64; 2]>,
-    /// For a reference that is turned: its square crop around the face box, turned upright at the
-    /// photo's scale ([`upright_reference`]), which the edit and tuning then use as an aligned crop.
+    /// For a reference, its aligned crop, which the edit and tuning then use: the paper's alignment
+    /// (`super::paper_aligned`) for a model with the paper's face window, or, for a turned face, its
+    /// square crop around the face box turned upright at the photo's scale ([`upright_reference`]).
     pub upright: Option<RgbImage>,
+}
+
+impl LocatedFace {
+    /// A reference photo as the edit and tuning take it once its face is found: its aligned crop (a
+    /// square face, see `upright`) when it has one, else the photo with the found face box.
+    pub fn reference_input(&self, photo: RgbImage) -> (RgbImage, Option<FaceBox>) {
+        match &self.upright {
+            Some(upright) => (upright.clone(), None),
+            None => (photo, Some(self.face_box)),
+        }
+    }
 }
 
 /// Below this roll (degrees) the crop is not turned: the named regions' boxes still fit, and the

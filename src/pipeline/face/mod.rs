@@ -28,7 +28,10 @@ mod resample;
 mod seam;
 mod window;
 
-pub use align::{paste_back_turned, rotate_expanded, upright, upright_box, upright_mask};
+pub use align::{
+    paper_aligned, paper_alignment, paste_back_turned, rotate_expanded, upright, upright_box,
+    upright_mask,
+};
 pub use crop::{crop_rect, crop_resize, face_crop, CropRect, FaceBox, FaceError, DEFAULT_MARGIN};
 pub use detect::{
     detect_faces, face_landmarks, iou, landmark_roi, roi_to_photo, DetectedFace, FaceLandmarks,
