@@ -1249,6 +1249,7 @@ fn edit_picks_one_of_two_people_and_a_reference_of_two_is_ambiguous() {
 
     // As a reference (no face box, no `face`): ambiguous, both boxes named, largest first.
     let report = edit_example(dir.path(), "ambiguous", &root, |v| {
+        v["target"] = serde_json::json!({"key": "photos/two_people.jpg"});
         v["identity"]["references"][0] = serde_json::json!({"key": "photos/two_people.jpg"});
     });
     let error = report.result.error.as_ref().expect("failed");
@@ -1270,6 +1271,7 @@ fn edit_picks_one_of_two_people_and_a_reference_of_two_is_ambiguous() {
     assert!(!error.retryable);
     // With an index the same reference is fine.
     let report = edit_example(dir.path(), "chosen", &root, |v| {
+        v["target"] = serde_json::json!({"key": "photos/two_people.jpg"});
         v["identity"]["references"][0] =
             serde_json::json!({"key": "photos/two_people.jpg", "face": {"index": 1}});
     });
@@ -1309,10 +1311,8 @@ fn a_reference_for_the_paper_window_is_the_paper_alignment_of_its_landmarks() {
     for (name, img) in [
         ("obama.jpg", photo("obama.jpg")),
         (
-            "hopper_turned.png",
-            image::open(repo().join("tests/data/images/hopper_turned.png"))
-                .unwrap()
-                .to_rgb8(),
+            "obama.jpg turned 20°",
+            pva_worker::pipeline::face::rotate_expanded(&photo("obama.jpg"), 20f64.to_radians()).0,
         ),
     ] {
         let found = locate_image(&mut faces, &paper, &img, &request, true, margin).unwrap();
