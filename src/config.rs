@@ -69,6 +69,10 @@ pub struct Settings {
     pub health: HealthSettings,
     /// The in-memory cache of references' identity tokens (`crate::job::identity`).
     pub identity_cache: IdentityCacheSettings,
+    /// Edit presets by name (`[presets.NAME]`): a job gives `"preset": "NAME"` instead of a prompt
+    /// (`crate::job::preset` has the keys). Files and environment add to the default ones.
+    #[serde(default)]
+    pub presets: crate::job::Presets,
 }
 
 /// `[health]`: the warm-up edit each inference thread runs before the worker counts as started, and
@@ -275,6 +279,7 @@ impl From<&Settings> for crate::job::RunnerOptions {
             identity_cache_ttl: std::time::Duration::from_secs(s.identity_cache.ttl_secs),
             tuning_seed: s.tuning.seed,
             min_identity_score: s.pipeline.min_identity_score,
+            presets: s.presets.clone(),
             worker_id: String::new(),
         }
     }
@@ -350,6 +355,21 @@ impl Settings {
         }
         if self.limits.max_num_outputs == 0 || self.limits.max_num_outputs > 16 {
             return invalid("limits.max_num_outputs", "must be in 1..=16");
+        }
+        let limits: crate::job::Limits = (&self.limits).into();
+        for (name, preset) in &self.presets {
+            let named = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !named {
+                let problem = format!("has `{name}`: a preset's name is 1-64 of A-Z a-z 0-9 _ -");
+                return invalid("presets", &problem);
+            }
+            if let Some((key, problem)) = preset.problem(&limits) {
+                return invalid("presets", &format!("`{name}`.{key} {problem}"));
+            }
         }
         if !(0.0..=2.0).contains(&self.pipeline.face_margin) {
             return invalid("pipeline.face_margin", "must be in 0..=2");

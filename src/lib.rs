@@ -42,12 +42,13 @@ mod layering {
     ];
 
     /// Runtime crate -> the only source paths (prefixes under src/) that may use it.
-    const RUNTIMES: [(&str, &[&str]); 5] = [
+    const RUNTIMES: [(&str, &[&str]); 6] = [
         ("ort", &["engine/"]),
         ("lapin", &["queue/"]),
         ("aws_sdk_s3", &["storage/s3.rs"]),
         ("axum", &["metrics/http.rs"]),
         ("c2pa", &["provenance/"]),
+        ("schemars", &["job/wire.rs", "job/schema.rs"]),
     ];
 
     fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -82,6 +82,12 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Write the JSON Schemas of the job, result and event messages (with this worker's limits).
+    Schema {
+        /// The directory they are written to.
+        #[arg(long, default_value = "schemas")]
+        out: PathBuf,
+    },
     /// Print an image's provenance (C2PA manifest, actions, source type, XMP); exit 0 only when valid.
     Verify {
         /// The image (PNG, JPEG or WebP).
@@ -203,6 +209,12 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                 "forgot identity `{identity}`: {} object(s) removed",
                 removed.len()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema { out } => {
+            for path in commands::schema::write_schemas(settings, &out)? {
+                println!("wrote {}", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {

@@ -167,7 +167,7 @@ fn failure_code(
     s: &pva_worker::config::Settings,
 ) -> Result<(), JobFailure> {
     let options = RunnerOptions::from(s);
-    let job = flow::parse(job, &options.limits, options.rules)?;
+    let job = flow::parse(job, &options.limits, options.rules, &options.presets)?;
     let input = flow::prepare(&job, objects, &options.limits)?;
     let mut pipeline = load_pipeline(s).unwrap();
     pipeline.edit(&input, &mut SeededNoise::new(0))?;
@@ -295,7 +295,13 @@ fn each_bad_input_gets_its_own_clear_error() {
 fn an_adapter_of_the_wrong_length_is_refused_not_a_panic() {
     let s = settings();
     let options = RunnerOptions::from(&s);
-    let job = flow::parse(&job_json(|_| {}), &options.limits, options.rules).unwrap();
+    let job = flow::parse(
+        &job_json(|_| {}),
+        &options.limits,
+        options.rules,
+        &options.presets,
+    )
+    .unwrap();
     let mut input = flow::prepare(&job, &example_objects(), &options.limits).unwrap();
     input.adapter = Some(vec![0.0; 3]);
     let mut pipeline = load_pipeline(&s).unwrap();
@@ -875,7 +881,7 @@ fn the_colour_match_hides_the_seam_of_the_paste_back() {
         })
         .collect();
     let options = RunnerOptions::from(&s);
-    let job = flow::parse(&job, &options.limits, options.rules).unwrap();
+    let job = flow::parse(&job, &options.limits, options.rules, &options.presets).unwrap();
     let input = flow::prepare(&job, &objects, &options.limits).unwrap();
     let mut demo = load_pipeline(&s).unwrap();
     let demo_seams = seams(&mut demo, &input, job.request.seed, feather);
@@ -1086,6 +1092,82 @@ async fn a_repeat_job_takes_its_identity_tokens_from_the_cache() {
         "computed for the new references"
     );
     assert_eq!(*lookups.0.lock().unwrap(), [false, true, true, false]);
+}
+
+/// A preset job and the same job written out in free text (issue 17) through `edit`: the same
+/// outputs byte for byte; the preset job's result records the preset's name and version.
+#[test]
+fn a_preset_job_gives_the_outputs_of_its_free_text_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = root_with_references(dir.path());
+    std::fs::copy(
+        repo().join("examples/photos/obama.jpg"),
+        root.join("photos/obama.jpg"),
+    )
+    .unwrap();
+    let preset = settings().presets["add_beard"].clone();
+    // `edit_example` sets 2 steps: an override add_beard allows.
+    let free = edit_example(dir.path(), "free-text", &root, |v| {
+        v["prompt"] = preset.edit.clone().into();
+        v["mask"] = serde_json::json!({"region": "lower_face"});
+        v["guidance"] = preset.guidance.unwrap().into();
+        v["scheduler"] = "ddim".into();
+    });
+    let with_preset = edit_example(dir.path(), "preset", &root, |v| {
+        let fields = v.as_object_mut().unwrap();
+        for field in ["prompt", "mask", "guidance", "scheduler"] {
+            fields.remove(field);
+        }
+        fields.insert("preset".into(), "add_beard".into());
+    });
+    for report in [&free, &with_preset] {
+        assert_eq!(
+            report.result.status,
+            JobStatus::Succeeded,
+            "{:?}",
+            report.result
+        );
+    }
+    let bytes =
+        |r: &pva_worker::commands::edit::EditReport| std::fs::read(&r.output_paths[0]).unwrap();
+    assert!(
+        bytes(&free) == bytes(&with_preset),
+        "the preset job's output differs"
+    );
+    assert_eq!(free.result.preset, None);
+    let used = with_preset
+        .result
+        .preset
+        .as_ref()
+        .expect("the preset is recorded");
+    assert_eq!(
+        (used.name.as_str(), used.version.as_str()),
+        ("add_beard", "1")
+    );
+
+    // A preset the worker does not have, and a field the preset fixes: invalid_job naming the field.
+    for (patch, field) in [
+        (serde_json::json!({"preset": "add_moustache"}), "preset"),
+        (
+            serde_json::json!({"preset": "add_beard", "guidance": 3.0}),
+            "guidance",
+        ),
+    ] {
+        let report = edit_example(dir.path(), "refused", &root, |v| {
+            let fields = v.as_object_mut().unwrap();
+            for field in ["prompt", "mask", "guidance", "scheduler"] {
+                fields.remove(field);
+            }
+            fields.extend(patch.as_object().unwrap().clone());
+        });
+        let error = report.result.error.as_ref().expect("refused");
+        assert_eq!(error.code, "invalid_job", "{}", error.message);
+        assert!(
+            error.message.contains(&format!("`{field}`")),
+            "{}",
+            error.message
+        );
+    }
 }
 
 /// Parity with the Python reference of the face location (`pva.reference.faces`, issue 16) on a real

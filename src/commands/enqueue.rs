@@ -32,7 +32,7 @@ pub async fn run(settings: &Settings, options: &EnqueueOptions) -> anyhow::Resul
     let body = std::fs::read(&options.job)
         .with_context(|| format!("reading {}", options.job.display()))?;
     let rules = crate::job::RunnerOptions::from(settings);
-    let job = flow::parse(&body, &rules.limits, rules.rules)
+    let job = flow::parse(&body, &rules.limits, rules.rules, &rules.presets)
         .map_err(|f| anyhow::anyhow!("{}", f.message))?;
     let root = super::job_root(&options.job, options.root.as_deref());
     let store = S3Store::new(&settings.s3).await?;

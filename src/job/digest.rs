@@ -100,6 +100,7 @@ pub fn read_stored(bytes: &[u8]) -> Option<(JobResult, Option<String>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::preset::{Preset, Presets};
     use crate::job::validate::{JobRules, Limits};
     use crate::job::wire::JobRequest;
 
@@ -121,8 +122,61 @@ mod tests {
                     require_prompt: true,
                     require_consent: true,
                 },
+                &presets(),
             )
             .unwrap()
+    }
+
+    fn presets() -> Presets {
+        let preset: Preset = serde_json::from_value(serde_json::json!({
+            "version": "3", "edit": "with a beard", "region": "lower_face", "steps": 30,
+            "overrides": ["steps"]
+        }))
+        .unwrap();
+        Presets::from([("beard".to_string(), preset)])
+    }
+
+    #[test]
+    fn a_preset_job_is_the_request_it_expands_to() {
+        let etags = vec![("photos/obama.jpg".to_string(), "\"abc\"".to_string())];
+        let free_text = job(|v| {
+            v["prompt"] = "with a beard".into();
+            v["mask"] = serde_json::json!({"region": "lower_face"});
+            v["steps"] = 30.into();
+        });
+        let preset = |v: &mut Value| {
+            let fields = v.as_object_mut().unwrap();
+            for field in [
+                "prompt",
+                "mask",
+                "steps",
+                "negative_prompt",
+                "guidance",
+                "scheduler",
+            ] {
+                fields.remove(field);
+            }
+            fields.insert("preset".into(), "beard".into());
+        };
+        let with_preset = job(preset);
+        assert_eq!(with_preset.preset.as_ref().unwrap().version, "3");
+        assert_eq!(
+            canonical_request(&with_preset),
+            canonical_request(&free_text)
+        );
+        assert_eq!(
+            request_digest(&with_preset, &etags),
+            request_digest(&free_text, &etags)
+        );
+        // An allowed override is part of the request.
+        let fewer_steps = job(|v| {
+            preset(v);
+            v["steps"] = 10.into();
+        });
+        assert_ne!(
+            request_digest(&fewer_steps, &etags),
+            request_digest(&free_text, &etags)
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::job::failure::{FailureCode, JobFailure};
+use crate::job::preset::Presets;
 use crate::job::validate::{CheckedJob, JobRules, Limits};
 use crate::job::wire::{
     Consent, FaceBoxSpec, FaceFound, FaceMode, FaceSelector, ImageRef, JobRequest, JobResult,
@@ -14,9 +15,14 @@ use crate::pipeline::image::{self, DecodeLimits};
 use crate::pipeline::inpaint::{EditInput, EditOutput, MaskInput};
 use crate::provenance::{self, OutputProvenance, Signer};
 
-/// Parses and validates a job message.
-pub fn parse(bytes: &[u8], limits: &Limits, rules: JobRules) -> Result<CheckedJob, JobFailure> {
-    Ok(JobRequest::from_json(bytes)?.check(limits, rules)?)
+/// Parses a job message, applies its preset and validates it.
+pub fn parse(
+    bytes: &[u8],
+    limits: &Limits,
+    rules: JobRules,
+    presets: &Presets,
+) -> Result<CheckedJob, JobFailure> {
+    Ok(JobRequest::from_json(bytes)?.check(limits, rules, presets)?)
 }
 
 /// The job id of a message for logs and failed results, even when the job is invalid; `unknown` when
@@ -45,7 +51,7 @@ pub fn consent_hint(body: &[u8]) -> Option<Consent> {
 pub fn input_keys(job: &CheckedJob) -> Vec<(String, String)> {
     let r = &job.request;
     let mut keys = vec![("target".to_string(), r.target.key.clone())];
-    if let MaskSpec::Key(k) = &r.mask {
+    if let MaskSpec::Key(k) = &job.edit.mask {
         keys.push(("mask".into(), k.clone()));
     }
     for (i, reference) in r.identity.references.iter().enumerate() {
@@ -146,7 +152,7 @@ pub fn prepare(
     };
     let r = &job.request;
     let target = decode("target", &r.target.key)?;
-    let mask = match &r.mask {
+    let mask = match &job.edit.mask {
         MaskSpec::Key(k) => MaskInput::Image(decode("mask", k)?),
         MaskSpec::Box(b) => MaskInput::Box((*b).into()),
         MaskSpec::Region(region) => MaskInput::Region((*region).into()),
@@ -170,11 +176,11 @@ pub fn prepare(
         target_landmarks: Vec::new(),
         mask,
         references,
-        prompt: r.prompt.clone(),
-        negative_prompt: r.negative_prompt.clone(),
+        prompt: job.edit.prompt.clone(),
+        negative_prompt: job.edit.negative_prompt.clone(),
         scheduler: job.scheduler,
-        steps: r.steps as usize,
-        guidance: r.guidance,
+        steps: job.edit.steps as usize,
+        guidance: job.edit.guidance,
         num_outputs: r.num_outputs as usize,
         adapter: None,
         identity: None,
@@ -282,6 +288,7 @@ pub fn result(
         model_version: by.model_version.to_string(),
         worker_id: by.worker_id.to_string(),
         consent,
+        preset: None,
         faces: Vec::new(),
     }
 }

@@ -17,6 +17,7 @@ use crate::job::digest;
 use crate::job::failure::{FailureCode, JobFailure};
 use crate::job::flow::{self, Answerer, Marking};
 use crate::job::identity::{identity_key, IdentityCache};
+use crate::job::preset::Presets;
 use crate::job::store::{ObjectStore, StorageError};
 use crate::job::validate::{parse_rfc3339, CheckedJob, JobRules, Limits};
 use crate::job::wire::{JobResult, JobStatus, OutputInfo, TuningPolicy};
@@ -90,6 +91,8 @@ pub struct RunnerOptions {
     pub limits: Limits,
     /// Rules a job must satisfy.
     pub rules: JobRules,
+    /// The edit presets jobs may name.
+    pub presets: Presets,
     /// The bucket the job's keys are read from.
     pub input_bucket: String,
     /// Prefixes input keys must start with (empty: any key).
@@ -205,15 +208,24 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
         }
     }
 
-    /// The `failed` result of a message that could not be done, with whatever id and consent it has.
+    /// Parses a job message with this worker's limits, rules and presets.
+    fn parse(&self, body: &[u8]) -> Result<CheckedJob, JobFailure> {
+        let o = &self.options;
+        flow::parse(body, &o.limits, o.rules, &o.presets)
+    }
+
+    /// The `failed` result of a message that could not be done, with whatever id, consent and
+    /// preset it has.
     pub fn failed_result(&self, body: &[u8], failure: JobFailure) -> JobResult {
-        flow::result(
+        let mut result = flow::result(
             self.answerer(),
             &flow::job_id_hint(body),
             flow::consent_hint(body),
             Err(failure),
             BTreeMap::new(),
-        )
+        );
+        result.preset = self.parse(body).ok().and_then(|job| job.preset);
+        result
     }
 
     /// Stores a failed result where the job's `result.json` goes, so the store holds the outcome of
@@ -224,7 +236,7 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
         body: &[u8],
         result: &JobResult,
     ) -> Result<Option<(String, String)>, JobFailure> {
-        let Ok(job) = flow::parse(body, &self.options.limits, self.options.rules) else {
+        let Ok(job) = self.parse(body) else {
             return Ok(None);
         };
         let Ok(bucket) = self.output_bucket(&job) else {
@@ -330,7 +342,7 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
 
     /// Does the job, short of publishing its result: the outputs and `result.json` are stored.
     pub async fn run(&self, body: &[u8]) -> Result<Done, JobFailure> {
-        let job = flow::parse(body, &self.options.limits, self.options.rules)?;
+        let job = self.parse(body)?;
         let bucket = self.output_bucket(&job)?;
         self.check_input_prefixes(&job)?;
         // A re-sent job whose work is done: answer from the stored result, never overwrite it; a
@@ -480,6 +492,7 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
             timings,
         );
         result.faces = faces;
+        result.preset = job.preset.clone();
         let json = digest::stored_json(&result, &request_digest);
         // NOTE: written last: its presence means every output is in place.
         self.store

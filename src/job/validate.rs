@@ -1,7 +1,11 @@
 //! Validation of a [`JobRequest`] against the worker's limits and rules into a [`CheckedJob`]:
 //! out-of-range or inconsistent values are refused with a [`JobError`] naming the field.
 
-use crate::job::wire::{FaceBoxSpec, JobRequest, MaskSpec, SchedulerName, SCHEMA_VERSION};
+use crate::job::preset::{self, Presets};
+use crate::job::wire::{
+    FaceBoxSpec, JobRequest, MaskSpec, PresetUse, SchedulerName, DEFAULT_GUIDANCE, DEFAULT_STEPS,
+    SCHEMA_VERSION,
+};
 use crate::pipeline::scheduler::SchedulerKind;
 
 /// A request that failed validation. `field` is the JSON path of the offending value.
@@ -24,10 +28,30 @@ fn bad(field: impl Into<String>, problem: impl Into<String>) -> JobError {
 /// A job that passed validation: everything the pipeline needs, in its own types.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckedJob {
-    /// The request as received.
+    /// The request expanded: its preset applied and every edit field written out with its default
+    /// (what the request digest hashes; `preset` is cleared, the name is in [`Self::preset`]).
     pub request: JobRequest,
+    /// The edit the job asks for (the expanded request's edit fields).
+    pub edit: Edit,
+    /// The preset the job used.
+    pub preset: Option<PresetUse>,
     /// The sampler with its parameters.
     pub scheduler: SchedulerKind,
+}
+
+/// The edit fields of a checked job, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Edit {
+    /// The edit text (the model's template wraps it).
+    pub prompt: String,
+    /// The negative prompt (empty: the model's default).
+    pub negative_prompt: String,
+    /// The region to repaint.
+    pub mask: MaskSpec,
+    /// Denoising steps.
+    pub steps: u32,
+    /// Guidance scale.
+    pub guidance: f32,
 }
 
 /// The worker's input limits (from `[limits]`), checked before any decoding or inference.
@@ -73,8 +97,14 @@ impl JobRequest {
         })
     }
 
-    /// Checks ranges and consistency against the worker's limits.
-    pub fn check(self, limits: &Limits, rules: JobRules) -> Result<CheckedJob, JobError> {
+    /// Applies the job's preset (one of `presets`) and checks ranges and consistency against the
+    /// worker's limits.
+    pub fn check(
+        self,
+        limits: &Limits,
+        rules: JobRules,
+        presets: &Presets,
+    ) -> Result<CheckedJob, JobError> {
         if self.schema_version != SCHEMA_VERSION {
             return Err(bad(
                 "schema_version",
@@ -84,22 +114,28 @@ impl JobRequest {
                 ),
             ));
         }
-        check_id("job_id", &self.job_id)?;
-        check_id("identity.id", &self.identity.id)?;
-        let n = self.identity.references.len();
+        let (mut job, preset) =
+            preset::expand(self, presets).map_err(|(field, problem)| bad(field, problem))?;
+        check_id("job_id", &job.job_id)?;
+        check_id("identity.id", &job.identity.id)?;
+        let n = job.identity.references.len();
         if n == 0 || n > MAX_REFERENCES {
             return Err(bad(
                 "identity.references",
                 format!("has {n} entries, expected 1..={MAX_REFERENCES}"),
             ));
         }
-        for (i, r) in self.identity.references.iter().enumerate() {
+        for (i, r) in job.identity.references.iter().enumerate() {
             check_key(&format!("identity.references[{i}].key"), &r.key)?;
             check_box(&format!("identity.references[{i}].face_box"), r.face_box)?;
         }
-        check_key("target.key", &self.target.key)?;
-        check_box("target.face_box", self.target.face_box)?;
-        match &self.mask {
+        check_key("target.key", &job.target.key)?;
+        check_box("target.face_box", job.target.face_box)?;
+        let mask = job
+            .mask
+            .clone()
+            .ok_or_else(|| bad("mask", "is required (or a preset that sets a region)"))?;
+        match &mask {
             MaskSpec::Key(k) => check_key("mask.key", k)?,
             MaskSpec::Box(b) => {
                 if b.width == 0 || b.height == 0 {
@@ -108,16 +144,18 @@ impl JobRequest {
             }
             MaskSpec::Region(_) => {}
         }
-        if rules.require_prompt && self.prompt.trim().is_empty() {
+        let prompt = job
+            .prompt
+            .clone()
+            .ok_or_else(|| bad("prompt", "is required (or a `preset`)"))?;
+        if rules.require_prompt && prompt.trim().is_empty() {
             return Err(bad(
                 "prompt",
                 "is empty; say what to change, e.g. \"with a beard\"",
             ));
         }
-        for (field, text) in [
-            ("prompt", &self.prompt),
-            ("negative_prompt", &self.negative_prompt),
-        ] {
+        let negative_prompt = job.negative_prompt.clone().unwrap_or_default();
+        for (field, text) in [("prompt", &prompt), ("negative_prompt", &negative_prompt)] {
             if text.chars().count() > limits.max_prompt_chars {
                 return Err(bad(
                     field,
@@ -131,32 +169,31 @@ impl JobRequest {
                 return Err(bad(field, "contains control characters"));
             }
         }
-        if self.steps == 0 || self.steps > limits.max_steps {
+        let steps = job.steps.unwrap_or(DEFAULT_STEPS);
+        if steps == 0 || steps > limits.max_steps {
             return Err(bad(
                 "steps",
-                format!("is {}, expected 1..={}", self.steps, limits.max_steps),
+                format!("is {steps}, expected 1..={}", limits.max_steps),
             ));
         }
-        if !self.guidance.is_finite() || !(1.0..=30.0).contains(&self.guidance) {
-            return Err(bad(
-                "guidance",
-                format!("is {}, expected 1..=30", self.guidance),
-            ));
+        let guidance = job.guidance.unwrap_or(DEFAULT_GUIDANCE);
+        if !guidance.is_finite() || !(1.0..=30.0).contains(&guidance) {
+            return Err(bad("guidance", format!("is {guidance}, expected 1..=30")));
         }
-        if !self.eta.is_finite() || !(0.0..=1.0).contains(&self.eta) {
-            return Err(bad("eta", format!("is {}, expected 0..=1", self.eta)));
+        if !job.eta.is_finite() || !(0.0..=1.0).contains(&job.eta) {
+            return Err(bad("eta", format!("is {}, expected 0..=1", job.eta)));
         }
-        if self.num_outputs == 0 || self.num_outputs > limits.max_num_outputs {
+        if job.num_outputs == 0 || job.num_outputs > limits.max_num_outputs {
             return Err(bad(
                 "num_outputs",
                 format!(
                     "is {}, expected 1..={}",
-                    self.num_outputs, limits.max_num_outputs
+                    job.num_outputs, limits.max_num_outputs
                 ),
             ));
         }
-        check_prefix("output.prefix", &self.output.prefix)?;
-        match &self.consent {
+        check_prefix("output.prefix", &job.output.prefix)?;
+        match &job.consent {
             None if rules.require_consent => {
                 return Err(bad(
                     "consent",
@@ -165,24 +202,51 @@ impl JobRequest {
             }
             Some(c) => {
                 for (field, value) in [("consent.id", &c.id), ("consent.version", &c.version)] {
-                    if value.trim().is_empty() || value.len() > 256 || value.chars().any(char::is_control) {
+                    if value.trim().is_empty()
+                        || value.chars().count() > 256
+                        || value.chars().any(char::is_control)
+                    {
                         return Err(bad(field, "must be 1..=256 printable characters"));
                     }
                 }
             }
             None => {}
         }
-        if let Some(deadline) = &self.deadline {
+        if let Some(deadline) = &job.deadline {
             parse_rfc3339(deadline).ok_or_else(|| bad("deadline", "is not an RFC 3339 time"))?;
         }
-        let scheduler = match self.scheduler {
-            SchedulerName::Ddim => SchedulerKind::Ddim { eta: self.eta },
+        let scheduler_name = job.scheduler.unwrap_or_default();
+        let scheduler = match scheduler_name {
+            SchedulerName::Ddim => SchedulerKind::Ddim { eta: job.eta },
             SchedulerName::DpmppTwoM => SchedulerKind::DpmSolverPlusPlus,
         };
+        // Written out in full, so a default and the same value spelled out are one request.
+        job.negative_prompt = Some(negative_prompt.clone());
+        job.steps = Some(steps);
+        job.guidance = Some(guidance);
+        job.scheduler = Some(scheduler_name);
         Ok(CheckedJob {
-            request: self,
+            request: job,
+            edit: Edit {
+                prompt,
+                negative_prompt,
+                mask,
+                steps,
+                guidance,
+            },
+            preset,
             scheduler,
         })
+    }
+}
+
+/// Days in month `mo` (1-12) of year `y` (proleptic Gregorian).
+fn days_in_month(y: i64, mo: i64) -> i64 {
+    match mo {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
     }
 }
 
@@ -239,20 +303,31 @@ fn check_box(field: &str, b: Option<FaceBoxSpec>) -> Result<(), JobError> {
     }
 }
 
-/// Seconds since the Unix epoch of an RFC 3339 timestamp (`2026-11-26T18:00:00Z`,
-/// `...+01:00`, fractional seconds allowed), or `None` when it is not one.
+/// Seconds since the Unix epoch of an RFC 3339 date-time (`2026-11-26T18:00:00Z`, `...+01:00`,
+/// fractional seconds allowed; `T` and `Z` in either case), or `None` when it is not one. As strict
+/// as the schema's `format: date-time` under python-jsonschema's checker (rfc3339-validator): a real
+/// calendar day of a year from 1, no leap second, offsets up to 23:59.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     if b[13] != b':' || b[16] != b':' {
         return None;
     }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let digits = b.get(r)?;
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(digits).ok()?.parse().ok()
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+    if y == 0 || !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) {
+        return None;
+    }
+    if h > 23 || mi > 59 || sec > 59 {
         return None;
     }
     let mut rest = &s[19..];
@@ -263,12 +338,18 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         }
         rest = &frac[digits..];
     }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
-            let oh: i64 = rest.get(1..3)?.parse().ok()?;
-            let om: i64 = rest.get(4..6)?.parse().ok()?;
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
+    let offset = match rest.as_bytes() {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let two = |a: u8, b: u8| -> Option<i64> {
+                (a.is_ascii_digit() && b.is_ascii_digit())
+                    .then(|| i64::from((a - b'0') * 10 + (b - b'0')))
+            };
+            let (oh, om) = (two(*h1, *h2)?, two(*m1, *m2)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let sign = if *sign == b'-' { -1 } else { 1 };
             sign * (oh * 3600 + om * 60)
         }
         _ => return None,
@@ -291,7 +372,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
 mod tests {
     use super::*;
     use crate::config::Settings;
-    use crate::job::wire::{OutputFormatName, TuningPolicy};
+    use crate::job::wire::{OutputFormatName, RegionName, TuningPolicy};
 
     const GOOD: &str = r#"{
         "schema_version": 1,
@@ -313,17 +394,24 @@ mod tests {
         (&Settings::load_with_env(None, Vec::new()).unwrap().limits).into()
     }
 
+    /// The default settings' presets.
+    fn presets() -> Presets {
+        Settings::load_with_env(None, Vec::new()).unwrap().presets
+    }
+
     fn patched(patch: impl FnOnce(&mut serde_json::Value)) -> Result<CheckedJob, JobError> {
         let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
         patch(&mut v);
-        JobRequest::from_json(v.to_string().as_bytes())?.check(&limits(), RULES)
+        JobRequest::from_json(v.to_string().as_bytes())?.check(&limits(), RULES, &presets())
     }
 
     #[test]
     fn a_good_job_gets_defaults() {
         let job = patched(|_| {}).unwrap();
-        assert_eq!(job.request.steps, 50);
-        assert_eq!(job.request.guidance, 1.0);
+        assert_eq!(job.edit.steps, 50);
+        assert_eq!(job.edit.guidance, 1.0);
+        assert_eq!(job.request.steps, Some(50), "defaults are written out");
+        assert_eq!(job.preset, None);
         assert_eq!(job.scheduler, SchedulerKind::Ddim { eta: 1.0 });
         assert_eq!(job.request.tuning, TuningPolicy::Never);
         assert_eq!(job.request.output.format, OutputFormatName::Png);
@@ -378,11 +466,58 @@ mod tests {
             ),
             ("consent.id", Box::new(|v| v["consent"]["id"] = " ".into())),
             ("colour", Box::new(|v| v["colour"] = "red".into())),
+            (
+                "mask",
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("mask");
+                }),
+            ),
+            (
+                "preset",
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("prompt");
+                    v["preset"] = "add_moustache".into();
+                }),
+            ),
+            // A preset fixes the prompt, and its region unless it allows overriding the mask.
+            ("prompt", Box::new(|v| v["preset"] = "add_beard".into())),
+            (
+                "mask",
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("prompt");
+                    v["preset"] = "add_beard".into();
+                }),
+            ),
         ];
         for (field, patch) in cases {
             let err = patched(patch).unwrap_err();
             assert_eq!(err.field, field, "{err}");
         }
+    }
+
+    #[test]
+    fn a_preset_fills_the_job_and_is_recorded() {
+        let job = patched(|v| {
+            let fields = v.as_object_mut().unwrap();
+            fields.remove("prompt");
+            fields.remove("mask");
+            fields.insert("preset".into(), "add_beard".into());
+            fields.insert("steps".into(), 12.into());
+        })
+        .unwrap();
+        let preset = &presets()["add_beard"];
+        assert_eq!(job.edit.prompt, preset.edit);
+        assert_eq!(job.edit.mask, MaskSpec::Region(RegionName::LowerFace));
+        assert_eq!(job.edit.steps, 12, "the override the preset allows wins");
+        assert_eq!(
+            job.request.preset, None,
+            "the expanded request names no preset"
+        );
+        let used = job.preset.unwrap();
+        assert_eq!(
+            (used.name.as_str(), used.version.as_str()),
+            ("add_beard", "1")
+        );
     }
 
     #[test]
@@ -396,12 +531,12 @@ mod tests {
     #[test]
     fn mask_variants_parse() {
         let job = patched(|v| v["mask"] = serde_json::json!({"key": "masks/m.png"})).unwrap();
-        assert_eq!(job.request.mask, MaskSpec::Key("masks/m.png".into()));
+        assert_eq!(job.edit.mask, MaskSpec::Key("masks/m.png".into()));
         let job = patched(|v| {
             v["mask"] = serde_json::json!({"box": {"x": 1, "y": 2, "width": 3, "height": 4}})
         })
         .unwrap();
-        assert!(matches!(job.request.mask, MaskSpec::Box(_)));
+        assert!(matches!(job.edit.mask, MaskSpec::Box(_)));
         assert!(patched(|v| v["mask"] = serde_json::json!({"region": "nose"})).is_err());
     }
 
@@ -414,7 +549,7 @@ mod tests {
         assert!(cases.len() >= 20);
         for case in cases {
             let verdict = JobRequest::from_json(case["job"].to_string().as_bytes())
-                .and_then(|j| j.check(&limits(), RULES));
+                .and_then(|j| j.check(&limits(), RULES, &presets()));
             assert_eq!(
                 verdict.is_ok(),
                 case["valid"].as_bool().unwrap(),
@@ -432,7 +567,23 @@ mod tests {
             parse_rfc3339("2026-11-26T19:00:00.250+01:00"),
             Some(1_795_716_000)
         );
-        assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
-        assert_eq!(parse_rfc3339("2026-11-26"), None);
+        assert_eq!(parse_rfc3339("2024-02-29t00:00:00z"), Some(1_709_164_800));
+        for bad in [
+            "2026-13-01T00:00:00Z",
+            "2026-11-26",
+            "2026-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "2026-11-26 18:00:00Z",
+            "2026-11-26T18:00:60Z",
+            "2026-11-26T24:00:00Z",
+            "2026-11-26T18:00:00+24:00",
+            "2026-11-26T18:00:00+01:60",
+            "2026-11-26T18:00:00.Z",
+            "+026-11-26T18:00:00Z",
+            "2026-11-26T18:00:00",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 }

@@ -11,16 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::job::JobResult;
+use crate::job::{
+    EventStamp, JobEvent, JobResult, ProgressEvent, ProgressStage, StartedEvent,
+    EVENT_SCHEMA_VERSION,
+};
 use crate::model::Stage;
 use crate::queue::{AmqpSettings, Events};
-
-/// Schema version of the event messages (`schemas/event.v1.schema.json`).
-pub const EVENT_SCHEMA_VERSION: u32 = 1;
 
 /// At most this many progress events per second per job (the last step is always sent).
 const PROGRESS_PER_SECOND: u32 = 2;
@@ -100,23 +99,6 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-/// The fields every event shares.
-fn envelope(
-    event: &str,
-    job_id: &str,
-    delivery: u32,
-    sequence: u64,
-) -> serde_json::Map<String, Value> {
-    let mut m = serde_json::Map::new();
-    m.insert("schema_version".into(), json!(EVENT_SCHEMA_VERSION));
-    m.insert("event".into(), json!(event));
-    m.insert("job_id".into(), json!(job_id));
-    m.insert("delivery".into(), json!(delivery));
-    m.insert("sequence".into(), json!(sequence));
-    m.insert("timestamp".into(), json!(rfc3339(SystemTime::now())));
-    m
-}
-
 /// The events of one delivery of a job.
 pub struct JobEvents {
     events: Events,
@@ -144,15 +126,20 @@ impl JobEvents {
         }
     }
 
-    fn next(&self) -> u64 {
-        self.sequence.fetch_add(1, Ordering::SeqCst) + 1
+    /// The stamp of the delivery's next event.
+    fn next(&self) -> EventStamp {
+        stamp(self.delivery, &self.sequence)
     }
 
     /// Sends `started` (best effort).
     pub async fn started(&self, worker_id: &str) {
-        let mut m = envelope("started", &self.job_id, self.delivery, self.next());
-        m.insert("worker_id".into(), json!(worker_id));
-        let body = serde_json::to_vec(&m).expect("an event serialises");
+        let event = JobEvent::Started(StartedEvent {
+            schema_version: EVENT_SCHEMA_VERSION,
+            job_id: self.job_id.clone(),
+            stamp: self.next(),
+            worker_id: worker_id.to_string(),
+        });
+        let body = serde_json::to_vec(&event).expect("an event serialises");
         let key = format!("{}.started", self.prefix);
         if let Err(e) = self
             .events
@@ -187,12 +174,18 @@ impl JobEvents {
         let sequence = Arc::clone(&self.sequence);
         self.progress = Some(tokio::spawn(async move {
             while let Some((stage, step, steps)) = rx.recv().await {
-                let n = sequence.fetch_add(1, Ordering::SeqCst) + 1;
-                let mut m = envelope("progress", &job_id, delivery, n);
-                m.insert("stage".into(), json!(stage.as_str()));
-                m.insert("step".into(), json!(step));
-                m.insert("steps".into(), json!(steps));
-                let body = serde_json::to_vec(&m).expect("an event serialises");
+                let Some(stage) = ProgressStage::of(stage) else {
+                    continue;
+                };
+                let event = JobEvent::Progress(ProgressEvent {
+                    schema_version: EVENT_SCHEMA_VERSION,
+                    job_id: job_id.clone(),
+                    stamp: stamp(delivery, &sequence),
+                    stage,
+                    step: u32::try_from(step).unwrap_or(u32::MAX),
+                    steps: u32::try_from(steps).unwrap_or(u32::MAX),
+                });
+                let body = serde_json::to_vec(&event).expect("an event serialises");
                 if let Err(e) = events.publish(&exchange, &key, body, &job_id).await {
                     tracing::debug!(error = %e, "progress event not sent");
                 }
@@ -216,17 +209,17 @@ impl JobEvents {
     /// `timestamp` added, once the delivery's earlier events are out.
     pub async fn final_message(&mut self, result: &JobResult) -> Vec<u8> {
         self.settle().await;
-        let mut value = serde_json::to_value(result).expect("a result serialises");
-        let status = serde_json::to_value(result.status).expect("a status serialises");
-        let status = status.as_str().unwrap_or("failed").to_string();
-        if let Value::Object(fields) = &mut value {
-            let envelope = envelope(&status, &result.job_id, self.delivery, self.next());
-            for (k, v) in envelope {
-                // The result's own schema version stays.
-                fields.entry(k).or_insert(v);
-            }
-        }
-        serde_json::to_vec(&value).expect("a result serialises")
+        let event = JobEvent::finished(result.clone(), self.next());
+        serde_json::to_vec(&event).expect("a result serialises")
+    }
+}
+
+/// The stamp of delivery `delivery`'s next event (its sequence number taken from `sequence`), made now.
+fn stamp(delivery: u32, sequence: &AtomicU64) -> EventStamp {
+    EventStamp {
+        delivery,
+        sequence: sequence.fetch_add(1, Ordering::SeqCst) + 1,
+        timestamp: rfc3339(SystemTime::now()),
     }
 }
 

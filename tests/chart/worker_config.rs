@@ -288,10 +288,10 @@ fn every_values_file_renders_a_config_the_worker_loads_and_the_deployment_agrees
     }
 }
 
-#[test]
-fn cpu_pool_values_reach_the_worker_settings() {
-    let file = repo().join(CHART).join("ci/cpu-pool-values.yaml");
-    let docs = render(Some(&file));
+/// The settings a pod rendered from `values_file` loads (its worker.toml and its environment), and
+/// that worker.toml.
+fn settings_rendered_from(values_file: &Path) -> (Settings, String) {
+    let docs = render(Some(values_file));
     let toml = str_of(
         &docs
             .iter()
@@ -303,7 +303,13 @@ fn cpu_pool_values_reach_the_worker_settings() {
     let path = dir.path().join("worker.toml");
     std::fs::write(&path, &toml).unwrap();
     let env = container_env(worker_container(only(&docs, "Deployment")));
-    let s = Settings::load_with_env(Some(&path), env).unwrap();
+    (Settings::load_with_env(Some(&path), env).unwrap(), toml)
+}
+
+#[test]
+fn cpu_pool_values_reach_the_worker_settings() {
+    let file = repo().join(CHART).join("ci/cpu-pool-values.yaml");
+    let (s, toml) = settings_rendered_from(&file);
     assert_eq!(s.engine.execution_provider, ExecutionProvider::Cpu);
     assert_eq!(s.engine.intra_threads, 8);
     assert!(!s.engine.verify_hashes);
@@ -331,9 +337,39 @@ fn cpu_pool_values_reach_the_worker_settings() {
 }
 
 #[test]
+fn presets_values_reach_the_worker_settings() {
+    let file = repo().join(CHART).join("ci/presets-values.yaml");
+    let (s, _) = settings_rendered_from(&file);
+    let values = yaml_documents(&std::fs::read_to_string(&file).unwrap())
+        .pop()
+        .unwrap();
+    for (name, preset) in values["presets"].as_object().unwrap() {
+        let got = serde_json::to_value(&s.presets[name]).unwrap();
+        for (key, want) in preset.as_object().unwrap() {
+            assert!(
+                same_value(&got[key], want),
+                "{name}.{key} = {}, values say {want}",
+                got[key]
+            );
+        }
+    }
+    // A changed default preset keeps only what the values give (and the defaults' other keys).
+    assert_eq!(s.presets["add_beard"].edit, "with a full beard");
+    // The worker's other default presets are still there.
+    assert!(
+        s.presets.contains_key("remove_glasses"),
+        "{:?}",
+        s.presets.keys()
+    );
+}
+
+#[test]
 fn schema_config_keys_derived_keys_and_secrets_are_exactly_the_settings() {
     let mut all: BTreeSet<String> = flatten(&toml_tables(DEFAULT_TOML)).into_keys().collect();
     all.extend(OPTIONAL_SETTINGS.iter().map(|k| k.to_string()));
+    // Presets are named by the deployment: the chart's `presets` value, not `config`
+    // (presets_values_reach_the_worker_settings).
+    all.retain(|k| !k.starts_with("presets."));
     let schema: Value = serde_json::from_str(&read(format!("{CHART}/values.schema.json"))).unwrap();
     let config_schema = &schema["properties"]["config"];
     assert_eq!(config_schema["additionalProperties"], false);

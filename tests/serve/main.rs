@@ -14,6 +14,7 @@ mod health;
 mod idempotency;
 mod jobs;
 mod lifecycle;
+mod presets;
 mod results;
 mod tls;
 mod tuning;

@@ -163,6 +163,14 @@ naming those). Sections and keys are sorted, so the checksum annotation only cha
 {{- printf "%s = %s\n" $key (include "pva-worker.tomlValue" (get $table $key)) }}
 {{- end }}
 {{- end }}
+{{- $presets := default dict .Values.presets }}
+{{- range $name := keys $presets | sortAlpha }}
+{{- $preset := get $presets $name }}
+{{- printf "\n[presets.%s]\n" $name }}
+{{- range $key := keys $preset | sortAlpha }}
+{{- printf "%s = %s\n" $key (include "pva-worker.tomlValue" (get $preset $key)) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* Name and key of the Secret KEDA reads the broker connection from. */}}

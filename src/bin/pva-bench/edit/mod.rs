@@ -51,7 +51,7 @@ fn decode_job(
     settings: &Settings,
 ) -> anyhow::Result<(pva_worker::job::CheckedJob, EditInput)> {
     let rules = RunnerOptions::from(settings);
-    let job = flow::parse(bytes, &rules.limits, rules.rules)
+    let job = flow::parse(bytes, &rules.limits, rules.rules, &rules.presets)
         .map_err(|f| anyhow::anyhow!("the job: {f}"))?;
     let store = LocalStore::new(root);
     let mut objects = BTreeMap::new();

@@ -132,7 +132,7 @@ fn run_throughput(settings: &Settings, opts: &ThroughputBench, work: &Path) -> a
     let input_keys: Vec<String> = {
         let (_, body) = &job_bodies(opts, "keys", 1)?[0];
         let rules = RunnerOptions::from(&bench_settings);
-        let job = flow::parse(body, &rules.limits, rules.rules)
+        let job = flow::parse(body, &rules.limits, rules.rules, &rules.presets)
             .map_err(|f| anyhow::anyhow!("the job: {f}"))?;
         flow::input_keys(&job).into_iter().map(|(_, k)| k).collect()
     };
