@@ -14,9 +14,10 @@ one ORT's own Stable Diffusion pipeline uses) with these choices:
   `overflow_report`) are not converted at all.
 
 The tuning graph (`adapter_step.onnx`) is never converted: its AdamW update adds steps of lr 1e-5 x
-~1 to weights of magnitude ~0.05, below float16's resolution there (~3e-5), so fp16 weights would not
-move, and its loss gradients need loss scaling; mixed precision with fp32 master weights is what
-training libraries do, and the exported step holds the master weights itself. It stays fp32.
+~1 to weights of magnitude ~0.05, below float16's resolution there (~3e-5), so fp16 adapter weights
+would not move, and its gradients would need loss scaling. The correct fp16 form is mixed precision
+(frozen UNet and text encoder in fp16, the adapter's master weights and moments fp32, the loss
+scaled); it stays fp32 until the GPU figures show the 40 steps need that (docs/benchmarks.md).
 """
 
 from __future__ import annotations
