@@ -50,6 +50,8 @@ impl FaceGraphFile {
             inputs: self.inputs.iter().map(|i| i.tensor.clone()).collect(),
             outputs: self.outputs.clone(),
             external_data: Vec::new(),
+            precision: Default::default(),
+            attention: None,
         }
     }
 

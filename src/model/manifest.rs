@@ -80,6 +80,32 @@ pub enum DType {
     Float32,
     /// 64-bit signed integer.
     Int64,
+    /// 16-bit float: parsed so that a graph with float16 inputs or outputs is refused with a clear
+    /// error ([`Manifest::load`]); `pva.export --precision fp16` keeps the boundary float32.
+    Float16,
+}
+
+/// What a graph computes in (`precision` of a graph entry; absent in older manifests: fp32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats throughout.
+    #[default]
+    Fp32,
+    /// 16-bit floats inside the graph, float32 at its inputs and outputs (`pva.precision`).
+    Fp16,
+}
+
+/// How the UNet's attention is written (`attention` of the UNet's entry; absent: explicit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attention {
+    /// MatMul + Softmax + MatMul nodes.
+    #[default]
+    Explicit,
+    /// One `com.microsoft.MultiHeadAttention` node per attention (`pva.fused`): needs ONNX Runtime's
+    /// contrib ops (the CPU and CUDA providers have them).
+    Fused,
 }
 
 /// One dimension: fixed size, or a named dynamic axis.
@@ -119,6 +145,12 @@ pub struct GraphSpec {
     /// ONNX external-data files holding the graph's weights (full-size graphs exceed protobuf's 2 GiB).
     #[serde(default)]
     pub external_data: Vec<ExternalData>,
+    /// What the graph computes in (the tuning graph must be fp32).
+    #[serde(default)]
+    pub precision: Precision,
+    /// How the UNet's attention is written (other graphs: absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<Attention>,
 }
 
 /// One external-data file of a graph.
@@ -377,6 +409,39 @@ impl Manifest {
         for key in GRAPH_KEYS {
             if !self.graphs.contains_key(key) {
                 return Err(field(&format!("graphs.{key}"), "is missing".into()));
+            }
+        }
+        for (k, g) in &self.graphs {
+            // NOTE: the worker feeds and reads float32 and int64 only; fp16 graphs keep their
+            // boundary float32 (pva.precision), so a float16 tensor there is an export mistake.
+            let sides = [("inputs", &g.inputs), ("outputs", &g.outputs)];
+            for (side, tensors) in sides {
+                if let Some((i, t)) = tensors
+                    .iter()
+                    .enumerate()
+                    .find(|(_, t)| t.dtype == DType::Float16)
+                {
+                    return Err(field(
+                        &format!("graphs.{k}.{side}[{i}]"),
+                        format!(
+                            "`{}` is float16: the worker feeds and reads float32 at graph \
+                             boundaries (pva.export --precision fp16 keeps them float32)",
+                            t.name
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(g) = self.graphs.get(TUNING_GRAPH) {
+            if g.precision != Precision::Fp32 {
+                return Err(field(
+                    &format!("graphs.{TUNING_GRAPH}.precision"),
+                    format!(
+                        "is {:?}: the tuning graph must be fp32 (its AdamW steps are below \
+                         float16's resolution at the weights)",
+                        g.precision
+                    ),
+                ));
             }
         }
         // An external data file shared by several graphs (the frozen weights: models/CONTRACT.md)
@@ -713,5 +778,41 @@ mod settings_tests {
                 other => panic!("expected a field error, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn precision_and_attention_parse_and_the_tuning_graph_stays_fp32() {
+        let m = checked(tiny()).unwrap();
+        assert!(m.graphs.values().all(|g| g.precision == Precision::Fp32));
+        assert_eq!(m.graphs["unet"].attention, None);
+        let mut v = tiny();
+        for k in ["unet", "text_encoder", "vae_decoder"] {
+            v["graphs"][k]["precision"] = "fp16".into();
+        }
+        v["graphs"]["unet"]["attention"] = "fused".into();
+        let m = checked(v).unwrap();
+        assert_eq!(m.graphs["unet"].precision, Precision::Fp16);
+        assert_eq!(m.graphs["unet"].attention, Some(Attention::Fused));
+        assert_eq!(m.graphs["vae_encoder"].precision, Precision::Fp32);
+
+        let problem_at = |v: serde_json::Value| match checked(v) {
+            Err(ManifestError::Field { field, problem, .. }) => (field, problem),
+            other => panic!("expected a field error, got {other:?}"),
+        };
+        let mut v = tiny();
+        v["graphs"]["adapter_step"]["precision"] = "fp16".into();
+        let (field, problem) = problem_at(v);
+        assert_eq!(field, "graphs.adapter_step.precision");
+        assert!(problem.contains("must be fp32"), "{problem}");
+        // A float16 tensor at a graph's boundary is named: the worker feeds float32.
+        let mut v = tiny();
+        v["graphs"]["unet"]["inputs"][5]["dtype"] = "float16".into();
+        let (field, problem) = problem_at(v);
+        assert_eq!(field, "graphs.unet.inputs[5]");
+        assert!(problem.contains("`adapter` is float16"), "{problem}");
+        // An unknown precision is a typo.
+        let mut v = tiny();
+        v["graphs"]["unet"]["precision"] = "fp8".into();
+        assert!(matches!(checked(v), Err(ManifestError::Parse { .. })));
     }
 }

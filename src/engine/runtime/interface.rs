@@ -103,6 +103,7 @@ pub(super) fn check_interface(
             let expected = match decl.dtype {
                 DType::Float32 => TensorElementType::Float32,
                 DType::Int64 => TensorElementType::Int64,
+                DType::Float16 => TensorElementType::Float16,
             };
             if ty != Some(expected) {
                 return Err(err(
