@@ -13,7 +13,7 @@ use ndarray::{Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayV
 pub use crate::model::faces::FaceManifest;
 pub use crate::model::manifest::{self, Manifest};
 pub use runtime::{OrtEngine, OrtFaces, Workload};
-pub use settings::{EngineSettings, ExecutionProvider, TuningSession};
+pub use settings::{ArenaExtend, ConvAlgoSearch, EngineSettings, ExecutionProvider, TuningSession};
 
 /// Why an engine call failed.
 #[derive(Debug, thiserror::Error)]

@@ -32,6 +32,32 @@ pub enum TuningSession {
     ReleaseAfterUse,
 }
 
+/// How cuDNN picks a convolution algorithm (CUDA provider only; ONNX Runtime's
+/// `cudnn_conv_algo_search`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvAlgoSearch {
+    /// Benchmarks every algorithm at a shape's first run (ONNX Runtime's default): the fastest
+    /// kernels, paid for by the first job unless the worker warms up.
+    #[default]
+    Exhaustive,
+    /// cuDNN's heuristics: no benchmarking, sometimes a slower algorithm.
+    Heuristic,
+    /// Always the implicit-precomputed GEMM algorithm: least workspace memory.
+    Default,
+}
+
+/// How the CUDA provider's memory arena grows (ONNX Runtime's `arena_extend_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArenaExtend {
+    /// Each extension doubles (ONNX Runtime's default): few allocations, more memory held.
+    #[default]
+    NextPowerOfTwo,
+    /// Each extension is what was asked for: the least memory held.
+    SameAsRequested,
+}
+
 /// ONNX Runtime and the model directory.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +90,18 @@ pub struct EngineSettings {
     /// encoder, tuning graph); off, a run's intermediate memory goes back to the system when the run
     /// ends, so the worker's peak is its largest single run. See docs/memory.md.
     pub cpu_arena: bool,
+    /// CUDA provider: how cuDNN picks convolution algorithms (`exhaustive`, `heuristic`, `default`).
+    pub cuda_conv_algo_search: ConvAlgoSearch,
+    /// CUDA provider: how its memory arena grows (`next_power_of_two`, `same_as_requested`).
+    pub cuda_arena_extend: ArenaExtend,
+    /// CUDA provider: the most device memory its arena may hold, in MiB (0 = no limit).
+    pub cuda_memory_limit_mib: u64,
+    /// CUDA provider: convolutions in NHWC layout where it has NHWC kernels (fp16 tensor cores).
+    pub cuda_prefer_nhwc: bool,
+    /// CUDA provider: capture the UNet's step as a CUDA graph at its first run and replay it (the
+    /// shapes of one job are fixed). Needs every UNet node on the GPU; the denoiser then keeps its
+    /// inputs and output at fixed device addresses. Off unless measured faster (scripts/gpu/check.sh).
+    pub cuda_graph: bool,
 }
 
 #[cfg(test)]
@@ -84,6 +122,11 @@ impl EngineSettings {
             verify_hashes: true,
             tuning_session: TuningSession::OnDemand,
             cpu_arena: true,
+            cuda_conv_algo_search: ConvAlgoSearch::Exhaustive,
+            cuda_arena_extend: ArenaExtend::NextPowerOfTwo,
+            cuda_memory_limit_mib: 0,
+            cuda_prefer_nhwc: false,
+            cuda_graph: false,
         }
     }
 }

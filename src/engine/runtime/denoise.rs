@@ -7,8 +7,10 @@ use super::io::run_err;
 use crate::engine::{DenoiseInputs, Denoiser, EngineError};
 
 /// The UNet of one job. The fixed inputs (hidden states, identity tokens, switch, adapter) are bound
-/// once; each step writes the latents into the persistent `sample` tensor in place and runs the
-/// binding, so no per-step allocation happens.
+/// once — on the CUDA provider `bind_input` copies them to the device then, so they stay there for
+/// every step of the job; each step writes the latents into the persistent `sample` tensor in place
+/// and runs the binding, so no per-step allocation happens and only the latents, the timestep and the
+/// prediction cross between host and device.
 pub(super) struct OrtDenoiser<'e> {
     session: &'e mut Session,
     binding: IoBinding,
@@ -16,14 +18,55 @@ pub(super) struct OrtDenoiser<'e> {
     timestep: Tensor<f32>,
     rows: Vec<usize>,
     latent_len: usize,
+    /// With `engine.cuda_graph`: the step's inputs and output at fixed device addresses (a captured
+    /// CUDA graph replays on the buffers it was captured with).
+    fixed: Option<FixedBuffers>,
+}
+
+/// Device tensors bound once for the life of a job, and the host copy of the prediction.
+struct FixedBuffers {
+    sample: Tensor<f32>,
+    timestep: Tensor<f32>,
+    noise_pred: Tensor<f32>,
+    host_pred: Tensor<f32>,
+}
+
+impl FixedBuffers {
+    fn new(
+        session: &Session,
+        device: i32,
+        sample_shape: [usize; 4],
+        rows: usize,
+    ) -> Result<Self, EngineError> {
+        use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+        let info = MemoryInfo::new(
+            AllocationDevice::CUDA,
+            device,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(run_err(UNET))?;
+        let cuda = Allocator::new(session, info).map_err(run_err(UNET))?;
+        let [_, channels, h, w] = sample_shape;
+        let pred = [rows, (channels - 1) / 2, h, w];
+        Ok(Self {
+            sample: Tensor::new(&cuda, sample_shape).map_err(run_err(UNET))?,
+            timestep: Tensor::new(&cuda, [rows]).map_err(run_err(UNET))?,
+            noise_pred: Tensor::new(&cuda, pred).map_err(run_err(UNET))?,
+            host_pred: Tensor::new(&Allocator::default(), pred).map_err(run_err(UNET))?,
+        })
+    }
 }
 
 const UNET: &str = "unet";
 
 impl<'e> OrtDenoiser<'e> {
+    /// `fixed_device`: the CUDA device whose memory holds the step's inputs and output at fixed
+    /// addresses (`engine.cuda_graph`); `None`: they are bound from host memory each step.
     pub(super) fn new(
         session: &'e mut Session,
         inputs: DenoiseInputs<'_>,
+        fixed_device: Option<i32>,
     ) -> Result<Self, EngineError> {
         let rows = inputs.row_latent.len();
         let (_, c, h, w) = inputs.masked_latents.dim();
@@ -87,12 +130,32 @@ impl<'e> OrtDenoiser<'e> {
         binding
             .bind_input("adapter", &adapter)
             .map_err(run_err(UNET))?;
-        // NOTE: ort only binds outputs it allocated itself (Tensor::new), not Rust-backed arrays.
-        let out = Tensor::<f32>::new(&ort::memory::Allocator::default(), [rows, c, h, w])
-            .map_err(run_err(UNET))?;
-        binding
-            .bind_output("noise_pred", out)
-            .map_err(run_err(UNET))?;
+        let fixed = match fixed_device {
+            Some(device) => {
+                let mut fixed =
+                    FixedBuffers::new(session, device, [rows, sample_channels, h, w], rows)?;
+                binding
+                    .bind_input("sample", &fixed.sample)
+                    .map_err(run_err(UNET))?;
+                binding
+                    .bind_input("timestep", &fixed.timestep)
+                    .map_err(run_err(UNET))?;
+                binding
+                    .bind_output("noise_pred", &mut fixed.noise_pred)
+                    .map_err(run_err(UNET))?;
+                Some(fixed)
+            }
+            None => {
+                // NOTE: ort only binds outputs it allocated itself (Tensor::new), not Rust-backed
+                // arrays.
+                let out = Tensor::<f32>::new(&ort::memory::Allocator::default(), [rows, c, h, w])
+                    .map_err(run_err(UNET))?;
+                binding
+                    .bind_output("noise_pred", out)
+                    .map_err(run_err(UNET))?;
+                None
+            }
+        };
         Ok(Self {
             session,
             binding,
@@ -100,6 +163,7 @@ impl<'e> OrtDenoiser<'e> {
             timestep,
             rows: inputs.row_latent.to_vec(),
             latent_len: c * plane,
+            fixed,
         })
     }
 }
@@ -131,6 +195,26 @@ impl Denoiser for OrtDenoiser<'_> {
             }
             let (_, t) = self.timestep.extract_tensor_mut();
             t.fill(timestep);
+        }
+        if let Some(fixed) = &mut self.fixed {
+            // The bound device buffers are written in place, the prediction copied back.
+            self.sample
+                .copy_into(&mut fixed.sample)
+                .map_err(run_err(UNET))?;
+            self.timestep
+                .copy_into(&mut fixed.timestep)
+                .map_err(run_err(UNET))?;
+            drop(
+                self.session
+                    .run_binding(&self.binding)
+                    .map_err(run_err(UNET))?,
+            );
+            fixed
+                .noise_pred
+                .copy_into(&mut fixed.host_pred)
+                .map_err(run_err(UNET))?;
+            noise_pred.copy_from_slice(fixed.host_pred.extract_tensor().1);
+            return Ok(());
         }
         // NOTE: the sample and timestep are re-bound each step: on the CPU provider this is a pointer
         // swap; on CUDA it is the one host->device copy a host-side scheduler needs.

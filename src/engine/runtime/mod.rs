@@ -23,7 +23,7 @@ use ort::session::Session;
 use self::denoise::OrtDenoiser;
 use self::interface::{check_interface, check_tuning_spec};
 use self::io::{run_err, tensor_ref};
-use self::session::{environment, session_builder};
+use self::session::{environment, session_builder, unet_session_builder};
 use self::tune::OrtTuner;
 use super::manifest::{Manifest, TUNING_GRAPH};
 use super::{DenoiseInputs, Denoiser, Engine, EngineError, Tuner, TuningHyper};
@@ -94,7 +94,12 @@ impl Opener {
         let path = manifest
             .graph_path(dir, key)
             .expect("GRAPH_KEYS are checked by Manifest::load; TUNING_GRAPH by can_tune");
-        let session = session_builder(&self.env, &self.settings)?
+        let mut builder = if key == "unet" {
+            unet_session_builder(&self.env, &self.settings)?
+        } else {
+            session_builder(&self.env, &self.settings)?
+        };
+        let session = builder
             .commit_from_file(&path)
             .map_err(|e| EngineError::Setup(format!("graph `{key}` ({}): {e}", path.display())))?;
         check_interface(key, &session, &manifest.graphs[key])?;
@@ -313,8 +318,12 @@ impl Engine for OrtEngine {
         &'e mut self,
         inputs: DenoiseInputs<'_>,
     ) -> Result<Box<dyn Denoiser + 'e>, EngineError> {
+        let fixed = match self.state_device {
+            StateDevice::Cuda(id) if self.opener.settings.cuda_graph => Some(id),
+            _ => None,
+        };
         let session = self.unet.session(&self.opener, &self.manifest)?;
-        Ok(Box::new(OrtDenoiser::new(session, inputs)?))
+        Ok(Box::new(OrtDenoiser::new(session, inputs, fixed)?))
     }
 
     fn can_tune(&self) -> bool {

@@ -36,6 +36,23 @@ pub(super) fn session_builder(
     env: &ort::environment::Environment,
     settings: &EngineSettings,
 ) -> Result<ort::session::builder::SessionBuilder, EngineError> {
+    builder(env, settings, false)
+}
+
+/// The session builder of the UNet: as [`session_builder`], with `engine.cuda_graph` applied (the
+/// one graph whose shapes stay fixed across the runs of a job).
+pub(super) fn unet_session_builder(
+    env: &ort::environment::Environment,
+    settings: &EngineSettings,
+) -> Result<ort::session::builder::SessionBuilder, EngineError> {
+    builder(env, settings, settings.cuda_graph)
+}
+
+fn builder(
+    env: &ort::environment::Environment,
+    settings: &EngineSettings,
+    cuda_graph: bool,
+) -> Result<ort::session::builder::SessionBuilder, EngineError> {
     let setup =
         |e: ort::Error<ort::session::builder::SessionBuilder>| EngineError::Setup(e.to_string());
     let mut builder = Session::builder(env)
@@ -58,29 +75,48 @@ pub(super) fn session_builder(
                 .with_arena_allocator(settings.cpu_arena)
                 .build()])
             .map_err(setup),
-        ExecutionProvider::Cuda => cuda(builder, settings.cuda_device),
+        ExecutionProvider::Cuda => cuda(builder, settings, cuda_graph),
     }
 }
 
 #[cfg(feature = "cuda")]
 fn cuda(
     builder: ort::session::builder::SessionBuilder,
-    device: i32,
+    settings: &EngineSettings,
+    graph: bool,
 ) -> Result<ort::session::builder::SessionBuilder, EngineError> {
+    use crate::engine::{ArenaExtend, ConvAlgoSearch};
+    use ort::ep::cuda::ConvAlgorithmSearch;
+    use ort::ep::ArenaExtendStrategy;
+
+    let mut ep = ort::ep::CUDA::default()
+        .with_device_id(settings.cuda_device)
+        .with_conv_algorithm_search(match settings.cuda_conv_algo_search {
+            ConvAlgoSearch::Exhaustive => ConvAlgorithmSearch::Exhaustive,
+            ConvAlgoSearch::Heuristic => ConvAlgorithmSearch::Heuristic,
+            ConvAlgoSearch::Default => ConvAlgorithmSearch::Default,
+        })
+        .with_arena_extend_strategy(match settings.cuda_arena_extend {
+            ArenaExtend::NextPowerOfTwo => ArenaExtendStrategy::NextPowerOfTwo,
+            ArenaExtend::SameAsRequested => ArenaExtendStrategy::SameAsRequested,
+        })
+        .with_prefer_nhwc(settings.cuda_prefer_nhwc)
+        .with_cuda_graph(graph);
+    if settings.cuda_memory_limit_mib > 0 {
+        ep = ep.with_memory_limit((settings.cuda_memory_limit_mib as usize) << 20);
+    }
     // NOTE: error_on_failure: a GPU worker that cannot register CUDA must refuse to start rather
     // than quietly run 100x slower on CPU.
     builder
-        .with_execution_providers([ort::ep::CUDA::default()
-            .with_device_id(device)
-            .build()
-            .error_on_failure()])
+        .with_execution_providers([ep.build().error_on_failure()])
         .map_err(|e| EngineError::Setup(format!("CUDA execution provider: {e}")))
 }
 
 #[cfg(not(feature = "cuda"))]
 fn cuda(
     _builder: ort::session::builder::SessionBuilder,
-    _device: i32,
+    _settings: &EngineSettings,
+    _graph: bool,
 ) -> Result<ort::session::builder::SessionBuilder, EngineError> {
     Err(EngineError::Setup(
         "engine.execution_provider = \"cuda\" but this binary was built without the `cuda` feature"
