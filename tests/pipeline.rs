@@ -1427,3 +1427,64 @@ fn a_reference_for_the_paper_window_is_the_paper_alignment_of_its_landmarks() {
     .unwrap();
     assert!(found.upright.is_none());
 }
+
+/// `scripts/gpu/check.sh --cpu` (issue 18): the GPU check's CPU mode builds the fp32, fp16 and
+/// fp16-fused tiny model directories, times the UNet step inside `pva-worker edit` and the PyTorch
+/// UNet, and prints the one JSON the GPU run prints, so the script the next GPU session runs cannot
+/// rot. The figures are its shape, not speed: no time is asserted.
+#[test]
+fn the_gpu_checks_cpu_mode_runs_the_tiny_model_end_to_end() {
+    let work = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(repo().join("scripts/gpu/check.sh"))
+        .args([
+            "--cpu",
+            "--worker",
+            env!("CARGO_BIN_EXE_pva-worker"),
+            "--work",
+        ])
+        .arg(work.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let manifest = |variant: &str| -> serde_json::Value {
+        let path = work.path().join(variant).join("manifest.json");
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    for (variant, precision, attention) in [
+        ("fp32", "fp32", "explicit"),
+        ("fp16", "fp16", "explicit"),
+        ("fp16-fused", "fp16", "fused"),
+    ] {
+        let unet = &manifest(variant)["graphs"]["unet"];
+        assert_eq!(
+            (unet["precision"].as_str(), unet["attention"].as_str()),
+            (Some(precision), Some(attention)),
+            "{variant}"
+        );
+        let step = &report["unet_step_ms"][variant];
+        assert!(step["ms"].as_f64().is_some(), "{variant}: {step}");
+        for run in ["short", "long"] {
+            let stages = &step[run]["stages_s"];
+            assert!(
+                stages["denoise"].as_f64().unwrap() > 0.0 && stages["model_load"].is_number(),
+                "{variant} {run}: {step}"
+            );
+        }
+        // Each edit succeeded through the worker's manifest and interface checks.
+        let tag = format!("{variant}-{}", step["long"]["steps"]);
+        let result = work
+            .path()
+            .join(format!("out-{tag}/example/gpu-check-{tag}/result.json"));
+        let result: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+        assert_eq!(result["status"], "succeeded", "{variant}: {result}");
+    }
+    assert!(report["torch_eager_step_ms"]["median"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["edit"]["variant"], "fp16-fused");
+    assert!(report["peak_memory_mib"]["fp16-fused"].as_f64().unwrap() > 0.0);
+    assert!(report["model_load_s"]["fp16"].as_f64().is_some());
+}
