@@ -34,7 +34,9 @@
 #   git checkout -- models                    # here, afterwards
 #
 # `receive` prints the parts the machine holds: if a call finds fewer than it should, the machine was
-# replaced (a fresh one starts bare) and the parts must be sent again. `run` (priority 1) exports the
+# replaced (a fresh one starts bare) and the parts must be sent again. A `run` stopped by its timeout
+# can be called again at once: it reuses the model directories the first one exported
+# (/tmp/pva-gpu/work) and only measures. `run` (priority 1) exports the
 # sd2 edit graphs (random weights), measures and writes $OUT/check.json and the logs; with
 # `--priority 2` (the next call, or the next GPU session): batch 2 and 4, guidance 7.5, CUDA graphs,
 # torch.compile and, with --tune, 40 tuning steps. Copy the JSON into docs/benchmarks.md.
