@@ -14,6 +14,7 @@ pub use crate::engine::{EngineSettings, ExecutionProvider};
 pub use crate::model::Secret;
 pub use crate::queue::AmqpSettings;
 pub use crate::storage::{S3Settings, Sse};
+pub use crate::telemetry::TelemetrySettings;
 
 /// The embedded defaults (also the documented reference of every key).
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -73,6 +74,8 @@ pub struct Settings {
     /// (`crate::job::preset` has the keys). Files and environment add to the default ones.
     #[serde(default)]
     pub presets: crate::job::Presets,
+    /// OpenTelemetry trace export (off by default; also from the standard `OTEL_*` variables).
+    pub telemetry: TelemetrySettings,
 }
 
 /// `[health]`: the warm-up edit each inference thread runs before the worker counts as started, and
@@ -285,6 +288,26 @@ impl From<&Settings> for crate::job::RunnerOptions {
     }
 }
 
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME` and `OTEL_SDK_DISABLED` as the
+/// `PVA__TELEMETRY__*` variables of the settings they set.
+fn otel_settings(env: &[(String, String)]) -> Vec<(String, String)> {
+    env.iter()
+        .filter_map(|(k, v)| {
+            let (key, value) = match k.as_str() {
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => ("ENDPOINT", v.clone()),
+                "OTEL_SERVICE_NAME" => ("SERVICE_NAME", v.clone()),
+                // As the specification says: only a (case-insensitive) `true` disables.
+                "OTEL_SDK_DISABLED" => (
+                    "DISABLED",
+                    v.trim().eq_ignore_ascii_case("true").to_string(),
+                ),
+                _ => return None,
+            };
+            Some((format!("PVA__TELEMETRY__{key}"), value))
+        })
+        .collect()
+}
+
 impl Settings {
     /// The bucket a job's outputs go to when it names none: the first of `s3.output_buckets`.
     pub fn default_output_bucket(&self) -> Option<&str> {
@@ -317,10 +340,18 @@ impl Settings {
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
-        let env: config::Map<String, String> = env
-            .into_iter()
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let mut pva: config::Map<String, String> = env
+            .iter()
             .filter(|(k, _)| k.starts_with("PVA__"))
+            .cloned()
             .collect();
+        // The standard OpenTelemetry variables, as the `PVA__TELEMETRY__*` ones they stand for (a
+        // `PVA__` variable of the same setting wins).
+        for (key, value) in otel_settings(&env) {
+            pva.entry(key).or_insert(value);
+        }
+        let env = pva;
         builder = builder.add_source(
             config::Environment::with_prefix("PVA")
                 .prefix_separator("__")
@@ -460,6 +491,9 @@ impl Settings {
         }
         if self.logging.level.trim().is_empty() {
             return invalid("logging.level", "must not be empty");
+        }
+        if let Some((setting, problem)) = self.telemetry.problem() {
+            return invalid(setting, &problem);
         }
         Ok(())
     }
@@ -652,6 +686,43 @@ mod tests {
             assert!(err.contains(setting), "{change:?}: {err}");
             assert!(!err.contains("hunter2"), "{err}");
         }
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_set_by_the_standard_otel_variables() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert!(!s.telemetry.exports());
+        assert_eq!(s.telemetry.service_name, "pva-worker");
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+                ("OTEL_SERVICE_NAME", "pva-gpu"),
+            ]),
+        )
+        .unwrap();
+        assert!(s.telemetry.exports());
+        assert_eq!(s.telemetry.traces_url(), "http://collector:4318/v1/traces");
+        assert_eq!(s.telemetry.service_name, "pva-gpu");
+        // OTEL_SDK_DISABLED=true turns export off; a PVA__ variable beats the OTEL_ one.
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+                ("OTEL_SDK_DISABLED", "TRUE"),
+                ("OTEL_SERVICE_NAME", "pva-gpu"),
+                ("PVA__TELEMETRY__SERVICE_NAME", "pva-own"),
+            ]),
+        )
+        .unwrap();
+        assert!(!s.telemetry.exports());
+        assert_eq!(s.telemetry.service_name, "pva-own");
+        let err = Settings::load_with_env(
+            None,
+            env(&[("PVA__TELEMETRY__ENDPOINT", "https://collector:4318")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("telemetry.endpoint"), "{err}");
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! Layers, ground floor first; a module imports only its own floor or those below:
 //! [`model`] (plain shared types) -> [`engine`] (ONNX Runtime) -> [`pipeline`] (the edit and the
 //! tuning) -> [`provenance`] (marking outputs) -> [`job`] (wire types, failures, the store trait and
-//! the one job runner) -> [`storage`], [`queue`], [`metrics`] (infrastructure) -> [`config`] (every
-//! setting) -> [`service`] (model loading, inference threads, `serve`'s delivery policy) ->
-//! [`commands`] (the subcommands).
+//! the one job runner) -> [`storage`], [`queue`], [`metrics`], [`telemetry`] (infrastructure) ->
+//! [`config`] (every setting) -> [`service`] (model loading, inference threads, `serve`'s delivery
+//! policy) -> [`commands`] (the subcommands).
 
 pub mod commands;
 pub mod config;
@@ -18,6 +18,7 @@ pub mod provenance;
 pub mod queue;
 pub mod service;
 pub mod storage;
+pub mod telemetry;
 
 #[cfg(test)]
 mod layering {
@@ -27,7 +28,7 @@ mod layering {
     use std::path::{Path, PathBuf};
 
     /// Top-level module -> floor.
-    const FLOORS: [(&str, u8); 11] = [
+    const FLOORS: [(&str, u8); 12] = [
         ("model", 1),
         ("engine", 2),
         ("pipeline", 3),
@@ -36,19 +37,24 @@ mod layering {
         ("storage", 6),
         ("queue", 6),
         ("metrics", 6),
+        ("telemetry", 6),
         ("config", 7),
         ("service", 8),
         ("commands", 9),
     ];
 
     /// Runtime crate -> the only source paths (prefixes under src/) that may use it.
-    const RUNTIMES: [(&str, &[&str]); 6] = [
+    const RUNTIMES: [(&str, &[&str]); 10] = [
         ("ort", &["engine/"]),
         ("lapin", &["queue/"]),
         ("aws_sdk_s3", &["storage/s3.rs"]),
         ("axum", &["metrics/http.rs"]),
         ("c2pa", &["provenance/"]),
         ("schemars", &["job/wire.rs", "job/schema.rs"]),
+        ("opentelemetry", &["telemetry/"]),
+        ("opentelemetry_sdk", &["telemetry/"]),
+        ("opentelemetry_otlp", &["telemetry/"]),
+        ("tracing_opentelemetry", &["telemetry/"]),
     ];
 
     fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use pva_worker::config::{LogFormat, Settings};
 use pva_worker::job::JobStatus;
+use pva_worker::telemetry::Telemetry;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -58,6 +59,10 @@ enum Command {
         /// Seconds to wait for the result.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        /// The W3C traceparent of the caller's trace (`00-<trace id>-<span id>-<flags>`), sent
+        /// with the job so that the worker's spans join it; without it, a new trace.
+        #[arg(long)]
+        traceparent: Option<String>,
     },
     /// Tune an identity's adapter from local reference photos and write it (safetensors).
     Tune {
@@ -101,18 +106,26 @@ enum Command {
     },
 }
 
-fn init_logging(settings: &Settings) {
+/// Logs (filtered by `logging.level`) and, beside them, the spans that become OpenTelemetry spans
+/// (their own filter: a quiet log level keeps job traces and trace ids).
+fn init_logging(settings: &Settings, telemetry: &Telemetry) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.logging.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = json_logs(settings);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().with_current_span(true).init();
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = if json {
+        logs.json()
+            .with_current_span(true)
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.init();
-    }
+        logs.with_filter(filter).boxed()
+    };
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(telemetry.layer())
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -124,8 +137,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&settings);
-    match run(cli.command, &settings) {
+    let telemetry = match Telemetry::new(&settings.telemetry) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("pva-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&settings, &telemetry);
+    let code = match run(cli.command, &settings) {
         Ok(code) => code,
         Err(e) => {
             let message = describe(&e);
@@ -138,7 +158,12 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    };
+    // The spans not yet exported go now (bounded by telemetry.export_timeout_secs).
+    if let Err(e) = telemetry.shutdown() {
+        tracing::warn!(error = %e, "spans lost at exit");
     }
+    code
 }
 
 /// Whether the logs go out as JSON (`logging.format`, `auto`: when stderr is not a terminal).
@@ -185,12 +210,14 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             root,
             out,
             timeout,
+            traceparent,
         } => {
             let options = commands::enqueue::EnqueueOptions {
                 job,
                 root,
                 out,
                 timeout: std::time::Duration::from_secs(timeout),
+                traceparent,
             };
             let result = commands::enqueue::run(settings, &options).await?;
             println!("{}", serde_json::to_string_pretty(&result)?);

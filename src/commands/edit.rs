@@ -100,11 +100,21 @@ pub async fn run(settings: &Settings, options: &EditOptions) -> anyhow::Result<E
     let root = super::job_root(&options.job, options.root.as_deref());
     let (runner, model_load_secs) = local_runner(settings, &root, &options.out).await?;
     let body = std::fs::read(&options.job)?;
-    let span = tracing::info_span!("job", job_id = %flow::job_id_hint(&body));
-    let outcome = tracing::Instrument::instrument(runner.run(&body), span).await;
+    let span = tracing::info_span!(
+        "job",
+        job_id = %flow::job_id_hint(&body),
+        trace_id = tracing::field::Empty
+    );
+    // A trace of its own, as a job message without `traceparent` gets under `serve`.
+    let trace_id = crate::telemetry::continue_trace(&span, |_| None);
+    let outcome =
+        tracing::Instrument::instrument(runner.run(&body, trace_id.as_deref()), span).await;
     let report = match outcome {
         Ok(done) => succeeded(done, options, model_load_secs)?,
-        Err(failure) => failed(&runner, &body, failure, options, model_load_secs).await?,
+        Err(failure) => {
+            let failure = (failure, trace_id.as_deref());
+            failed(&runner, &body, failure, options, model_load_secs).await?
+        }
     };
     tokio::task::spawn_blocking(move || runner.into_model().shutdown()).await?;
     Ok(report)
@@ -145,11 +155,11 @@ fn succeeded(
 async fn failed(
     runner: &Runner<LocalStore, InferencePool>,
     body: &[u8],
-    failure: JobFailure,
+    (failure, trace_id): (JobFailure, Option<&str>),
     options: &EditOptions,
     model_load_secs: f64,
 ) -> anyhow::Result<EditReport> {
-    let result = runner.failed_result(body, failure);
+    let result = runner.failed_result(body, failure, trace_id);
     // Where serve would store it; a job that names no usable place gets `OUT/result.json`.
     let path = match runner.store_failure(body, &result).await? {
         Some((_, key)) => options.out.join(key),

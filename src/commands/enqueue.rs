@@ -13,6 +13,8 @@ use crate::job::{JobResult, JobStatus};
 use crate::queue::{JobClient, ResultsQueue};
 use crate::storage::s3::S3Store;
 use crate::storage::ObjectStore;
+use crate::telemetry;
+use tracing::Instrument;
 
 /// What `enqueue` was asked to do.
 #[derive(Debug, Clone)]
@@ -25,10 +27,37 @@ pub struct EnqueueOptions {
     pub out: PathBuf,
     /// How long to wait for the result.
     pub timeout: Duration,
+    /// The W3C `traceparent` of the caller's trace, sent with the job; `None`: a trace of its own.
+    pub traceparent: Option<String>,
 }
 
-/// Uploads, publishes, waits and downloads; returns the result (failed jobs included).
+/// Uploads, publishes, waits and downloads; returns the result (failed jobs included). Runs in an
+/// `enqueue` span that continues `options.traceparent` (else starts a trace) and is the parent the
+/// job message's `traceparent` names.
 pub async fn run(settings: &Settings, options: &EnqueueOptions) -> anyhow::Result<JobResult> {
+    let span = tracing::info_span!("enqueue", trace_id = tracing::field::Empty);
+    if let Some(given) = &options.traceparent {
+        anyhow::ensure!(
+            telemetry::is_traceparent(given),
+            "--traceparent `{given}` is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
+        );
+    }
+    let header = |name: &str| match name {
+        "traceparent" => options.traceparent.clone(),
+        _ => None,
+    };
+    let trace_id = telemetry::continue_trace(&span, header);
+    let headers = telemetry::trace_headers(&span);
+    enqueue(settings, options, (trace_id, headers))
+        .instrument(span)
+        .await
+}
+
+async fn enqueue(
+    settings: &Settings,
+    options: &EnqueueOptions,
+    (trace_id, trace_headers): (Option<String>, Vec<(String, String)>),
+) -> anyhow::Result<JobResult> {
     let body = std::fs::read(&options.job)
         .with_context(|| format!("reading {}", options.job.display()))?;
     let rules = crate::job::RunnerOptions::from(settings);
@@ -62,11 +91,13 @@ pub async fn run(settings: &Settings, options: &EnqueueOptions) -> anyhow::Resul
             &body,
             Some(&job_id),
             Some(replies.name()),
+            &trace_headers,
         )
         .await?;
     println!(
-        "published job {job_id} to {}; waiting for its result",
-        settings.amqp.job_queue
+        "published job {job_id} to {} (trace id {}); waiting for its result",
+        settings.amqp.job_queue,
+        trace_id.as_deref().unwrap_or("none")
     );
 
     let result = tokio::time::timeout(options.timeout, async {

@@ -290,5 +290,6 @@ pub fn result(
         consent,
         preset: None,
         faces: Vec::new(),
+        trace_id: None,
     }
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use image::RgbImage;
+use tracing::Instrument;
 
 use crate::job::adapters::{self, AdapterCache};
 use crate::job::digest;
@@ -215,8 +216,13 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
     }
 
     /// The `failed` result of a message that could not be done, with whatever id, consent and
-    /// preset it has.
-    pub fn failed_result(&self, body: &[u8], failure: JobFailure) -> JobResult {
+    /// preset it has, in trace `trace_id`.
+    pub fn failed_result(
+        &self,
+        body: &[u8],
+        failure: JobFailure,
+        trace_id: Option<&str>,
+    ) -> JobResult {
         let mut result = flow::result(
             self.answerer(),
             &flow::job_id_hint(body),
@@ -225,6 +231,7 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
             BTreeMap::new(),
         );
         result.preset = self.parse(body).ok().and_then(|job| job.preset);
+        result.trace_id = trace_id.map(str::to_string);
         result
     }
 
@@ -340,8 +347,10 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
         Ok(digest::request_digest(job, &etags))
     }
 
-    /// Does the job, short of publishing its result: the outputs and `result.json` are stored.
-    pub async fn run(&self, body: &[u8]) -> Result<Done, JobFailure> {
+    /// Does the job, short of publishing its result: the outputs and `result.json` are stored. The
+    /// result records `trace_id`, the trace the caller runs the job in; its stages run in spans
+    /// named as the stages ([`Stage::span`]), children of the caller's span.
+    pub async fn run(&self, body: &[u8], trace_id: Option<&str>) -> Result<Done, JobFailure> {
         let job = self.parse(body)?;
         let bucket = self.output_bucket(&job)?;
         self.check_input_prefixes(&job)?;
@@ -377,7 +386,7 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
             timings.insert(stage.as_str().to_string(), secs);
         };
         let t = Instant::now();
-        let mut objects = self.fetch(&job).await?;
+        let mut objects = self.fetch(&job).instrument(Stage::Fetch.span()).await?;
         clock(Stage::Fetch, t, &mut timings);
 
         let mut input = flow::prepare(&job, &objects, &self.options.limits)?;
@@ -454,52 +463,59 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
             timings.insert(stage.as_str().to_string(), *secs);
         }
 
-        let t = Instant::now();
-        let (name, version) = (&self.model.model().name, &self.model.model().version);
-        let marking = Marking {
-            model: (name, version),
-            target_bytes: &target_bytes,
-            signer: self.signer.as_ref(),
-        };
-        let encoded = flow::encode(&job, &output, &marking)?;
-        drop(target_bytes);
-        let content_type = job.request.output.format.format().content_type();
-        let uploads = encoded.into_iter().map(|(key, bytes)| {
-            let bucket = &bucket;
-            async move { self.store.put(bucket, &key, bytes, content_type).await }
-        });
-        futures_util::future::try_join_all(uploads).await?;
-        let min = self.options.min_identity_score;
-        let outputs: Vec<OutputInfo> = output
-            .images
-            .iter()
-            .enumerate()
-            .map(|(i, o)| OutputInfo {
-                key: flow::output_key(&job, i),
-                identity_score: o.identity_score,
-                identity_check_passed: o.identity_score >= min,
-            })
-            .collect();
-        timings.insert(
-            Stage::Upload.as_str().to_string(),
-            t.elapsed().as_secs_f64(),
-        );
-        let mut result = flow::result(
-            self.answerer(),
-            &job.request.job_id,
-            job.request.consent.clone(),
-            Ok(outputs),
-            timings,
-        );
-        result.faces = faces;
-        result.preset = job.preset.clone();
-        let json = digest::stored_json(&result, &request_digest);
-        // NOTE: written last: its presence means every output is in place.
-        self.store
-            .put(&bucket, &result_key, json, "application/json")
-            .await?;
-        self.observer
-            .stage(Stage::Upload, t.elapsed().as_secs_f64());
+        // Encoding, marking and writing the outputs and the result: the `upload` stage.
+        let result = async {
+            let t = Instant::now();
+            let (name, version) = (&self.model.model().name, &self.model.model().version);
+            let marking = Marking {
+                model: (name, version),
+                target_bytes: &target_bytes,
+                signer: self.signer.as_ref(),
+            };
+            let encoded = flow::encode(&job, &output, &marking)?;
+            drop(target_bytes);
+            let content_type = job.request.output.format.format().content_type();
+            let uploads = encoded.into_iter().map(|(key, bytes)| {
+                let bucket = &bucket;
+                async move { self.store.put(bucket, &key, bytes, content_type).await }
+            });
+            futures_util::future::try_join_all(uploads).await?;
+            let min = self.options.min_identity_score;
+            let outputs: Vec<OutputInfo> = output
+                .images
+                .iter()
+                .enumerate()
+                .map(|(i, o)| OutputInfo {
+                    key: flow::output_key(&job, i),
+                    identity_score: o.identity_score,
+                    identity_check_passed: o.identity_score >= min,
+                })
+                .collect();
+            timings.insert(
+                Stage::Upload.as_str().to_string(),
+                t.elapsed().as_secs_f64(),
+            );
+            let mut result = flow::result(
+                self.answerer(),
+                &job.request.job_id,
+                job.request.consent.clone(),
+                Ok(outputs),
+                timings,
+            );
+            result.faces = faces;
+            result.preset = job.preset.clone();
+            result.trace_id = trace_id.map(str::to_string);
+            let json = digest::stored_json(&result, &request_digest);
+            // NOTE: written last: its presence means every output is in place.
+            self.store
+                .put(&bucket, &result_key, json, "application/json")
+                .await?;
+            self.observer
+                .stage(Stage::Upload, t.elapsed().as_secs_f64());
+            Ok::<_, JobFailure>(result)
+        }
+        .instrument(Stage::Upload.span())
+        .await?;
         Ok(Done {
             result,
             artefacts: Some(Artefacts { input, output }),
@@ -597,7 +613,11 @@ impl<S: ObjectStore, M: Inference> Runner<S, M> {
             return Ok((Some(a), false));
         }
         let t = Instant::now();
-        let tuned = self.model.tune(input.references.clone()).await?;
+        let tuned = self
+            .model
+            .tune(input.references.clone())
+            .instrument(Stage::Tune.span())
+            .await?;
         let secs = t.elapsed().as_secs_f64();
         let final_loss = *tuned.losses.last().unwrap_or(&f32::NAN);
         self.observer.tuned(secs, final_loss as f64);

@@ -474,6 +474,11 @@ pub struct JobResult {
     /// `"face": "aligned"`); absent when it searched none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faces: Vec<FaceFound>,
+    /// The W3C trace id (32 lowercase hex digits) of the trace the job ran in: the one its message's
+    /// `traceparent` header continued, else a new one. A result answered from the store keeps the
+    /// trace of the run that made it (the message's own AMQP `traceparent` header is the re-send's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// The preset a job used, as its result records it.

@@ -46,6 +46,22 @@ impl Stage {
     }
 }
 
+impl Stage {
+    /// A new span named as the stage (span names are static, hence the match), a child of the
+    /// current span: a job's traces show its stages under these names, as its metrics do.
+    pub fn span(self) -> tracing::Span {
+        match self {
+            Stage::Fetch => tracing::info_span!("fetch"),
+            Stage::Preprocess => tracing::info_span!("preprocess"),
+            Stage::Encode => tracing::info_span!("encode"),
+            Stage::Tune => tracing::info_span!("tune"),
+            Stage::Denoise => tracing::info_span!("denoise"),
+            Stage::Decode => tracing::info_span!("decode"),
+            Stage::Upload => tracing::info_span!("upload"),
+        }
+    }
+}
+
 impl std::fmt::Display for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -76,6 +92,10 @@ mod tests {
     fn names_round_trip_and_unknown_names_are_refused() {
         for stage in Stage::ALL {
             assert_eq!(stage.as_str().parse::<Stage>(), Ok(stage));
+            let name = tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+                stage.span().metadata().map(|m| m.name())
+            });
+            assert_eq!(name, Some(stage.as_str()));
         }
         assert_eq!("vae".parse::<Stage>(), Err(UnknownStage("vae".to_string())));
     }

@@ -116,18 +116,20 @@ impl JobClient {
         })
     }
 
-    /// Publishes a job persistently to `queue` and waits for the broker's confirm.
+    /// Publishes a job persistently to `queue` with string `headers` (e.g. the W3C `traceparent`)
+    /// and waits for the broker's confirm.
     pub async fn publish_job(
         &self,
         queue: &str,
         body: &[u8],
         correlation_id: Option<&str>,
         reply_to: Option<&str>,
+        headers: &[(String, String)],
     ) -> Result<(), QueueError> {
         let message = Outgoing {
             body: body.to_vec(),
             correlation_id: correlation_id.map(str::to_string),
-            headers: Vec::new(),
+            headers: headers.to_vec(),
             reply_to: reply_to.map(str::to_string),
         };
         publish_confirmed(&self.channel, "", queue, &message, false).await

@@ -91,18 +91,21 @@ pub struct Broker {
 pub struct Events(Channel);
 
 impl Events {
-    /// Sends an event (transient, not mandatory); does not wait for the broker's confirm.
+    /// Sends an event (transient, not mandatory) with string `headers` (e.g. the trace context);
+    /// does not wait for the broker's confirm.
     pub async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
         body: Vec<u8>,
         correlation_id: &str,
+        headers: &[(String, String)],
     ) -> Result<(), QueueError> {
         let properties = BasicProperties::default()
             .with_delivery_mode(1)
             .with_content_type("application/json".into())
-            .with_correlation_id(correlation_id.into());
+            .with_correlation_id(correlation_id.into())
+            .with_headers(string_headers(headers));
         // NOTE: the confirm is dropped; `settle` waits for every confirm of the channel.
         self.0
             .basic_publish(
@@ -221,6 +224,16 @@ impl Delivery {
         publisher
             .publish_confirmed(exchange, routing_key, &dead)
             .await
+    }
+
+    /// The string value of header `name` (a long or short string; e.g. `traceparent`), when present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let headers = self.0.properties.headers().as_ref()?;
+        match headers.inner().get(name)? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+            _ => None,
+        }
     }
 
     /// The AMQP `reply_to` and `correlation_id` of a request, when present.
@@ -533,6 +546,18 @@ pub struct Outgoing {
     pub reply_to: Option<String>,
 }
 
+/// String headers as an AMQP field table (long strings).
+fn string_headers(headers: &[(String, String)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert(
+            ShortString::from(k.as_str()),
+            AMQPValue::LongString(LongString::from(v.as_str())),
+        );
+    }
+    table
+}
+
 /// Publishes persistently (with `mandatory` when asked) and waits for the broker's confirm; a
 /// returned message is [`QueueError::Returned`]. The caller makes sure no other confirmed publish
 /// is in flight on `channel` (the return travels just before its confirm, unnumbered).
@@ -543,13 +568,7 @@ async fn publish_confirmed(
     message: &Outgoing,
     mandatory: bool,
 ) -> Result<(), QueueError> {
-    let mut headers = FieldTable::default();
-    for (k, v) in &message.headers {
-        headers.insert(
-            ShortString::from(k.as_str()),
-            AMQPValue::LongString(LongString::from(v.as_str())),
-        );
-    }
+    let headers = string_headers(&message.headers);
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())

@@ -32,6 +32,7 @@ use crate::queue::{self, Broker, Delivery, Events, Outgoing, Publisher};
 use crate::service::events::{JobEvents, PROGRESS};
 use crate::service::health::EngineWatch;
 use crate::service::pool::{InferencePool, Started};
+use crate::telemetry;
 
 /// Everything a delivery handler needs; shared by all in-flight jobs.
 pub struct Service<S: ObjectStore> {
@@ -103,7 +104,8 @@ impl<S: ObjectStore> Service<S> {
     }
 
     /// Publishes a final result (with its event fields, after the delivery's earlier events) to the
-    /// result exchange and, when the request asked, to its reply queue.
+    /// result exchange and, when the request asked, to its reply queue, in a `publish` span whose
+    /// trace context the message carries.
     async fn publish_result(
         &self,
         publisher: &Publisher,
@@ -111,15 +113,32 @@ impl<S: ObjectStore> Service<S> {
         delivery: &Delivery,
         events: &mut JobEvents,
     ) -> Result<(), queue::QueueError> {
+        let span = tracing::info_span!("publish");
+        let headers = telemetry::trace_headers(&span);
+        self.publish_result_in(publisher, result, delivery, events, headers)
+            .instrument(span)
+            .await
+    }
+
+    async fn publish_result_in(
+        &self,
+        publisher: &Publisher,
+        result: &JobResult,
+        delivery: &Delivery,
+        events: &mut JobEvents,
+        trace_headers: Vec<(String, String)>,
+    ) -> Result<(), queue::QueueError> {
         let body = events.final_message(result).await;
         let (reply_to, correlation) = delivery.reply_to();
+        let mut headers = vec![(
+            "x-pva-status".into(),
+            format!("{:?}", result.status).to_lowercase(),
+        )];
+        headers.extend(trace_headers);
         let message = Outgoing {
             body,
             correlation_id: Some(correlation.unwrap_or_else(|| result.job_id.clone())),
-            headers: vec![(
-                "x-pva-status".into(),
-                format!("{:?}", result.status).to_lowercase(),
-            )],
+            headers,
             reply_to: None,
         };
         let amqp = &self.settings.amqp;
@@ -144,17 +163,29 @@ impl<S: ObjectStore> Service<S> {
             delivery = previous + 1,
             consent_id = consent.as_ref().map(|c| c.id.as_str()).unwrap_or("none"),
             consent_version = consent.as_ref().map(|c| c.version.as_str()).unwrap_or("none"),
+            trace_id = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
+        // The job continues the trace of the message's `traceparent` (else starts one); its events
+        // carry the job span as their parent.
+        let trace_id = telemetry::continue_trace(&span, |name| delivery.header(name));
+        let trace_headers = telemetry::trace_headers(&span);
         async move {
             let _in_flight = self.metrics.in_flight_guard();
             if let Some(published) = delivery.published_at() {
                 self.metrics.observe_queue_wait_since(published);
             }
             let started = Instant::now();
-            let mut events = JobEvents::new(events, &self.settings.amqp, &job_id, previous + 1);
+            let mut events = JobEvents::new(
+                events,
+                &self.settings.amqp,
+                (&job_id, previous + 1),
+                trace_headers,
+            );
             events.started(self.worker_id()).await;
             let progress = events.progress_sink();
-            match PROGRESS.scope(progress, self.runner.run(delivery.body())).await {
+            let run = self.runner.run(delivery.body(), trace_id.as_deref());
+            match PROGRESS.scope(progress, run).await {
                 Ok(done) => {
                     let outcome = if done.republished() {
                         JobOutcome::Republished
@@ -192,6 +223,7 @@ impl<S: ObjectStore> Service<S> {
                         self.settings.worker.retry_max_ms,
                         previous,
                     );
+                    tracing::Span::current().record("otel.status_code", "ERROR");
                     tracing::warn!(code = failure.code.as_str(), error = %failure.message, retry_in_ms = delay.as_millis() as u64, "transient failure; requeueing");
                     tokio::time::sleep(delay).await;
                     if let Err(e) = delivery.requeue().await {
@@ -200,6 +232,7 @@ impl<S: ObjectStore> Service<S> {
                     self.metrics.job_retried(failure.code.as_str());
                 }
                 Err(failure) => {
+                    tracing::Span::current().record("otel.status_code", "ERROR");
                     tracing::warn!(code = failure.code.as_str(), error = %failure.message, "job failed; dead-lettering");
                     // The dead letter goes first: a caller who sees the failed result finds the job
                     // in the dead-letter queue.
@@ -215,7 +248,9 @@ impl<S: ObjectStore> Service<S> {
                         return;
                     }
                     let code = failure.code;
-                    let result = self.runner.failed_result(delivery.body(), failure);
+                    let result =
+                        self.runner
+                            .failed_result(delivery.body(), failure, trace_id.as_deref());
                     // The store keeps the outcome of every job it can name (never over a success);
                     // a store that fails here does not hold the job back: the result message and
                     // the dead letter carry the outcome.

@@ -106,20 +106,29 @@ pub struct JobEvents {
     prefix: String,
     job_id: String,
     delivery: u32,
+    /// The trace-context headers every event carries (the job's span as their parent).
+    headers: Arc<[(String, String)]>,
     sequence: Arc<AtomicU64>,
     sink: Option<ProgressSink>,
     progress: Option<JoinHandle<()>>,
 }
 
 impl JobEvents {
-    /// The events of delivery `delivery` (1-based) of job `job_id`.
-    pub fn new(events: Events, amqp: &AmqpSettings, job_id: &str, delivery: u32) -> Self {
+    /// The events of delivery `delivery` (1-based) of job `job_id`, each sent with `headers` (the
+    /// W3C trace context).
+    pub fn new(
+        events: Events,
+        amqp: &AmqpSettings,
+        (job_id, delivery): (&str, u32),
+        headers: Vec<(String, String)>,
+    ) -> Self {
         Self {
             events,
             exchange: amqp.result_exchange.clone(),
             prefix: amqp.event_routing_key_prefix.clone(),
             job_id: job_id.to_string(),
             delivery,
+            headers: headers.into(),
             sequence: Arc::default(),
             sink: None,
             progress: None,
@@ -143,7 +152,7 @@ impl JobEvents {
         let key = format!("{}.started", self.prefix);
         if let Err(e) = self
             .events
-            .publish(&self.exchange, &key, body, &self.job_id)
+            .publish(&self.exchange, &key, body, &self.job_id, &self.headers)
             .await
         {
             tracing::debug!(error = %e, "started event not sent");
@@ -172,6 +181,7 @@ impl JobEvents {
             (self.exchange.clone(), self.job_id.clone(), self.delivery);
         let key = format!("{}.progress", self.prefix);
         let sequence = Arc::clone(&self.sequence);
+        let headers = Arc::clone(&self.headers);
         self.progress = Some(tokio::spawn(async move {
             while let Some((stage, step, steps)) = rx.recv().await {
                 let Some(stage) = ProgressStage::of(stage) else {
@@ -186,7 +196,10 @@ impl JobEvents {
                     steps: u32::try_from(steps).unwrap_or(u32::MAX),
                 });
                 let body = serde_json::to_vec(&event).expect("an event serialises");
-                if let Err(e) = events.publish(&exchange, &key, body, &job_id).await {
+                if let Err(e) = events
+                    .publish(&exchange, &key, body, &job_id, &headers)
+                    .await
+                {
                     tracing::debug!(error = %e, "progress event not sent");
                 }
             }

@@ -432,3 +432,39 @@ fn schema_config_keys_derived_keys_and_secrets_are_exactly_the_settings() {
     );
     assert_eq!(covered, all);
 }
+
+/// `tracing.otlpEndpoint` reaches the worker as the standard OTEL_* variables, after `extraEnv` (so
+/// a `$(HOST_IP)` defined there expands), and turns export on; without it the chart sets none.
+#[test]
+fn tracing_values_turn_on_trace_export_through_the_otel_variables() {
+    let values = repo().join(CHART).join("ci/tracing-values.yaml");
+    let docs = render(Some(&values));
+    let env = container_env(worker_container(only(&docs, "Deployment")));
+    let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+    let at = |name: &str| names.iter().position(|n| *n == name);
+    assert!(
+        at("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") < at("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "{names:?}"
+    );
+    let config_map = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["data"]["worker.toml"].is_string())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("worker.toml");
+    std::fs::write(&file, str_of(&config_map["data"]["worker.toml"])).unwrap();
+    let settings = Settings::load_with_env(Some(&file), env).unwrap();
+    assert!(settings.telemetry.exports());
+    assert_eq!(
+        settings.telemetry.traces_url(),
+        "http://otel-collector.observability:4318/v1/traces"
+    );
+    assert_eq!(settings.telemetry.service_name, "pva-worker-gpu");
+    assert_eq!(settings.telemetry.export_timeout_secs, 5);
+
+    let defaults = container_env(worker_container(only(&render(None), "Deployment")));
+    assert!(
+        defaults.iter().all(|(n, _)| !n.starts_with("OTEL_")),
+        "{defaults:?}"
+    );
+}

@@ -44,6 +44,8 @@ pub struct Env {
     pub workers: Vec<(Child, u16)>,
     /// Whether workers sign their outputs (C2PA, required); off, they write the XMP mark only.
     pub signing: bool,
+    /// Extra environment variables of the worker processes (e.g. `OTEL_*`).
+    pub worker_env: Vec<(String, String)>,
 }
 
 impl Env {
@@ -115,6 +117,7 @@ impl Env {
             results,
             workers: Vec::new(),
             signing: true,
+            worker_env: Vec::new(),
         }
     }
 
@@ -239,6 +242,7 @@ level = "info,ort=warn"
             .arg("--config")
             .arg(&config)
             .arg("serve")
+            .envs(self.worker_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

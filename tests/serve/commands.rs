@@ -34,6 +34,8 @@ async fn enqueue_uploads_publishes_waits_and_downloads() {
         .arg(&out)
         .arg("--timeout")
         .arg("120")
+        .arg("--traceparent")
+        .arg("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
         .output()
         .await
         .unwrap();
@@ -58,13 +60,24 @@ async fn enqueue_uploads_publishes_waits_and_downloads() {
         .results_for(&["job-enqueued"], Duration::from_secs(10))
         .await;
     assert_eq!(results["job-enqueued"][0].status, JobStatus::Succeeded);
+    // The job ran in the caller's trace (`--traceparent`).
+    assert_eq!(
+        results["job-enqueued"][0].trace_id.as_deref(),
+        Some("0af7651916cd43dd8448eb211c80319c")
+    );
+    assert!(
+        stdout.contains("trace id 0af7651916cd43dd8448eb211c80319c"),
+        "{stdout}"
+    );
 }
 
-/// A result with what differs between two runs of one job by design (worker id, timings) blanked.
+/// A result with what differs between two runs of one job by design (worker id, timings, trace)
+/// blanked.
 fn comparable(result: &JobResult) -> JobResult {
     JobResult {
         worker_id: String::new(),
         timings: BTreeMap::new(),
+        trace_id: None,
         ..result.clone()
     }
 }

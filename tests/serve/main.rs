@@ -17,6 +17,7 @@ mod lifecycle;
 mod presets;
 mod results;
 mod tls;
+mod tracing;
 mod tuning;
 
 use pva_worker::job::JobResult;

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use image::RgbImage;
 use ndarray::{Array1, Array2, Array3, Array4, Axis};
@@ -15,7 +14,7 @@ use super::super::noise::NoiseSource;
 use super::super::tokenizer::PromptTokenizer;
 use super::{
     denoise, Conditioning, EditInput, EditOutput, EditedImage, Identity, MaskInput, PipelineError,
-    PipelineOptions, Sampling, Timings,
+    PipelineOptions, Sampling, StageClock,
 };
 use crate::engine::Engine;
 use crate::model::Stage;
@@ -282,8 +281,7 @@ impl<E: Engine> Pipeline<E> {
         noise: &mut dyn NoiseSource,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<EditOutput, PipelineError> {
-        let mut timings = Timings::default();
-        let t = Instant::now();
+        let mut clock = StageClock::start(Stage::Preprocess);
         let m = self.engine.manifest().clone();
         let res = m.resolution;
         let rect = self.face_rect("target", &input.target, input.target_face)?;
@@ -303,7 +301,7 @@ impl<E: Engine> Pipeline<E> {
         let h = m.latent.size;
         let mask_latent = Array4::from_shape_vec((1, 1, h, h), mask.downsample_nearest(h as u32))
             .expect("latent mask shape");
-        let t = timings.record(Stage::Preprocess, t);
+        clock.next(Stage::Encode);
 
         let adapter = input
             .adapter
@@ -344,7 +342,7 @@ impl<E: Engine> Pipeline<E> {
             mask_latent,
             masked_latents,
         };
-        let t = timings.record(Stage::Encode, t);
+        clock.next(Stage::Denoise);
 
         let latents = denoise(
             &mut self.engine,
@@ -358,7 +356,7 @@ impl<E: Engine> Pipeline<E> {
             noise,
             &mut |i, _| on_step(i + 1, input.steps),
         )?;
-        let t = timings.record(Stage::Denoise, t);
+        clock.next(Stage::Decode);
 
         let n = input.num_outputs;
         let latents = Array4::from_shape_vec((n, m.latent.channels, h, h), latents)
@@ -436,13 +434,12 @@ impl<E: Engine> Pipeline<E> {
                 }
             })
             .collect();
-        timings.record(Stage::Decode, t);
         Ok(EditOutput {
             images,
             crop_rect: rect,
             mask,
             identity,
-            timings,
+            timings: clock.finish(),
         })
     }
 }

@@ -136,12 +136,49 @@ pub struct Timings {
     pub stages: Vec<(Stage, f64)>,
 }
 
-impl Timings {
-    fn record(&mut self, stage: Stage, since: Instant) -> Instant {
-        let now = Instant::now();
-        self.stages.push((stage, (now - since).as_secs_f64()));
-        now
+/// The stage an edit is in: its span ([`Stage::span`]) entered from the stage's start until the
+/// next one starts, and each stage's seconds recorded when it ends.
+struct StageClock {
+    timings: Timings,
+    stage: Stage,
+    since: Instant,
+    span: tracing::span::EnteredSpan,
+}
+
+impl StageClock {
+    /// Starts `stage`.
+    fn start(stage: Stage) -> Self {
+        Self {
+            timings: Timings::default(),
+            stage,
+            since: Instant::now(),
+            span: stage.span().entered(),
+        }
     }
+
+    /// Ends the current stage and starts `stage`.
+    fn next(&mut self, stage: Stage) {
+        self.end();
+        self.stage = stage;
+        self.since = Instant::now();
+        self.span = stage.span().entered();
+    }
+
+    fn end(&mut self) {
+        let secs = self.since.elapsed().as_secs_f64();
+        self.timings.stages.push((self.stage, secs));
+        // The span closes before the next one opens, so stages are siblings, not nested.
+        std::mem::replace(&mut self.span, tracing::Span::none().entered()).exit();
+    }
+
+    /// Ends the last stage; the seconds of every stage.
+    fn finish(mut self) -> Timings {
+        self.end();
+        self.timings
+    }
+}
+
+impl Timings {
     /// Total seconds.
     pub fn total(&self) -> f64 {
         self.stages.iter().map(|(_, s)| s).sum()

@@ -53,7 +53,7 @@ impl QueueSide {
         let t = Instant::now();
         for (_, body) in bodies {
             self.client
-                .publish_job(&self.queue, body, None, None)
+                .publish_job(&self.queue, body, None, None, &[])
                 .await?;
         }
         let mut sums = StageSums::default();
@@ -130,7 +130,7 @@ impl LocalSide {
         for (id, _) in bodies {
             let bytes = std::fs::read(self.jobs_dir.join(format!("{id}.json")))?;
             let done = runtime
-                .block_on(self.runner.run(&bytes))
+                .block_on(self.runner.run(&bytes, None))
                 .map_err(|f| anyhow::anyhow!("job {id}: {f}"))?;
             sums.add(&done.result.timings);
         }
