@@ -101,10 +101,16 @@ class PvaClient:
                 self.s3.put_object(Bucket=self.settings.input_bucket, Key=key, Body=f.read())
         return keys
 
-    def submit(self, job: dict, timeout: float = 600.0) -> Iterator[dict]:
+    def submit(
+        self, job: dict, timeout: float = 600.0, traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> Iterator[dict]:
         """Publishes the job and yields its events in order, the final result last.
 
+        `traceparent`/`tracestate`: the caller's W3C trace context (e.g. from the CMS request), sent as
+        AMQP headers so that the worker's spans join that trace; the final result's `trace_id` names it.
         Raises TimeoutError when no final result arrives within `timeout` seconds."""
+        trace = {k: v for k, v in (("traceparent", traceparent), ("tracestate", tracestate)) if v}
         s = self.settings
         connection = pika.BlockingConnection(pika.URLParameters(s.amqp_url))
         try:
@@ -124,6 +130,7 @@ class PvaClient:
                     content_type="application/json",
                     correlation_id=job["job_id"],
                     timestamp=int(time.time()),
+                    headers=trace or None,
                 ),
                 mandatory=True,
             )

@@ -90,6 +90,8 @@ export interface JobEvent {
   status?: string;
   outputs?: { key: string; identity_score: number; identity_check_passed: boolean }[];
   error?: { code: string; message: string; retryable: boolean } | null;
+  /** The W3C trace id the job ran in (final results). */
+  trace_id?: string;
   [field: string]: unknown;
 }
 
@@ -132,8 +134,17 @@ export class PvaClient {
     return keys;
   }
 
-  /** Publishes the job and calls `onEvent` for each of its events in order; resolves with the final result. */
-  async submit(job: Job, onEvent: (e: JobEvent) => void = () => {}, timeoutMs = 600_000): Promise<JobEvent> {
+  /**
+   * Publishes the job and calls `onEvent` for each of its events in order; resolves with the final result.
+   * `trace`: the caller's W3C trace context (e.g. from the CMS request), sent as AMQP headers so that
+   * the worker's spans join that trace; the final result's `trace_id` names it.
+   */
+  async submit(
+    job: Job,
+    onEvent: (e: JobEvent) => void = () => {},
+    timeoutMs = 600_000,
+    trace?: { traceparent: string; tracestate?: string },
+  ): Promise<JobEvent> {
     const s = this.settings;
     const connection = await amqp.connect(s.amqpUrl);
     try {
@@ -165,6 +176,7 @@ export class PvaClient {
         contentType: 'application/json',
         correlationId: job.job_id,
         timestamp: Math.floor(Date.now() / 1000),
+        headers: trace ? { ...trace } : undefined,
       });
       await channel.waitForConfirms();
       return await final;
