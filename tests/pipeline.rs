@@ -1052,7 +1052,7 @@ async fn a_repeat_job_takes_its_identity_tokens_from_the_cache() {
         });
         let runner = &runner;
         async move {
-            let done = runner.run(&body).await.unwrap();
+            let done = runner.run(&body, None).await.unwrap();
             done.artefacts.expect("computed now").output
         }
     };
