@@ -4,15 +4,15 @@
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 
 use super::{
-    broker, confirm_channel, connect, declare_topology, publish_confirmed, AmqpSettings, Outgoing,
-    QueueError,
+    bind_queue, broker, confirm_channel, connect, declare_topology, publish_confirmed,
+    AmqpSettings, Outgoing, QueueError,
 };
 
 /// A connection with one channel in confirm mode, after declaring the worker's topology.
@@ -89,16 +89,13 @@ impl JobClient {
             routing_key,
         } = queue
         {
-            self.channel
-                .queue_bind(
-                    queue.into(),
-                    exchange.into(),
-                    routing_key.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(broker("binding the results queue"))?;
+            bind_queue(
+                &self.channel,
+                queue,
+                (exchange, routing_key),
+                "binding the results queue",
+            )
+            .await?;
         }
         let consumer = self
             .channel

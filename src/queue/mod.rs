@@ -276,6 +276,16 @@ async fn declare_bound_quorum_queue(
         )
         .await
         .map_err(broker(what.0))?;
+    bind_queue(channel, queue, (exchange, routing_key), what.1).await
+}
+
+/// Binds `queue` to `(exchange, routing key)`; `what` names the step in errors.
+async fn bind_queue(
+    channel: &Channel,
+    queue: &str,
+    (exchange, routing_key): (&str, &str),
+    what: &'static str,
+) -> Result<(), QueueError> {
     channel
         .queue_bind(
             queue.into(),
@@ -285,8 +295,7 @@ async fn declare_bound_quorum_queue(
             FieldTable::default(),
         )
         .await
-        .map_err(broker(what.1))?;
-    Ok(())
+        .map_err(broker(what))
 }
 
 impl Publisher {
