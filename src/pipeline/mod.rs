@@ -7,5 +7,6 @@ pub mod inpaint;
 pub mod mask;
 pub mod noise;
 pub mod scheduler;
+pub mod stats;
 pub mod tokenizer;
 pub mod tune;

@@ -15,6 +15,7 @@ use image::RgbImage;
 use super::super::mask::Mask;
 use super::crop::CropRect;
 use super::distance::{squared_distance_transform, FAR};
+use crate::pipeline::stats::median;
 
 /// Largest side of the grid the colour correction is solved on (cells of model pixels).
 const GRID: usize = 32;
@@ -285,16 +286,6 @@ pub fn seam_measure(photo: &RgbImage, rect: CropRect, mask: &Mask, feather_px: u
     let [band, inside, outside] = energies.map(median);
     let around = (inside + outside) / 2.0;
     (around > 0.0).then(|| band / around)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 /// The window `[x, y, w, h]` of `img` averaged over a `(2 * radius + 1)`-pixel square box (edge

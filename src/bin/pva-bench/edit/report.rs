@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use pva_worker::pipeline::stats::median;
+
 use super::Case;
 
 /// One timed edit of either side.
@@ -25,19 +27,6 @@ impl RunTimes {
 }
 
 const STAGES: [&str; 4] = ["preprocess", "encode", "denoise", "decode"];
-
-fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
 
 fn median_of(runs: &[RunTimes], pick: impl Fn(&RunTimes) -> f64) -> f64 {
     median(runs.iter().map(pick).collect())
